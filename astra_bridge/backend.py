@@ -1,0 +1,76 @@
+"""One interface for every timing backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from astra_bridge.embedded.memory import MemoryTierModel
+from astra_bridge.embedded.network import Dimension, SystemKnobs
+from astra_bridge.result import IterationResult
+from chakra_gen.graph import Graph
+
+
+@dataclass(frozen=True)
+class InstanceSystem:
+    """What a backend needs to know about one instance's hardware."""
+
+    name: str
+    num_npus: int
+    dims: tuple[Dimension, ...] = ()
+    knobs: SystemKnobs = field(default_factory=SystemKnobs)
+    comm_groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    tiers: tuple[MemoryTierModel, ...] = ()
+    peak_tflops: float = 1000.0
+
+    def fingerprint(self) -> tuple:
+        return (self.num_npus, self.dims, self.knobs, self.comm_groups, self.tiers)
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, system: InstanceSystem, graphs: list[Graph]) -> IterationResult: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class ResultCache:
+    """Identical iterations are simulated once: key = system fingerprint + graph contents."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._store: dict[tuple, IterationResult] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(system: InstanceSystem, graphs: list[Graph]) -> tuple:
+        parts = []
+        seen: dict[int, int] = {}
+        for g in graphs:
+            k = id(g.durations_ns)
+            if k in seen:  # ranks sharing columns (TP replicas) hash once
+                parts.append(seen[k])
+                continue
+            h = hash((tuple(g.types), tuple(g.durations_ns), tuple(g.deps), tuple(g.tensor_bytes),
+                      tuple(tuple(sorted(a.items(), key=lambda kv: kv[0])) if a else () for a in g.attrs)
+                      if any(g.attrs) else ()))
+            seen[k] = h
+            parts.append(h)
+        return (system.fingerprint(), tuple(parts), tuple(len(g) for g in graphs))
+
+    def get(self, key: tuple) -> IterationResult | None:
+        r = self._store.get(key)
+        if r is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return r
+
+    def put(self, key: tuple, result: IterationResult) -> None:
+        if self.max_entries <= 0:
+            return
+        if len(self._store) >= self.max_entries:
+            self._store.pop(next(iter(self._store)))
+        self._store[key] = result

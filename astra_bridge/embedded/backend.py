@@ -1,0 +1,54 @@
+"""The embedded analytical backend: executes the graphs in-process."""
+
+from __future__ import annotations
+
+import copy
+
+from astra_bridge.backend import InstanceSystem, ResultCache
+from astra_bridge.embedded.executor import Executor, NetworkContext
+from astra_bridge.embedded.memory import MemorySystem
+from astra_bridge.result import IterationResult
+from chakra_gen.graph import Graph
+
+
+def make_executor(system: InstanceSystem) -> Executor:
+    net = NetworkContext(dims=system.dims, knobs=system.knobs, comm_groups=dict(system.comm_groups))
+    mem = MemorySystem({t.name: t for t in system.tiers}, system.tiers[0].name if system.tiers else None) \
+        if system.tiers else None
+    return Executor(net, mem)
+
+
+class EmbeddedBackend:
+    name = "embedded"
+
+    def __init__(self, cache: bool = True, cache_size: int = 4096) -> None:
+        self.cache = ResultCache(cache_size) if cache else None
+        self._executors: dict[tuple, Executor] = {}
+        self.runs = 0
+
+    def executor(self, system: InstanceSystem) -> Executor:
+        fp = system.fingerprint()
+        ex = self._executors.get(fp)
+        if ex is None:
+            ex = make_executor(system)
+            self._executors[fp] = ex
+        return ex
+
+    def run(self, system: InstanceSystem, graphs: list[Graph]) -> IterationResult:
+        key = None
+        if self.cache is not None:
+            key = ResultCache.key(system, graphs)
+            hit = self.cache.get(key)
+            if hit is not None:
+                r = copy.copy(hit)
+                r.cached = True
+                return r
+        self.runs += 1
+        r = self.executor(system).run(graphs)
+        if key is not None:
+            self.cache.put(key, r)
+        return r
+
+    def stats(self) -> dict[str, int]:
+        return {"simulated": self.runs, "cache_hits": self.cache.hits if self.cache else 0,
+                "cache_misses": self.cache.misses if self.cache else 0}

@@ -1,0 +1,301 @@
+"""Dependency-driven execution of per-NPU Chakra graphs with ASTRA-sim's rules.
+
+Per NPU at most one compute node and one communication node (collective, send,
+memory load/store) are in flight; receives are exempt. A node issues when its
+dependencies are done and its resource is free; among ready nodes of one
+resource the lowest node id goes first. Collectives start when every member of
+their group has issued them (the k-th collective of a group on each rank is the
+same collective), sends deliver after the point-to-point time, a receive ends
+when it is issued and its message has arrived.
+
+A graph that is a strict chain (each node depends only on its predecessor)
+cannot overlap anything, so its time is the sum of its nodes' times; that
+closed form is used when every rank's graph is the same chain and there are no
+sends/receives (tests check it against the event loop).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from astra_bridge.embedded.memory import MemorySystem
+from astra_bridge.embedded.network import Dimension, SystemKnobs, collective_time_ns, p2p_time_ns
+from astra_bridge.result import IterationResult
+from chakra_gen.graph import COLL, COMP, MEM_LOAD, MEM_STORE, RECV, SEND, Graph
+
+_COMM_TYPES = (COLL, SEND, MEM_LOAD, MEM_STORE)
+
+
+@dataclass
+class NetworkContext:
+    dims: tuple[Dimension, ...]
+    knobs: SystemKnobs = field(default_factory=SystemKnobs)
+    comm_groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def group(self, pg: str, nranks: int) -> tuple[int, ...]:
+        if not pg:
+            return tuple(range(nranks))
+        if pg not in self.comm_groups:
+            raise ValueError(f"collective names comm group {pg!r}, which is not defined")
+        return self.comm_groups[pg]
+
+    def involved(self, attrs: dict) -> tuple[bool, ...]:
+        inv = attrs.get("involved_dim")
+        if inv is None:
+            return tuple(True for _ in self.dims)
+        return tuple(bool(x) for x in inv)
+
+    def coll_time(self, attrs: dict) -> int:
+        return collective_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), self.dims,
+                                  self.involved(attrs), self.knobs)
+
+
+def _union_minus(intervals: list[tuple[int, int]], cover: list[tuple[int, int]]) -> int:
+    """Length of the union of `intervals` not covered by the union of `cover`."""
+    if not intervals:
+        return 0
+    events: list[tuple[int, int, int]] = []
+    for a, b in intervals:
+        if b > a:
+            events.append((a, 1, 0))
+            events.append((b, -1, 0))
+    for a, b in cover:
+        if b > a:
+            events.append((a, 0, 1))
+            events.append((b, 0, -1))
+    events.sort()
+    total = 0
+    on = cov = 0
+    last = 0
+    for t, d_on, d_cov in events:
+        if on > 0 and cov == 0:
+            total += t - last
+        on += d_on
+        cov += d_cov
+        last = t
+    return total
+
+
+class Executor:
+    def __init__(self, network: NetworkContext, memory: MemorySystem | None = None) -> None:
+        self.network = network
+        self.memory = memory
+
+    # ---------------- fast path ----------------
+    def _chain_time(self, g: Graph) -> IterationResult:
+        comp = comm = mem = 0
+        comm_bytes = 0
+        mem_bytes: dict[str, int] = defaultdict(int)
+        types = g.types
+        durs = g.durations_ns
+        for i, t in enumerate(types):
+            if t == COMP:
+                comp += durs[i] if durs[i] > 0 else 1
+            elif t == COLL:
+                a = g.attrs[i]
+                comm += self.network.coll_time(a)
+                comm_bytes += int(a["comm_size"])
+            else:  # MEM_LOAD / MEM_STORE (single rank only)
+                assert self.memory is not None
+                a = g.attrs[i] or {}
+                tier = self.memory.tier(a.get("tier"))
+                mem += tier.transfer_ns(g.tensor_bytes[i])
+                mem_bytes[tier.name] += g.tensor_bytes[i]
+        total = comp + comm + mem
+        return IterationResult(duration_ns=total, per_rank_finish_ns=[], compute_ns=comp, comm_ns=comm,
+                               mem_ns=mem, exposed_comm_ns=comm, exposed_mem_ns=mem, comm_bytes=comm_bytes,
+                               mem_bytes_by_tier=dict(mem_bytes))
+
+    def _can_fast(self, graphs: list[Graph]) -> bool:
+        g0 = graphs[0]
+        if not g0.is_chain():
+            return False
+        has_mem = False
+        for i, t in enumerate(g0.types):
+            if t in (SEND, RECV):
+                return False
+            if t in (MEM_LOAD, MEM_STORE):
+                has_mem = True
+            elif t == COLL and len(graphs) > 1:
+                pg = g0.attrs[i].get("pg_name", "") if g0.attrs[i] else ""
+                if pg and len(self.network.group(pg, len(graphs))) != len(graphs):
+                    return False
+        if len(graphs) == 1:
+            return True
+        if has_mem:
+            return False
+        k0 = g0.digest()
+        return all(g.digest() == k0 for g in graphs[1:])
+
+    # ---------------- general event loop ----------------
+    def run(self, graphs: list[Graph], *, force_event_loop: bool = False) -> IterationResult:
+        if not graphs:
+            raise ValueError("no graphs to execute")
+        if self.memory is not None:
+            self.memory.reset()
+        if not force_event_loop and self._can_fast(graphs):
+            r = self._chain_time(graphs[0])
+            r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
+            return r
+        return self._event_loop(graphs)
+
+    def _event_loop(self, graphs: list[Graph]) -> IterationResult:
+        nr = len(graphs)
+        net = self.network
+        mem = self.memory
+        indeg: list[list[int]] = []
+        succ: list[list[list[int]]] = []
+        for g in graphs:
+            n = len(g)
+            deg = [0] * n
+            s: list[list[int]] = [[] for _ in range(n)]
+            for i in range(n):
+                ds = g.all_deps(i)
+                deg[i] = len(ds)
+                for d in ds:
+                    s[d].append(i)
+            indeg.append(deg)
+            succ.append(s)
+        ready_comp: list[list[int]] = [[] for _ in range(nr)]
+        ready_comm: list[list[int]] = [[] for _ in range(nr)]
+        comp_busy = [False] * nr
+        comm_busy = [False] * nr
+        finish = [0] * nr
+        done_count = [0] * nr
+        comp_iv: list[list[tuple[int, int]]] = [[] for _ in range(nr)]
+        comm_iv: list[list[tuple[int, int]]] = [[] for _ in range(nr)]
+        mem_iv: list[list[tuple[int, int]]] = [[] for _ in range(nr)]
+        comm_bytes = 0
+        mem_bytes: dict[str, int] = defaultdict(int)
+        events: list[tuple[int, int, int, int]] = []  # (time, seq, rank, node)
+        seq = 0
+        coll_count: dict[tuple[str, int], int] = defaultdict(int)
+        rendezvous: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
+        arrivals: dict[tuple[int, int, int], list[int]] = defaultdict(list)  # (src,dst,tag) -> arrival times
+        waiting_recv: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)  # -> (rank,node)
+        node_start: list[dict[int, int]] = [dict() for _ in range(nr)]
+
+        def push(t: int, r: int, i: int) -> None:
+            nonlocal seq
+            heapq.heappush(events, (t, seq, r, i))
+            seq += 1
+
+        def make_ready(r: int, i: int, now: int) -> None:
+            t = graphs[r].types[i]
+            if t == COMP:
+                heapq.heappush(ready_comp[r], i)
+            elif t == RECV:
+                a = graphs[r].attrs[i]
+                key = (int(a["comm_src"]), r, int(a.get("comm_tag", 0)))
+                node_start[r][i] = now
+                if arrivals[key]:
+                    push(max(now, arrivals[key].pop(0)), r, i)
+                else:
+                    waiting_recv[key].append((r, i))
+            else:
+                heapq.heappush(ready_comm[r], i)
+
+        def issue(r: int, now: int) -> None:
+            nonlocal comm_bytes
+            g = graphs[r]
+            if not comp_busy[r] and ready_comp[r]:
+                i = heapq.heappop(ready_comp[r])
+                comp_busy[r] = True
+                d = g.durations_ns[i] if g.durations_ns[i] > 0 else 1
+                node_start[r][i] = now
+                push(now + d, r, i)
+            if not comm_busy[r] and ready_comm[r]:
+                i = heapq.heappop(ready_comm[r])
+                comm_busy[r] = True
+                node_start[r][i] = now
+                t = g.types[i]
+                a = g.attrs[i] or {}
+                if t == COLL:
+                    pg = a.get("pg_name", "")
+                    members = net.group(pg, nr)
+                    if r not in members:
+                        raise ValueError(f"rank {r} issues a collective of group {pg!r} it is not in")
+                    k = coll_count[(pg, r)]
+                    coll_count[(pg, r)] = k + 1
+                    rv = rendezvous.setdefault((pg, k), {})
+                    rv[r] = (now, i)
+                    if len(rv) == len(members):
+                        sizes = {int(graphs[m].attrs[n]["comm_size"]) for m, (_, n) in rv.items()}
+                        if len(sizes) != 1:
+                            raise ValueError(f"collective #{k} of group {pg!r} has different sizes {sorted(sizes)}")
+                        start = max(t0 for t0, _ in rv.values())
+                        end = start + net.coll_time(a)
+                        comm_bytes += int(a["comm_size"])
+                        for m, (_, n) in rv.items():
+                            push(end, m, n)
+                        del rendezvous[(pg, k)]
+                elif t == SEND:
+                    dst = int(a["comm_dst"])
+                    size = int(a["comm_size"])
+                    arrive = now + p2p_time_ns(r, dst, size, net.dims)
+                    comm_bytes += size
+                    key = (r, dst, int(a.get("comm_tag", 0)))
+                    if waiting_recv[key]:
+                        rr, ri = waiting_recv[key].pop(0)
+                        push(max(arrive, node_start[rr][ri]), rr, ri)
+                    else:
+                        arrivals[key].append(arrive)
+                    push(arrive, r, i)
+                else:  # memory
+                    if mem is None:
+                        raise ValueError("graph has memory nodes but the instance has no memory tiers")
+                    size = g.tensor_bytes[i]
+                    tier = mem.tier(a.get("tier"))
+                    end = mem.request(tier.name, r, now, size)
+                    mem_bytes[tier.name] += size
+                    push(end, r, i)
+
+        for r, g in enumerate(graphs):
+            for i in range(len(g)):
+                if indeg[r][i] == 0:
+                    make_ready(r, i, 0)
+            issue(r, 0)
+
+        while events:
+            now, _, r, i = heapq.heappop(events)
+            g = graphs[r]
+            t = g.types[i]
+            st = node_start[r].get(i, now)
+            if t == COMP:
+                comp_busy[r] = False
+                comp_iv[r].append((st, now))
+            elif t in (COLL, SEND):
+                comm_busy[r] = False
+                comm_iv[r].append((st, now))
+            elif t in (MEM_LOAD, MEM_STORE):
+                comm_busy[r] = False
+                mem_iv[r].append((st, now))
+            done_count[r] += 1
+            if now > finish[r]:
+                finish[r] = now
+            for s in succ[r][i]:
+                indeg[r][s] -= 1
+                if indeg[r][s] == 0:
+                    make_ready(r, s, now)
+            issue(r, now)
+
+        for r, g in enumerate(graphs):
+            if done_count[r] != len(g):
+                stuck = [graphs[r].names[i] for i in range(len(g)) if indeg[r][i] >= 0][:3]
+                raise RuntimeError(
+                    f"rank {r} finished {done_count[r]} of {len(g)} nodes: unmatched send/recv or "
+                    f"collective (e.g. {stuck})")
+        slow = max(range(nr), key=lambda r: finish[r])
+        return IterationResult(
+            duration_ns=finish[slow],
+            per_rank_finish_ns=finish,
+            compute_ns=sum(b - a for a, b in comp_iv[slow]),
+            comm_ns=sum(b - a for a, b in comm_iv[slow]),
+            mem_ns=sum(b - a for a, b in mem_iv[slow]),
+            exposed_comm_ns=_union_minus(comm_iv[slow], comp_iv[slow]),
+            exposed_mem_ns=_union_minus(mem_iv[slow], comp_iv[slow] + comm_iv[slow]),
+            comm_bytes=comm_bytes,
+            mem_bytes_by_tier=dict(mem_bytes),
+        )

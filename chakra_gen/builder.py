@@ -1,0 +1,219 @@
+"""Turn one iteration's per-operator costs into one Chakra graph per NPU.
+
+Rank layout: rank = stage * tp + tp_rank, so a TP group is tp consecutive
+ranks (the inner network dimensions) and pipeline stages differ in the outer
+ones. Per layer the TP ranks all-reduce the activations after the attention
+output projection and after the MLP down projection (Megatron-style row
+parallel layers), tokens * hidden * dtype bytes each. Pipeline stages pass
+activations (tokens * hidden * dtype bytes) with SEND/RECV, one micro-batch at
+a time, so stages overlap across micro-batches as vLLM's pipeline does.
+
+Layer-wise KV loads (lower tier -> HBM) are MEM_LOAD nodes, one per layer,
+chained among themselves and each gating that layer's attention, so loading
+layer l+1 overlaps the compute of layer l. KV stores (offload, swap-out) are
+MEM_STORE nodes chained among themselves with no compute dependency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from chakra_gen.graph import COLL, COMP, EMPTY, MEM_LOAD, MEM_STORE, RECV, SEND, CollectiveType, Graph
+from frontend.compute.batch import OpCost
+
+ALLREDUCE_AFTER = ("o_proj", "down_proj", "moe")
+
+
+@dataclass
+class MicroBatchCost:
+    prologue: list[OpCost]
+    layer: list[OpCost]
+    epilogue: list[OpCost]
+    num_tokens: int
+
+
+@dataclass
+class MemTransfer:
+    tier: str
+    bytes_per_layer: int  # per NPU, for each of the NPU's layers
+
+
+@dataclass
+class BuildSpec:
+    num_layers: int
+    tp: int = 1
+    pp: int = 1
+    hidden_size: int = 4096
+    act_dtype_bytes: float = 2
+    tp_involved_dims: tuple[bool, ...] | None = None
+    loads: list[MemTransfer] = field(default_factory=list)
+    stores: list[MemTransfer] = field(default_factory=list)
+
+    @property
+    def num_npus(self) -> int:
+        return self.tp * self.pp
+
+    def stage_layers(self, stage: int) -> range:
+        per = math.ceil(self.num_layers / self.pp)
+        return range(stage * per, min(self.num_layers, (stage + 1) * per))
+
+    def tp_group_name(self, stage: int) -> str:
+        return "" if self.pp == 1 else str(stage + 1)
+
+    def comm_groups(self) -> dict[str, tuple[int, ...]]:
+        if self.pp == 1 or self.tp == 1:
+            return {}
+        return {str(s + 1): tuple(range(s * self.tp, (s + 1) * self.tp)) for s in range(self.pp)}
+
+
+def _tp_attrs(spec: BuildSpec, stage: int, tokens: int) -> dict:
+    a: dict = {"comm_type": int(CollectiveType.ALL_REDUCE),
+               "comm_size": int(tokens * spec.hidden_size * spec.act_dtype_bytes)}
+    if spec.tp_involved_dims is not None:
+        a["involved_dim"] = list(spec.tp_involved_dims)
+    pg = spec.tp_group_name(stage)
+    if pg:
+        a["pg_name"] = pg
+    return a
+
+
+def _stage_graph(spec: BuildSpec, rank: int, mbs: list[MicroBatchCost]) -> Graph:
+    stage = rank // spec.tp
+    g = Graph(rank=rank)
+    layers = spec.stage_layers(stage)
+    first_stage = stage == 0
+    last_stage = stage == spec.pp - 1
+    tp = spec.tp
+    # memory traffic for this NPU's layers
+    load_ids: dict[int, list[int]] = {}
+    if spec.loads:
+        prev = -1
+        for li in layers:
+            ids = []
+            for tr in spec.loads:
+                nid = g.add(f"L{li}.kv_load.{tr.tier}", MEM_LOAD, deps=(prev,) if prev >= 0 else EMPTY,
+                            tensor_bytes=tr.bytes_per_layer, attrs={"tier": tr.tier})
+                prev = nid
+                ids.append(nid)
+            load_ids[li] = ids
+    if spec.stores:
+        prev = -1
+        for li in layers:
+            for tr in spec.stores:
+                prev = g.add(f"L{li}.kv_store.{tr.tier}", MEM_STORE, deps=(prev,) if prev >= 0 else EMPTY,
+                             tensor_bytes=tr.bytes_per_layer, attrs={"tier": tr.tier})
+    state = {"last": -1, "pending": -1}
+
+    def add_comp(name: str, op: OpCost, extra: int = -1) -> None:
+        deps: tuple[int, ...] = (state["last"],) if state["last"] >= 0 else EMPTY
+        if state["pending"] >= 0:
+            deps = deps + (state["pending"],)
+            state["pending"] = -1
+        if extra >= 0:
+            deps = deps + (extra,)
+        state["last"] = g.add(name, COMP, duration_ns=op.duration_ns, deps=deps, num_ops=op.flops,
+                              tensor_bytes=op.bytes)
+
+    for mb_i, mb in enumerate(mbs):
+        act_bytes = int(mb.num_tokens * spec.hidden_size * spec.act_dtype_bytes)
+        if not first_stage:
+            # receives are posted up front (they do not hold the NPU); compute waits on them
+            state["pending"] = g.add(f"mb{mb_i}.recv", RECV,
+                                     attrs={"comm_src": rank - tp, "comm_tag": mb_i, "comm_size": act_bytes})
+        pre = f"mb{mb_i}." if len(mbs) > 1 else ""
+        if first_stage:
+            for op in mb.prologue:
+                add_comp(f"{pre}{op.name}", op)
+        for li in layers:
+            gate = load_ids[li][-1] if (mb_i == 0 and li in load_ids) else -1
+            for op in mb.layer:
+                add_comp(f"{pre}L{li}.{op.name}", op, gate if op.name == "attention" else -1)
+                if tp > 1 and op.name in ALLREDUCE_AFTER:
+                    state["last"] = g.add(f"{pre}L{li}.{op.name}.allreduce", COLL, deps=(state["last"],),
+                                          attrs=_tp_attrs(spec, stage, mb.num_tokens))
+        if last_stage:
+            for op in mb.epilogue:
+                add_comp(f"{pre}{op.name}", op)
+        else:
+            g.add(f"mb{mb_i}.send", SEND, deps=(state["last"],),
+                  attrs={"comm_dst": rank + tp, "comm_tag": mb_i, "comm_size": act_bytes})
+    return g
+
+
+def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
+    """One graph per NPU rank of the instance."""
+    if not mbs:
+        raise ValueError("no micro-batches to build")
+    if spec.pp == 1 and len(mbs) != 1:
+        raise ValueError("micro-batching is only used with pipeline parallelism")
+    graphs = []
+    if spec.pp == 1 and not spec.loads and not spec.stores:
+        g = _single_stage_fast(spec, mbs[0])
+        graphs = [g]
+        for r in range(1, spec.tp):
+            graphs.append(Graph(rank=r, names=g.names, types=g.types, durations_ns=g.durations_ns, deps=g.deps,
+                                ctrl_deps=g.ctrl_deps, num_ops=g.num_ops, tensor_bytes=g.tensor_bytes,
+                                attrs=g.attrs))
+        return graphs
+    for r in range(spec.num_npus):
+        graphs.append(_stage_graph(spec, r, mbs))
+    return graphs
+
+
+def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
+    """The common case (no PP, no memory traffic) built column-wise: a chain of nodes."""
+    names: list[str] = []
+    types: list[int] = []
+    durs: list[int] = []
+    nops: list[int] = []
+    tbytes: list[int] = []
+    attrs: list[dict | None] = []
+    for op in mb.prologue:
+        names.append(op.name)
+        types.append(COMP)
+        durs.append(op.duration_ns)
+        nops.append(op.flops)
+        tbytes.append(op.bytes)
+        attrs.append(None)
+    # one layer's template
+    t_names: list[str] = []
+    t_types: list[int] = []
+    t_durs: list[int] = []
+    t_nops: list[int] = []
+    t_bytes: list[int] = []
+    t_attrs: list[dict | None] = []
+    ar = _tp_attrs(spec, 0, mb.num_tokens) if spec.tp > 1 else None
+    for op in mb.layer:
+        t_names.append(op.name)
+        t_types.append(COMP)
+        t_durs.append(op.duration_ns)
+        t_nops.append(op.flops)
+        t_bytes.append(op.bytes)
+        t_attrs.append(None)
+        if ar is not None and op.name in ALLREDUCE_AFTER:
+            t_names.append(op.name + ".allreduce")
+            t_types.append(COLL)
+            t_durs.append(0)
+            t_nops.append(0)
+            t_bytes.append(0)
+            t_attrs.append(ar)
+    n_layers = spec.num_layers
+    names.extend(f"L{li}.{nm}" for li in range(n_layers) for nm in t_names)
+    types.extend(t_types * n_layers)
+    durs.extend(t_durs * n_layers)
+    nops.extend(t_nops * n_layers)
+    tbytes.extend(t_bytes * n_layers)
+    attrs.extend(t_attrs * n_layers)
+    for op in mb.epilogue:
+        names.append(op.name)
+        types.append(COMP)
+        durs.append(op.duration_ns)
+        nops.append(op.flops)
+        tbytes.append(op.bytes)
+        attrs.append(None)
+    n = len(types)
+    deps: list[tuple[int, ...]] = [EMPTY] + [(i - 1,) for i in range(1, n)]
+    g = Graph(rank=0)
+    g.extend_columns(names, types, durs, deps, nops, tbytes, attrs)
+    return g

@@ -1,0 +1,173 @@
+"""A light columnar graph the embedded backend executes without protobuf.
+
+Columns (parallel lists) instead of one object per node: an iteration graph has
+hundreds of nodes and the engine builds thousands of graphs per run, so node
+objects would dominate the simulation's cost. Durations are held in integer
+nanoseconds; the `.et` writer rounds them to Chakra's microseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+
+class NodeType(IntEnum):
+    """Chakra `NodeType` values (wire numbers)."""
+
+    INVALID_NODE = 0
+    METADATA_NODE = 1
+    MEM_LOAD_NODE = 2
+    MEM_STORE_NODE = 3
+    COMP_NODE = 4
+    COMM_SEND_NODE = 5
+    COMM_RECV_NODE = 6
+    COMM_COLL_NODE = 7
+
+
+class CollectiveType(IntEnum):
+    """Chakra `CollectiveCommType` values (wire numbers)."""
+
+    ALL_REDUCE = 0
+    REDUCE = 1
+    ALL_GATHER = 2
+    GATHER = 3
+    SCATTER = 4
+    BROADCAST = 5
+    ALL_TO_ALL = 6
+    REDUCE_SCATTER = 7
+    REDUCE_SCATTER_BLOCK = 8
+    BARRIER = 9
+
+
+COMP = int(NodeType.COMP_NODE)
+COLL = int(NodeType.COMM_COLL_NODE)
+SEND = int(NodeType.COMM_SEND_NODE)
+RECV = int(NodeType.COMM_RECV_NODE)
+MEM_LOAD = int(NodeType.MEM_LOAD_NODE)
+MEM_STORE = int(NodeType.MEM_STORE_NODE)
+
+EMPTY: tuple[int, ...] = ()
+
+
+@dataclass
+class Graph:
+    """One NPU's execution graph for one iteration.
+
+    Node ids are list positions (0..n-1). `deps` holds data dependencies (ids of
+    earlier nodes); `ctrl_deps` is kept separately because Chakra does.
+    `attrs` is None for nodes without attributes other than the compute ones,
+    which live in `num_ops` / `tensor_bytes` columns.
+    """
+
+    rank: int = 0
+    names: list[str] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)
+    durations_ns: list[int] = field(default_factory=list)
+    deps: list[tuple[int, ...]] = field(default_factory=list)
+    ctrl_deps: list[tuple[int, ...]] = field(default_factory=list)
+    num_ops: list[int] = field(default_factory=list)
+    tensor_bytes: list[int] = field(default_factory=list)
+    attrs: list[dict[str, Any] | None] = field(default_factory=list)
+    _digest: str | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def add(
+        self,
+        name: str,
+        node_type: int,
+        *,
+        duration_ns: int = 0,
+        deps: tuple[int, ...] = EMPTY,
+        ctrl_deps: tuple[int, ...] = EMPTY,
+        num_ops: int = 0,
+        tensor_bytes: int = 0,
+        attrs: dict[str, Any] | None = None,
+    ) -> int:
+        node_id = len(self.types)
+        self.names.append(name)
+        self.types.append(int(node_type))
+        self.durations_ns.append(int(duration_ns))
+        self.deps.append(tuple(deps))
+        self.ctrl_deps.append(tuple(ctrl_deps))
+        self.num_ops.append(int(num_ops))
+        self.tensor_bytes.append(int(tensor_bytes))
+        self.attrs.append(attrs)
+        self._digest = None
+        return node_id
+
+    def extend_columns(
+        self,
+        names: list[str],
+        types: list[int],
+        durations_ns: list[int],
+        deps: list[tuple[int, ...]],
+        num_ops: list[int],
+        tensor_bytes: list[int],
+        attrs: list[dict[str, Any] | None],
+    ) -> None:
+        """Append many nodes at once (the builder's fast path)."""
+        n = len(names)
+        if not (len(types) == len(durations_ns) == len(deps) == len(num_ops) == len(tensor_bytes) == len(attrs) == n):
+            raise ValueError("column lengths differ")
+        self.names.extend(names)
+        self.types.extend(types)
+        self.durations_ns.extend(durations_ns)
+        self.deps.extend(deps)
+        self.ctrl_deps.extend([EMPTY] * n)
+        self.num_ops.extend(num_ops)
+        self.tensor_bytes.extend(tensor_bytes)
+        self.attrs.extend(attrs)
+        self._digest = None
+
+    def all_deps(self, node_id: int) -> tuple[int, ...]:
+        cd = self.ctrl_deps[node_id]
+        return self.deps[node_id] + cd if cd else self.deps[node_id]
+
+    def attr(self, node_id: int, key: str, default: Any = None) -> Any:
+        a = self.attrs[node_id]
+        return default if a is None else a.get(key, default)
+
+    def validate(self) -> None:
+        """Reject graphs ASTRA-sim would abort on (dangling or forward deps, empty)."""
+        if not self.types:
+            raise ValueError(f"rank {self.rank}: graph has no nodes (ASTRA-sim aborts on empty traces)")
+        for i in range(len(self.types)):
+            for d in self.all_deps(i):
+                if d < 0 or d >= i:
+                    raise ValueError(f"rank {self.rank}: node {i} ({self.names[i]}) depends on {d}, not an earlier node")
+            t = self.types[i]
+            if t in (NodeType.INVALID_NODE, NodeType.METADATA_NODE):
+                raise ValueError(f"rank {self.rank}: node {i} has type {t}, which ASTRA-sim does not execute")
+
+    def digest(self) -> str:
+        """Canonical content digest (names excluded: they do not change timing)."""
+        if self._digest is None:
+            key = repr(
+                (
+                    self.types,
+                    self.durations_ns,
+                    self.deps,
+                    self.ctrl_deps,
+                    self.num_ops,
+                    self.tensor_bytes,
+                    [sorted(a.items()) if a else None for a in self.attrs],
+                )
+            ).encode()
+            self._digest = hashlib.blake2b(key, digest_size=16).hexdigest()
+        return self._digest
+
+    def is_chain(self) -> bool:
+        """True when every node depends exactly on its predecessor (no concurrency possible)."""
+        deps = self.deps
+        if deps and deps[0]:
+            return False
+        for i in range(1, len(deps)):
+            d = deps[i]
+            if len(d) != 1 or d[0] != i - 1 or self.ctrl_deps[i]:
+                return False
+        return True

@@ -1,0 +1,190 @@
+"""`astraserve` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from frontend.config.loader import ConfigError, load_and_resolve
+from frontend.workload.jsonl import WorkloadError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="AstraServe: simulate LLM serving clusters.")
+backends_app = typer.Typer(no_args_is_help=True, help="Inspect timing backends.")
+app.add_typer(backends_app, name="backends")
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _overrides(workload: Path | None, num_requests: int | None, backend: str | None, profile: Path | None,
+               engine_meta: Path | None) -> dict[str, Any]:
+    ov: dict[str, Any] = {}
+    if workload is not None:
+        ov["workload"] = {"kind": "jsonl", "path": str(workload.resolve())}
+        if num_requests is not None:
+            ov["workload"]["num_requests"] = num_requests
+    elif num_requests is not None:
+        ov["workload"] = {"num_requests": num_requests}
+    if backend is not None:
+        ov["backend"] = {"kind": backend}
+    if profile is not None:
+        ov["compute"] = {"kind": "profile", "profile": str(profile.resolve())}
+    if engine_meta is not None:
+        from frontend.validation.reference import engine_from_meta
+
+        ov["engine"] = engine_from_meta(engine_meta)
+    return ov
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    out = Console()
+    t = Table(title=f"{s.get('name', 'run')}: {s['completed']} completed, {s['rejected']} rejected, "
+                    f"{s['iterations']} iterations, {s['simulated_duration_s']:.2f} s simulated, "
+                    f"{s['wall_s']:.2f} s wall")
+    t.add_column("metric")
+    for c in ("mean", "p50", "p90", "p99"):
+        t.add_column(c, justify="right")
+    for key, label in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("e2e_ms", "E2E (ms)")):
+        t.add_row(label, *(f"{s[key][c]:.2f}" for c in ("mean", "p50", "p90", "p99")))
+    out.print(t)
+    thr = s["throughput"]
+    out.print(f"throughput: {thr['requests_per_s']:.3f} req/s, {thr['output_tokens_per_s']:.1f} output tok/s; "
+              f"exposed comm share {s['exposed_comm_share']:.3%}")
+    pc = s.get("prefix_cache", {})
+    if pc.get("warning"):
+        out.print(f"[yellow]note:[/] {pc['warning']}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="run file (YAML)")],
+    out: Annotated[Path | None, typer.Option(help="output directory (default: the config's output.dir)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
+    workload: Annotated[Path | None, typer.Option(help="JSONL workload replacing the config's")] = None,
+    num_requests: Annotated[int | None, typer.Option(help="limit/override the number of requests")] = None,
+    backend: Annotated[str | None, typer.Option(help="embedded | astra-sim")] = None,
+    profile: Annotated[Path | None, typer.Option(help="profile bundle model folder")] = None,
+    engine_meta: Annotated[Path | None, typer.Option(help="take engine settings from a vLLM run's meta.json")] = None,
+    dump_chakra: Annotated[Path | None, typer.Option(help="write ASTRA-sim input sets of chosen iterations here")] = None,
+    dump_iterations: Annotated[str, typer.Option(help="iterations to dump, e.g. 0,10,100-110")] = "0",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or table")] = False,
+) -> None:
+    """Simulate a serving run and write requests.csv, iterations.csv and summary.json."""
+    from frontend.metrics.report import write_outputs
+    from frontend.session import ChakraDumper, parse_iteration_spec, simulate
+
+    try:
+        if backend is not None and backend not in ("embedded", "astra-sim"):
+            raise ConfigError(f"--backend: expected 'embedded' or 'astra-sim', got {backend!r}")
+        resolved = load_and_resolve(config, _overrides(workload, num_requests, backend, profile, engine_meta))
+        dump = ChakraDumper(dump_chakra, parse_iteration_spec(dump_iterations)) if dump_chakra else None
+    except (ConfigError, WorkloadError, ValueError) as e:
+        fail(str(e))
+        return
+    out_dir = out or Path(resolved.config.output.dir)
+    show = not quiet and sys.stderr.isatty()
+    warned: set[str] = set()
+
+    def warn(msg: str) -> None:
+        if msg not in warned:
+            warned.add(msg)
+            err.print(f"[yellow]warning:[/] {msg}", highlight=False)
+
+    try:
+        if show:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeElapsedColumn(), console=err, transient=True) as prog:
+                task = prog.add_task("simulating", total=None)
+
+                def progress(now_ns: int, done: int, total: int) -> None:
+                    prog.update(task, completed=done, total=total,
+                                description=f"simulated {now_ns / 1e9:8.2f} s")
+
+                result, extra = simulate(resolved, seed, progress=progress, dump=dump, warn=warn)
+        else:
+            result, extra = simulate(resolved, seed, dump=dump, warn=warn)
+    except (ConfigError, WorkloadError) as e:
+        fail(str(e))
+        return
+    summary = write_outputs(result, out_dir, extra)
+    if dump is not None:
+        missing = sorted(dump.wanted - set(dump.written))
+        if missing:
+            warn(f"--dump-iterations: run had {dump.counter} iterations; not dumped: {missing[:10]}")
+    if not quiet:
+        print_summary(summary)
+        Console().print(f"outputs in {out_dir}/")
+
+
+@backends_app.command("check")
+def backends_check(config: Annotated[Path | None, typer.Argument(help="run file naming a binary")] = None) -> None:
+    """Report which backends are usable here and why not."""
+    from astra_bridge.astrasim import find_binary, probe_binary
+
+    t = Table(title="backends")
+    t.add_column("backend")
+    t.add_column("usable")
+    t.add_column("details")
+    t.add_row("embedded", "yes", "pure Python analytical engine (default)")
+    cfg_bin = None
+    if config is not None:
+        try:
+            cfg_bin = load_and_resolve(config).config.backend.astra_sim.binary
+        except ConfigError as e:
+            fail(str(e))
+    path, why = find_binary(cfg_bin)
+    if path is None:
+        t.add_row("astra-sim", "no", why)
+    else:
+        ok, detail = probe_binary(path)
+        t.add_row("astra-sim", "yes" if ok else "no", f"{path}: {detail}")
+    Console().print(t)
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="run file")],
+    iterations: Annotated[str, typer.Option(help="iterations to compare, e.g. 0-20")] = "0-9",
+    workload: Annotated[Path | None, typer.Option()] = None,
+    num_requests: Annotated[int | None, typer.Option()] = None,
+    out: Annotated[Path | None, typer.Option(help="write the comparison as JSON")] = None,
+) -> None:
+    """Run chosen iterations through the embedded and the upstream ASTRA-sim backend and diff them."""
+    from astra_bridge.compare import compare_backends
+
+    try:
+        resolved = load_and_resolve(config, _overrides(workload, num_requests, None, None, None))
+        from frontend.session import parse_iteration_spec
+
+        rows = compare_backends(resolved, parse_iteration_spec(iterations))
+    except (ConfigError, WorkloadError, ValueError, RuntimeError) as e:
+        fail(str(e))
+        return
+    t = Table(title="embedded vs astra-sim per iteration")
+    for c in ("iteration", "instance", "embedded_ns", "astrasim_ns", "diff_%"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(str(r["iteration"]), r["instance"], str(r["embedded_ns"]), str(r["astrasim_ns"]),
+                  f"{r['diff_pct']:+.3f}")
+    Console().print(t)
+    if out:
+        out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

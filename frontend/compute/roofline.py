@@ -1,0 +1,134 @@
+"""Roofline latency per operator of a decoder layer.
+
+time = max(FLOPs / (peak * eff_flops), bytes / (HBM bw * eff_bw)) + launch,
+per NPU (weights and heads split over tp). FLOPs count a multiply-add as 2.
+Attention FLOPs for a sequence with q new tokens over ctx cached ones are
+4 * q * (ctx + (q + 1) / 2) * head_dim * heads (QK^T and PV, causal within the
+chunk); its bytes are the KV it reads ((ctx + q) tokens), Q and O, and the
+new KV it writes. Efficiency factors come from the hardware catalog entry.
+
+Physics refinements (documented in the README's calibration notes):
+* GEMM tile quantization: tensor-core GEMMs run in tiles of 64 rows of M
+  (tokens); a GEMM over M tokens costs as many FLOPs as ceil(M/64)*64.
+* Attention over short contexts cannot fill the GPU: its compute efficiency
+  is scaled by q_total / (q_total + 256) (occupancy of the query tiles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from frontend.compute.batch import BatchShape, OpCost
+from frontend.config.hardware import HardwareSpec
+from frontend.config.models import DTYPE_BYTES, ModelSpec
+
+GEMM_TILE_M = 64
+ATTN_OCCUPANCY_TOKENS = 256
+
+
+@dataclass
+class Roofline:
+    model: ModelSpec
+    hw: HardwareSpec
+    dtype: str = "bf16"
+    tp: int = 1
+    kv_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        self.b = DTYPE_BYTES[self.dtype]
+        self.kvb = DTYPE_BYTES[self.kv_dtype or self.dtype]
+        self.peak = self.hw.peak_flops(self.dtype)
+        eff = self.hw.efficiency
+        self.flops_per_ns = self.peak * eff.gemm_flops / 1e9
+        self.attn_flops_per_ns = self.peak * eff.attention_flops / 1e9
+        self.bytes_per_ns = self.hw.hbm_bw_gbps * eff.mem_bw  # GB/s * 1e9 / 1e9
+        self.launch = self.hw.kernel_launch_ns
+        m = self.model
+        self.heads = max(1, m.num_heads // self.tp)
+        self.kv_heads = max(1, m.num_kv_heads // self.tp)
+        self.hd = m.head_dim
+        self.d = m.hidden_size
+
+    def _t(self, flops: float, nbytes: float, fpn: float | None = None) -> int:
+        return int(max(flops / (fpn or self.flops_per_ns), nbytes / self.bytes_per_ns)) + self.launch
+
+    def _gemm(self, name: str, m: int, k: int, n: int) -> OpCost:
+        mq = -(-m // GEMM_TILE_M) * GEMM_TILE_M
+        flops = 2 * m * k * n
+        nbytes = (k * n + m * k + m * n) * self.b
+        return OpCost(name, self._t(2 * mq * k * n, nbytes), flops, int(nbytes))
+
+    def _elementwise(self, name: str, elems: float, flops_per_elem: float, rw: float) -> OpCost:
+        nbytes = elems * rw * self.b
+        return OpCost(name, self._t(elems * flops_per_elem, nbytes), int(elems * flops_per_elem), int(nbytes))
+
+    def attention(self, shape: BatchShape) -> OpCost:
+        units = 0.0
+        kv_tokens = 0
+        for q, c in zip(shape.q, shape.ctx, strict=True):
+            units += q * (c + (q + 1) / 2)
+            kv_tokens += c + q
+        t = shape.num_tokens
+        flops = 4 * units * self.hd * self.heads
+        kv_bytes = kv_tokens * 2 * self.kv_heads * self.hd * self.kvb
+        qo_bytes = 2 * t * self.heads * self.hd * self.b + t * 2 * self.kv_heads * self.hd * self.kvb
+        occupancy = t / (t + ATTN_OCCUPANCY_TOKENS)
+        ns = self._t(flops, kv_bytes + qo_bytes, self.attn_flops_per_ns * max(occupancy, 1e-3))
+        return OpCost("attention", ns, int(flops), int(kv_bytes + qo_bytes))
+
+    def layer_ops(self, shape: BatchShape) -> list[OpCost]:
+        m = self.model
+        t = shape.num_tokens
+        d = self.d
+        ops = [
+            self._elementwise("layernorm", t * d, 4, 2),
+            self._gemm("qkv_proj", t, d, (self.heads + 2 * self.kv_heads) * self.hd),
+            self._elementwise("rotary_emb", t * (self.heads + self.kv_heads) * self.hd, 3, 2),
+            self.attention(shape),
+            self._gemm("o_proj", t, self.heads * self.hd, d),
+            self._elementwise("layernorm", t * d, 4, 2),
+        ]
+        if m.is_moe:
+            ops += self.moe_ops(t)
+        else:
+            inter = m.intermediate_size // self.tp
+            ops += [
+                self._gemm("gate_up_proj", t, d, 2 * inter),
+                self._elementwise("act_fn", t * inter, 5, 3),
+                self._gemm("down_proj", t, inter, d),
+            ]
+        return ops
+
+    def moe_ops(self, t: int) -> list[OpCost]:
+        """Router GEMM, then the experts tokens actually activate (uniform routing).
+
+        With E experts, k per token and t tokens, the expected number of distinct
+        experts touched is E * (1 - (1 - k/E)^t); their weights are read once,
+        the FLOPs are those of t*k expert rows.
+        """
+        m = self.model
+        e, k = m.num_experts, max(1, m.experts_per_token)
+        inter = m.moe_intermediate_size // self.tp
+        d = self.d
+        touched = e * (1 - (1 - k / e) ** t)
+        flops = 2 * t * k * 3 * d * inter
+        wbytes = touched * 3 * d * inter * self.b
+        abytes = t * k * (2 * d + 3 * inter) * self.b
+        mq = -(-t * k // GEMM_TILE_M) * GEMM_TILE_M
+        return [
+            self._gemm("moe_gate", t, d, e),
+            OpCost("moe", self._t(2 * mq * 3 * d * inter, wbytes + abytes), int(flops), int(wbytes + abytes)),
+        ]
+
+    def prologue_ops(self, shape: BatchShape) -> list[OpCost]:
+        return [OpCost("embedding", self._t(0, shape.num_tokens * self.d * self.b * 2), 0,
+                       shape.num_tokens * self.d * self.b * 2)]
+
+    def epilogue_ops(self, shape: BatchShape) -> list[OpCost]:
+        s = max(1, shape.num_sampled)
+        v = self.model.vocab_size // self.tp
+        return [
+            self._elementwise("final_layernorm", shape.num_tokens * self.d, 4, 2),
+            self._gemm("lm_head", s, self.d, v),
+            OpCost("sampler", self._t(s * v * 10, s * v * 4 * 3), s * v * 10, s * v * 12),
+        ]

@@ -1,0 +1,49 @@
+"""Accelerator catalog entries (configs/hardware/*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Efficiency(BaseModel):
+    """Achieved fractions of peak; see each catalog file for where the numbers come from."""
+
+    model_config = ConfigDict(extra="forbid")
+    gemm_flops: float = Field(0.7, gt=0, le=1)
+    mem_bw: float = Field(0.85, gt=0, le=1)
+    attention_flops: float = Field(0.5, gt=0, le=1)
+
+
+class PowerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dram_pj_per_bit: float = Field(7.0, ge=0)  # HBM access energy (~3.9-7 pJ/bit, O'Connor et al. MICRO'17)
+    link_pj_per_bit: float = Field(5.0, ge=0)  # NVLink/PCIe SerDes class
+    host_dram_pj_per_bit: float = Field(20.0, ge=0)  # DDR5 through the host (~15-25 pJ/bit)
+
+
+class HardwareSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    peak_tflops: dict[str, float]
+    hbm_capacity_gib: float = Field(gt=0)
+    hbm_bw_gbps: float = Field(gt=0)
+    tdp_w: float = Field(gt=0)
+    idle_w: float = Field(0, ge=0)
+    standby_w: float = Field(0, ge=0)
+    efficiency: Efficiency = Field(default_factory=Efficiency)
+    kernel_launch_ns: int = Field(0, ge=0)
+    power: PowerSpec = Field(default_factory=PowerSpec)
+    profiles: dict[str, str] = Field(default_factory=dict)  # "<model>/<dtype>/tp<N>" -> bundle dir
+
+    def peak_flops(self, dtype: str) -> float:
+        if dtype not in self.peak_tflops:
+            raise ValueError(f"hardware {self.name} has no peak for dtype {dtype} (has {sorted(self.peak_tflops)})")
+        return self.peak_tflops[dtype] * 1e12
+
+
+def load_hardware(path: Path) -> HardwareSpec:
+    raw = yaml.safe_load(Path(path).read_text())
+    return HardwareSpec.model_validate(raw)

@@ -1,0 +1,254 @@
+"""Load a run file, validate it and resolve catalog references.
+
+Every failure becomes a ConfigError whose message names the field path and the
+reason; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from frontend.config.hardware import HardwareSpec, load_hardware
+from frontend.config.models import DTYPE_BYTES, ModelSpec, load_model_spec
+from frontend.config.schema import EngineConfig, InstanceConfig, NetworkDim, RunConfig, TierConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = REPO_ROOT / "configs"
+GIB = 1 << 30
+# CUDA context, cuBLAS/NCCL workspaces and graph pools that vLLM's profiling
+# counts as non-torch memory; ~0.5 GiB on recent drivers.
+NON_TORCH_OVERHEAD_BYTES = 512 * (1 << 20)
+
+
+class ConfigError(ValueError):
+    """A run file is invalid. str() is the user-facing message."""
+
+
+def _fmt_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif p in ("synthetic", "jsonl", "agents") and parts and parts[-1] == "workload":
+            continue
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in e.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check spelling)"
+        lines.append(f"  {_fmt_loc(tuple(err['loc']))}: {msg}")
+    return "\n".join(lines)
+
+
+def find_catalog_file(ref: str, kind: str, base_dir: Path | None) -> Path:
+    """A catalog entry by name (configs/<kind>/<name>.*) or by path."""
+    candidates: list[Path] = []
+    p = Path(ref)
+    if base_dir is not None:
+        candidates.append(base_dir / p)
+    candidates.append(Path.cwd() / p)
+    candidates.append(REPO_ROOT / p)
+    for ext in ("", ".yaml", ".yml", ".json"):
+        candidates.append(CONFIGS / kind / f"{ref}{ext}")
+    for c in candidates:
+        if c.is_file():
+            return c
+    avail = sorted(x.stem for x in (CONFIGS / kind).glob("*")) if (CONFIGS / kind).is_dir() else []
+    raise ConfigError(f"{kind} {ref!r} not found as a file or in configs/{kind}/ (available: {', '.join(avail)})")
+
+
+@dataclass
+class ResolvedInstance:
+    name: str
+    hardware: HardwareSpec
+    model: ModelSpec
+    engine: EngineConfig
+    tp: int
+    pp: int
+    dims: list[NetworkDim]
+    node: int
+    num_gpu_blocks: int
+    kv_block_bytes: int  # per NPU (its layers, its KV heads)
+    weight_bytes_per_npu: int
+    activation_reserve_bytes: int
+    tiers: list[TierConfig] = field(default_factory=list)
+
+    @property
+    def num_npus(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def dtype_bytes(self) -> float:
+        return DTYPE_BYTES[self.engine.dtype]
+
+
+@dataclass
+class ResolvedRun:
+    config: RunConfig
+    instances: list[ResolvedInstance]
+    source: str
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.instances[0].model
+
+
+def activation_reserve_bytes(model: ModelSpec, engine: EngineConfig, tp: int) -> int:
+    """Peak transient memory of vLLM's profiling forward pass (documented estimate).
+
+    vLLM sizes the KV cache after a dummy forward of max_num_batched_tokens
+    tokens and a sampler pass over max_num_seqs sequences: the largest
+    activations are the MLP's gate/up output and its activation (3 x I per
+    token) plus a few hidden-sized buffers; the sampler holds fp32 logits and
+    two same-sized temporaries (probs, sorted copy). Add NON_TORCH_OVERHEAD_BYTES.
+    """
+    b = DTYPE_BYTES[engine.dtype]
+    t = engine.max_num_batched_tokens
+    inter = (model.moe_intermediate_size * max(1, model.experts_per_token)) if model.is_moe else model.intermediate_size
+    act = t * (3 * inter / tp + 4 * model.hidden_size) * b
+    logits = engine.max_num_seqs * model.vocab_size / tp * 4 * 3
+    return int(act + logits + NON_TORCH_OVERHEAD_BYTES)
+
+
+def _instance_errors(prefix: str, inst: InstanceConfig, model: ModelSpec, hw: HardwareSpec,
+                     engine: EngineConfig) -> None:
+    if model.num_heads % inst.tp:
+        raise ConfigError(f"{prefix}.tp: tp={inst.tp} does not divide the model's {model.num_heads} attention heads")
+    if model.num_kv_heads % inst.tp and inst.tp % model.num_kv_heads:
+        raise ConfigError(f"{prefix}.tp: tp={inst.tp} and {model.num_kv_heads} KV heads: one must divide the other")
+    if inst.pp > model.num_layers:
+        raise ConfigError(f"{prefix}.pp: pp={inst.pp} exceeds the model's {model.num_layers} layers")
+    if engine.dtype not in hw.peak_tflops:
+        raise ConfigError(f"engine.dtype: {hw.name} has no {engine.dtype} peak (has {sorted(hw.peak_tflops)})")
+
+
+def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfig, node: int) -> ResolvedInstance:
+    base = cfg.base_dir
+    hw = load_hardware(find_catalog_file(inst.hardware, "hardware", base))
+    model = load_model_spec(find_catalog_file(inst.model or cfg.model, "models", base))
+    engine = inst.engine or cfg.engine
+    _instance_errors(prefix, inst, model, hw, engine)
+    npus = inst.tp * inst.pp
+    dims: list[NetworkDim] = []
+    if inst.network is not None:
+        if inst.network.preset and inst.network.dims:
+            raise ConfigError(f"{prefix}.network: give either 'preset' or 'dims', not both")
+        if inst.network.preset:
+            raw = yaml.safe_load(find_catalog_file(inst.network.preset, "networks", base).read_text())
+            dims = [NetworkDim.model_validate(d) for d in raw["dims"]]
+        else:
+            dims = list(inst.network.dims)
+    if npus > 1:
+        if not dims:
+            raise ConfigError(f"{prefix}.network: an instance of {npus} NPUs (tp={inst.tp}, pp={inst.pp}) needs a network")
+        prod = math.prod(d.npus for d in dims)
+        if prod != npus:
+            raise ConfigError(f"{prefix}.network: dimensions hold {prod} NPUs but tp*pp = {npus}")
+    b = DTYPE_BYTES[engine.dtype]
+    kv_b = DTYPE_BYTES[engine.dtype if engine.kv_cache_dtype == "auto" else engine.kv_cache_dtype]
+    layers_per_stage = math.ceil(model.num_layers / inst.pp)
+    kv_heads_per_npu = max(1, model.num_kv_heads // inst.tp)
+    block_bytes = int(engine.block_size * 2 * kv_heads_per_npu * model.head_dim * kv_b * layers_per_stage)
+    emb = model.vocab_size * model.hidden_size * b / inst.tp
+    weights = int(model.layer_params() * b / inst.tp * layers_per_stage + emb * (1 if inst.pp > 1 else (
+        1 if model.tie_word_embeddings else 2)))
+    reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
+               else activation_reserve_bytes(model, engine, inst.tp))
+    usable = hw.hbm_capacity_gib * GIB * engine.gpu_memory_utilization
+    free = usable - weights - reserve
+    if engine.num_gpu_blocks_override is not None:
+        blocks = engine.num_gpu_blocks_override
+    else:
+        blocks = int(free // block_bytes)
+    if blocks <= 0 or free <= 0 and engine.num_gpu_blocks_override is None:
+        raise ConfigError(
+            f"{prefix}: model {model.name} does not fit: {weights / GIB:.1f} GiB of weights per NPU + "
+            f"{reserve / GIB:.1f} GiB activation reserve exceed {usable / GIB:.1f} GiB "
+            f"({hw.name} {hw.hbm_capacity_gib} GiB x gpu_memory_utilization {engine.gpu_memory_utilization}); "
+            f"raise tp/pp or use a larger device")
+    max_len = engine.max_model_len or model.max_position_embeddings
+    tiers = []
+    for t in cfg.kv.tiers:
+        if t.scope == "pool" and t.shared_by and name not in t.shared_by and inst.name not in t.shared_by:
+            continue
+        tiers.append(t)
+    del max_len
+    return ResolvedInstance(name=name, hardware=hw, model=model, engine=engine, tp=inst.tp, pp=inst.pp, dims=dims,
+                            node=node, num_gpu_blocks=blocks, kv_block_bytes=block_bytes, weight_bytes_per_npu=weights,
+                            activation_reserve_bytes=reserve, tiers=tiers)
+
+
+def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
+    instances: list[ResolvedInstance] = []
+    node = 0
+    all_names = []
+    for i, inst in enumerate(cfg.instances):
+        for r in range(inst.replicas):
+            name = inst.name if inst.replicas == 1 else f"{inst.name}{r}"
+            all_names.append(name)
+            n = inst.node if inst.node is not None else node
+            instances.append(resolve_instance(f"instances[{i}]", inst, name, cfg, n))
+            node = n + 1
+    for j, t in enumerate(cfg.kv.tiers):
+        unknown = [s for s in t.shared_by if s not in all_names and s not in {x.name for x in cfg.instances}]
+        if unknown:
+            raise ConfigError(f"kv.tiers[{j}].shared_by: unknown instances {unknown} (have {all_names})")
+        if t.scope != "pool" and t.shared_by:
+            raise ConfigError(f"kv.tiers[{j}].shared_by: only a scope='pool' tier is shared")
+    return ResolvedRun(config=cfg, instances=instances, source=source)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the run file must be a YAML mapping")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+    cfg.base_dir = base_dir
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such run file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if overrides:
+        raw = deep_merge(raw or {}, overrides)
+    return parse_config(raw, str(path), p.parent)
+
+
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_and_resolve(path: str | Path, overrides: dict[str, Any] | None = None) -> ResolvedRun:
+    cfg = load_config(path, overrides)
+    try:
+        return resolve(cfg, str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (ValueError, ValidationError) as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,95 @@
+"""Model architecture facts read from a Hugging Face `config.json` (or YAML with the same keys)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "fp4": 0.5}
+_TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8": "fp8"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Dimensions of a decoder-only transformer (dense or MoE)."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 131072
+    default_dtype: str = "bf16"
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def layer_params(self) -> int:
+        d = self.hidden_size
+        attn = d * (self.q_dim + 2 * self.kv_dim) + self.q_dim * d
+        if self.is_moe:
+            mlp = self.num_experts * 3 * d * self.moe_intermediate_size + d * self.num_experts
+        else:
+            mlp = 3 * d * self.intermediate_size
+        return attn + mlp + 2 * d
+
+    def total_params(self) -> int:
+        emb = self.vocab_size * self.hidden_size
+        head = 0 if self.tie_word_embeddings else emb
+        return self.num_layers * self.layer_params() + emb + head + self.hidden_size
+
+    def kv_bytes_per_token(self, dtype_bytes: float, layers: int | None = None) -> int:
+        """K and V for one token over `layers` layers (all by default)."""
+        n = self.num_layers if layers is None else layers
+        return int(2 * self.kv_dim * dtype_bytes * n)
+
+
+def load_model_spec(path: Path) -> ModelSpec:
+    path = Path(path)
+    text = path.read_text()
+    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a mapping of config fields")
+    try:
+        hidden = int(raw["hidden_size"])
+        heads = int(raw["num_attention_heads"])
+        layers = int(raw["num_hidden_layers"])
+    except KeyError as e:
+        raise ValueError(f"{path}: missing required Hugging Face field {e.args[0]!r}") from None
+    n_exp = int(raw.get("num_experts") or raw.get("num_local_experts") or raw.get("n_routed_experts") or 0)
+    dtype = _TORCH_DTYPES.get(str(raw.get("torch_dtype", "bfloat16")), "bf16")
+    return ModelSpec(
+        name=str(raw.get("_name_or_path") or raw.get("name") or path.stem),
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+        head_dim=int(raw.get("head_dim") or hidden // heads),
+        intermediate_size=int(raw.get("intermediate_size") or 4 * hidden),
+        vocab_size=int(raw["vocab_size"]),
+        num_experts=n_exp,
+        experts_per_token=int(raw.get("num_experts_per_tok") or 0) if n_exp else 0,
+        moe_intermediate_size=int(raw.get("moe_intermediate_size") or raw.get("intermediate_size") or 0) if n_exp else 0,
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        max_position_embeddings=int(raw.get("max_position_embeddings") or 131072),
+        default_dtype=dtype,
+    )

@@ -1,0 +1,247 @@
+"""Run-file schema: everything a run needs, validated before anything runs.
+
+Field names carry units. Unknown keys are errors (extra="forbid") so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Topology = Literal["Ring", "FullyConnected", "Switch"]
+Algorithm = Literal["ring", "direct", "halvingDoubling", "doubleBinaryTree"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NetworkDim(Strict):
+    topology: Topology
+    npus: int = Field(ge=2, description="NPUs along this dimension (ASTRA-sim requires > 1)")
+    bw_gbps: float = Field(gt=0, description="per-link bandwidth, GB/s with GB = 2^30 as ASTRA-sim reads it")
+    latency_ns: float = Field(ge=0)
+    algorithm: Algorithm = "ring"
+
+
+class NetworkConfig(Strict):
+    preset: str | None = None
+    dims: list[NetworkDim] = Field(default_factory=list)
+
+
+class SystemConfig(Strict):
+    """ASTRA-sim system knobs that change timing."""
+
+    preferred_dataset_splits: int = Field(4, ge=1)
+    endpoint_delay_ns: int = Field(10, ge=1)
+    active_chunks_per_dimension: int = Field(1, ge=1)
+    local_mem_bw_gbps: float = Field(1600.0, gt=0)
+    scheduling_policy: Literal["LIFO", "FIFO"] = "LIFO"
+    collective_optimization: Literal["baseline", "localBWAware"] = "localBWAware"
+
+
+class TierConfig(Strict):
+    """A KV tier below HBM."""
+
+    name: str
+    kind: Literal["dram", "cxl"] = "dram"
+    capacity_gib: float = Field(ge=0)
+    bw_gbps: float = Field(gt=0, description="GB/s (1e9) of the link the tier is reached over")
+    latency_ns: int = Field(ge=0)
+    scope: Literal["instance", "node", "pool"] = "node"
+    shared_by: list[str] = Field(default_factory=list, description="pool: instance names it serves (empty = all)")
+
+
+class KVConfig(Strict):
+    tiers: list[TierConfig] = Field(default_factory=list)
+    offload: Literal["none", "write_through", "write_back"] = "none"
+    preemption: Literal["recompute", "swap"] = "recompute"
+    layerwise_load: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> KVConfig:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        if "hbm" in names:
+            raise ValueError("'hbm' is the instance's own tier; name lower tiers differently")
+        if self.offload != "none" and not self.tiers:
+            raise ValueError(f"offload={self.offload!r} needs at least one lower tier")
+        if self.preemption == "swap" and not any(t.kind == "dram" for t in self.tiers):
+            raise ValueError("preemption='swap' needs a host DRAM tier to swap into")
+        return self
+
+
+class EngineConfig(Strict):
+    """Serving-engine settings with vLLM's names and meanings."""
+
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(2048, ge=1)
+    block_size: int = Field(16, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    kv_cache_dtype: Literal["auto", "bf16", "fp16", "fp8"] = "auto"
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    max_model_len: int | None = Field(None, ge=1)
+    num_gpu_blocks_override: int | None = Field(None, ge=1)
+    activation_reserve_gib: float | None = Field(None, ge=0)
+    scheduler_overhead_ns: int = Field(0, ge=0, description="host time per iteration not overlapped with the GPU")
+
+
+class InstanceConfig(Strict):
+    name: str = "inst"
+    hardware: str
+    model: str | None = None
+    replicas: int = Field(1, ge=1)
+    tp: int = Field(1, ge=1)
+    pp: int = Field(1, ge=1)
+    node: int | None = Field(None, ge=0, description="node index for node-scoped tiers (default: own node)")
+    network: NetworkConfig | None = None
+    engine: EngineConfig | None = None
+
+
+class Dist(Strict):
+    dist: Literal["constant", "lognormal", "uniform", "exponential", "empirical"] = "lognormal"
+    mean: float | None = Field(None, gt=0)
+    sigma: float | None = Field(None, ge=0)
+    value: float | None = Field(None, gt=0)
+    low: float | None = Field(None, ge=0)
+    high: float | None = Field(None, gt=0)
+    values: list[float] | None = None
+    min: int = Field(1, ge=1)
+    max: int = Field(32768, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Dist:
+        need = {"constant": ["value"], "lognormal": ["mean", "sigma"], "uniform": ["low", "high"],
+                "exponential": ["mean"], "empirical": ["values"]}[self.dist]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dist={self.dist!r} needs {', '.join(missing)}")
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
+        return self
+
+
+class Arrival(Strict):
+    process: Literal["poisson", "gamma", "constant", "burst"] = "poisson"
+    rate_per_s: float = Field(10.0, gt=0)
+    cv: float = Field(1.0, gt=0, description="gamma: coefficient of variation of inter-arrival times")
+
+
+class SyntheticWorkload(Strict):
+    kind: Literal["synthetic"] = "synthetic"
+    num_requests: int = Field(1000, ge=1)
+    arrival: Arrival = Field(default_factory=Arrival)
+    prompt_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=900, sigma=1.0))
+    output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=250, sigma=0.9))
+    shared_prefix_tokens: int = Field(0, ge=0, description="system-prompt tokens shared by every request")
+
+
+class JsonlWorkload(Strict):
+    kind: Literal["jsonl"] = "jsonl"
+    path: str
+    num_requests: int | None = Field(None, ge=1)
+    time_scale: float = Field(1.0, gt=0, description="multiply arrival times (e.g. 0.5 = twice the rate)")
+
+
+class ToolDist(Strict):
+    dist: Literal["constant", "exponential", "lognormal", "empirical", "trace"] = "trace"
+    mean_ms: float | None = Field(None, ge=0)
+    sigma: float | None = Field(None, ge=0)
+    file: str | None = None
+
+
+class AgentWorkload(Strict):
+    kind: Literal["agents"] = "agents"
+    generator: Literal["coding", "research", "multiagent"] = "coding"
+    num_programs: int = Field(100, ge=1)
+    rate_per_s: float = Field(1.0, gt=0)
+    turns_min: int = Field(5, ge=1)
+    turns_max: int = Field(50, ge=1)
+    system_prompt_tokens: int = Field(2000, ge=0)
+    tool_output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=400, sigma=0.8))
+    output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=150, sigma=0.7))
+    tools: dict[str, ToolDist] = Field(default_factory=dict)
+    fanout: int = Field(4, ge=1)
+    num_agents: int = Field(5000, ge=1)
+    steps: int = Field(20, ge=1)
+    active_fraction: float = Field(0.05, gt=0, le=1)
+
+
+Workload = Annotated[SyntheticWorkload | JsonlWorkload | AgentWorkload, Field(discriminator="kind")]
+
+
+class ComputeConfig(Strict):
+    kind: Literal["roofline", "profile"] = "roofline"
+    profile: str | None = None
+    architecture: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ComputeConfig:
+        if self.kind == "profile" and not self.profile:
+            raise ValueError("kind='profile' needs 'profile' (a bundle's model folder)")
+        return self
+
+
+class AstraSimConfig(Strict):
+    binary: str | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    workers: int = Field(1, ge=1)
+    work_dir: str | None = None
+
+
+class BackendConfig(Strict):
+    kind: Literal["embedded", "astra-sim"] = "embedded"
+    cache: bool = True
+    cache_size: int = Field(4096, ge=0)
+    system: SystemConfig = Field(default_factory=SystemConfig)
+    astra_sim: AstraSimConfig = Field(default_factory=AstraSimConfig)
+
+
+class RouterConfig(Strict):
+    policy: Literal["round_robin", "least_loaded", "session_affinity", "kv_overlap"] = "round_robin"
+    pressure_threshold: float = Field(0.9, gt=0, le=1.0)
+    load_weight: float = Field(1.0, ge=0)
+
+
+class PolicyConfig(Strict):
+    scheduling: Literal["fcfs", "program_fcfs", "plas"] = "fcfs"
+    retention: Literal["lru", "ttl_pin", "min_waste", "invocation_distance"] = "lru"
+    ttl_ms: float = Field(2000.0, ge=0)
+    prefetch: Literal["none", "invocation_distance"] = "none"
+    prefetch_lookahead: int = Field(8, ge=0)
+
+
+class OutputConfig(Strict):
+    dir: str = "runs/out"
+    timeline: bool = False
+    plots: bool = False
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    seed: int = 0
+    model: str
+    instances: list[InstanceConfig] = Field(min_length=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    kv: KVConfig = Field(default_factory=KVConfig)
+    workload: Workload = Field(default_factory=SyntheticWorkload)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    base_dir: Path | None = Field(None, exclude=True)
+
+    @field_validator("instances")
+    @classmethod
+    def _unique_names(cls, v: list[InstanceConfig]) -> list[InstanceConfig]:
+        names = [i.name for i in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"instance names must be unique, got {names}")
+        return v

@@ -1,0 +1,114 @@
+"""The discrete-event loop over the whole cluster, in integer nanoseconds.
+
+Events: request arrivals and iteration completions per instance. All events
+at one instant are applied before idle instances start their next iteration,
+so requests arriving together are batched together. Nothing waits on a wall
+clock: the clock jumps from event to event.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from astra_bridge.backend import Backend
+from frontend.config.loader import ResolvedRun
+from frontend.instance.runtime import InstanceRuntime, StepOutcome
+from frontend.metrics.collector import IterationLog
+from frontend.router import Router
+from frontend.workload.request import Request
+
+ITER_DONE = 0
+ARRIVAL = 1
+
+
+@dataclass
+class RunResult:
+    requests: list[Request]
+    iterations: IterationLog
+    sim_end_ns: int
+    wall_s: float
+    instances: list[InstanceRuntime]
+    backend_stats: dict[str, int] = field(default_factory=dict)
+    router: Router | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, run: ResolvedRun, instances: list[InstanceRuntime], backend: Backend,
+                 progress: Callable[[int, int, int], None] | None = None,
+                 on_step: Callable[[InstanceRuntime, StepOutcome, int], None] | None = None) -> None:
+        self.run_cfg = run
+        self.instances = instances
+        self.backend = backend
+        self.router = Router(run.config.router, instances)
+        self.progress = progress
+        self.on_step = on_step
+        self.log = IterationLog()
+
+    def run(self, requests: list[Request]) -> RunResult:
+        t0 = time.perf_counter()
+        events: list[tuple[int, int, int, object]] = []
+        seq = 0
+        for r in requests:
+            events.append((r.arrival_ns, ARRIVAL, seq, r))
+            seq += 1
+        heapq.heapify(events)
+        inflight: dict[str, StepOutcome] = {}
+        by_name = {i.name: i for i in self.instances}
+        total = len(requests)
+        done = 0
+        now = 0
+        last_report = 0.0
+        while events:
+            now = events[0][0]
+            touched: list[InstanceRuntime] = []
+            while events and events[0][0] == now:
+                _, kind, _, payload = heapq.heappop(events)
+                if kind == ARRIVAL:
+                    req = payload  # type: ignore[assignment]
+                    inst = self.router.choose(req)
+                    reason = inst.scheduler.rejection_reason(req)
+                    if reason:
+                        req.status = "rejected"
+                        req.reject_reason = reason
+                        req.instance = inst.name
+                        done += 1
+                        continue
+                    inst.scheduler.add(req)
+                    touched.append(inst)
+                else:
+                    inst = by_name[payload]  # type: ignore[index]
+                    out = inflight.pop(inst.name)
+                    finished = inst.scheduler.complete(out.plan, now)
+                    done += len(finished)
+                    inst.busy = False
+                    touched.append(inst)
+            for inst in touched:
+                if inst.busy:
+                    continue
+                out = inst.step()
+                if out is None:
+                    continue
+                inst.busy = True
+                inflight[inst.name] = out
+                end = now + out.duration_ns
+                self.log.add(inst, now, end, out)
+                if self.on_step is not None:
+                    self.on_step(inst, out, now)
+                heapq.heappush(events, (end, ITER_DONE, seq, inst.name))
+                seq += 1
+            if self.progress is not None:
+                w = time.perf_counter()
+                if w - last_report > 0.1:
+                    last_report = w
+                    self.progress(now, done, total)
+        if self.progress is not None:
+            self.progress(now, done, total)
+        stuck = [r for r in requests if r.status not in ("finished", "rejected")]
+        if stuck:
+            raise RuntimeError(f"{len(stuck)} requests neither finished nor rejected (first: {stuck[0].request_id})")
+        return RunResult(requests=requests, iterations=self.log, sim_end_ns=now, wall_s=time.perf_counter() - t0,
+                         instances=self.instances, backend_stats=self.backend.stats(), router=self.router)

@@ -1,0 +1,1 @@
+"""One serving replica: scheduler and KV-cache manager."""

@@ -1,0 +1,172 @@
+"""Paged KV blocks in HBM with vLLM's prefix cache.
+
+Semantics follow vLLM v1's KV cache manager: a block is identified by the
+chained hash of the tokens in it and all before it (full blocks only); a new
+request reuses the longest run of cached leading blocks; blocks with no
+reference stay in a free queue as cache, evicted from the front (least
+recently freed first); a request's blocks are returned tail first so its tail
+is evicted before its head.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from frontend.workload.request import Request
+
+
+@dataclass
+class KVStats:
+    lookups: int = 0
+    lookup_blocks: int = 0
+    hit_blocks: int = 0
+    evictions: int = 0
+    requests_without_ids: int = 0
+
+
+class BlockPool:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 on_evict: Callable[[int, int], None] | None = None) -> None:
+        if num_blocks <= 0:
+            raise ValueError("num_blocks must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref = [0] * num_blocks
+        self.block_hash: list[int | None] = [None] * num_blocks
+        self.cached: dict[int, int] = {}  # hash -> block id
+        self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.on_evict = on_evict  # (hash, block id) of a cached block being reused
+        self.stats = KVStats()
+
+    # ---- accounting ----
+    @property
+    def num_free(self) -> int:
+        return len(self.free_queue)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - len(self.free_queue)
+
+    def usage(self) -> float:
+        return self.num_used / self.num_blocks
+
+    # ---- prefix cache ----
+    def ensure_hashes(self, req: Request) -> list[int]:
+        if req.hashes is None:
+            if not self.enable_prefix_caching or not req.content.has_content:
+                req.hashes = []
+            else:
+                total = req.input_tokens + req.output_tokens
+                if req.output_content.has_content and req.content.ids is not None and req.output_content.ids is not None:
+                    from frontend.workload.request import TokenContent
+                    full = TokenContent(ids=req.content.ids + req.output_content.ids)
+                    req.hashes = full.block_hashes(self.block_size, total)
+                else:
+                    # output tokens without ids are unique to the request: only the prompt is hashable
+                    req.hashes = req.content.block_hashes(self.block_size, req.input_tokens)
+        return req.hashes
+
+    def find_cached_prefix(self, req: Request) -> list[int]:
+        """Block ids of the longest cached prefix usable by req (at least one token left to compute)."""
+        if not self.enable_prefix_caching:
+            return []
+        hashes = self.ensure_hashes(req)
+        if not req.content.has_content:
+            return []
+        limit = (req.num_tokens - 1) // self.block_size
+        hits = []
+        for j in range(min(limit, len(hashes))):
+            b = self.cached.get(hashes[j])
+            if b is None:
+                break
+            hits.append(b)
+        return hits
+
+    def count_lookup(self, req: Request, hit_blocks: int) -> None:
+        self.stats.lookups += 1
+        self.stats.lookup_blocks += req.num_tokens // self.block_size
+        self.stats.hit_blocks += hit_blocks
+
+    # ---- allocation ----
+    def _pop_free(self) -> int:
+        b, _ = self.free_queue.popitem(last=False)
+        h = self.block_hash[b]
+        if h is not None:
+            if self.cached.get(h) == b:
+                del self.cached[h]
+                if self.on_evict is not None:
+                    self.on_evict(h, b)
+            self.block_hash[b] = None
+            self.stats.evictions += 1
+        return b
+
+    def touch(self, blocks: list[int]) -> None:
+        for b in blocks:
+            if self.ref[b] == 0:
+                del self.free_queue[b]
+            self.ref[b] += 1
+
+    def blocks_needed(self, req: Request, num_new_tokens: int, num_hit_blocks: int = 0) -> int:
+        total = req.num_computed_tokens + num_new_tokens
+        need = -(-total // self.block_size)
+        return max(0, need - len(req.block_ids) - num_hit_blocks)
+
+    def can_allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None) -> bool:
+        hb = hit_blocks or []
+        free_hits = sum(1 for b in hb if self.ref[b] == 0)
+        return self.blocks_needed(req, num_new_tokens, len(hb)) <= self.num_free - free_hits
+
+    def allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None) -> bool:
+        """Give req room for num_new_tokens more tokens (after any prefix hits). False if no room."""
+        hb = hit_blocks or []
+        if not self.can_allocate(req, num_new_tokens, hb):
+            return False
+        if hb:
+            self.touch(hb)
+            req.block_ids.extend(hb)
+        for _ in range(self.blocks_needed(req, num_new_tokens)):
+            b = self._pop_free()
+            self.ref[b] = 1
+            req.block_ids.append(b)
+        return True
+
+    def cache_full_blocks(self, req: Request, num_tokens_computed: int) -> None:
+        """Register hashes of req's blocks that are now full of computed tokens."""
+        if not self.enable_prefix_caching or not req.hashes:
+            return
+        n_full = min(num_tokens_computed // self.block_size, len(req.hashes), len(req.block_ids))
+        for j in range(n_full):
+            b = req.block_ids[j]
+            if self.block_hash[b] is not None:
+                continue
+            h = req.hashes[j]
+            self.block_hash[b] = h
+            if h not in self.cached:
+                self.cached[h] = b
+
+    def free(self, req: Request) -> None:
+        for b in reversed(req.block_ids):
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                self.free_queue[b] = None
+            elif self.ref[b] < 0:
+                raise AssertionError(f"block {b} freed twice")
+        req.block_ids = []
+
+    def check_invariants(self, live: list[Request]) -> None:
+        """Every block is either referenced by exactly ref live requests or free (tests)."""
+        counts = [0] * self.num_blocks
+        for r in live:
+            for b in r.block_ids:
+                counts[b] += 1
+        for b in range(self.num_blocks):
+            if counts[b] != self.ref[b]:
+                raise AssertionError(f"block {b}: ref {self.ref[b]} but {counts[b]} holders")
+            if (self.ref[b] == 0) != (b in self.free_queue):
+                raise AssertionError(f"block {b}: ref {self.ref[b]} inconsistent with free queue")
+        for h, b in self.cached.items():
+            if self.block_hash[b] != h:
+                raise AssertionError(f"cache map points {h} at block {b} holding {self.block_hash[b]}")

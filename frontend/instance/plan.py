@@ -1,0 +1,42 @@
+"""What one iteration of one instance does: the contract between scheduler, trace builder and engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from frontend.workload.request import Request
+
+
+@dataclass(slots=True)
+class KVMove:
+    """Blocks moved between HBM and a lower tier within an iteration."""
+
+    tier: str
+    direction: str  # "load" (tier -> HBM) or "store" (HBM -> tier)
+    blocks: int
+    reason: str = "prefix"  # prefix | offload | swap | prefetch
+
+
+@dataclass
+class IterationPlan:
+    instance: str
+    requests: list[Request]
+    num_new_tokens: list[int]
+    contexts: list[int]  # tokens already in KV for each sequence before this step
+    num_prefill_tokens: int = 0
+    num_decode_tokens: int = 0
+    kv_moves: list[KVMove] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.requests)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_tokens
+
+    def samples(self) -> list[bool]:
+        """Which sequences emit a token at the end of this step (prefill complete)."""
+        return [r.num_computed_tokens + n >= r.num_tokens
+                for r, n in zip(self.requests, self.num_new_tokens, strict=True)]

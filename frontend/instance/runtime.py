@@ -1,0 +1,93 @@
+"""One serving instance at run time: scheduler + KV + compute model + trace builder + backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from astra_bridge.backend import Backend, InstanceSystem
+from astra_bridge.embedded.network import Dimension, SystemKnobs
+from astra_bridge.result import IterationResult
+from chakra_gen.builder import BuildSpec, MicroBatchCost, build_graphs
+from chakra_gen.graph import Graph
+from frontend.compute.batch import BatchShape
+from frontend.compute.factory import ComputeModel
+from frontend.config.loader import ResolvedInstance
+from frontend.config.schema import SystemConfig
+from frontend.instance.kv import BlockPool
+from frontend.instance.plan import IterationPlan
+from frontend.instance.scheduler import Scheduler
+
+
+def instance_system(inst: ResolvedInstance, sys_cfg: SystemConfig, spec: BuildSpec, tiers=()) -> InstanceSystem:
+    dims = tuple(Dimension(d.topology, d.npus, d.bw_gbps, d.latency_ns, d.algorithm) for d in inst.dims)
+    knobs = SystemKnobs(sys_cfg.preferred_dataset_splits, sys_cfg.endpoint_delay_ns,
+                        sys_cfg.active_chunks_per_dimension, sys_cfg.local_mem_bw_gbps)
+    return InstanceSystem(name=inst.name, num_npus=inst.num_npus, dims=dims, knobs=knobs,
+                          comm_groups=tuple(sorted(spec.comm_groups().items())), tiers=tuple(tiers),
+                          peak_tflops=inst.hardware.peak_tflops.get(inst.engine.dtype, 0.0))
+
+
+def tp_involved_dims(inst: ResolvedInstance) -> tuple[bool, ...] | None:
+    """Dimensions the TP group spans: the inner dims whose NPU product is tp."""
+    if not inst.dims or inst.pp == 1:
+        return None
+    inv = []
+    prod = 1
+    for d in inst.dims:
+        inv.append(prod < inst.tp)
+        if prod < inst.tp:
+            prod *= d.npus
+    if prod != inst.tp:
+        raise ValueError(f"{inst.name}: tp={inst.tp} is not a product of the inner network dimensions")
+    return tuple(inv)
+
+
+@dataclass
+class StepOutcome:
+    plan: IterationPlan
+    result: IterationResult
+    duration_ns: int
+    graphs: list[Graph]
+
+
+class InstanceRuntime:
+    def __init__(self, inst: ResolvedInstance, compute: ComputeModel, backend: Backend, sys_cfg: SystemConfig,
+                 priority=None) -> None:
+        self.inst = inst
+        self.name = inst.name
+        self.compute = compute
+        self.backend = backend
+        eng = inst.engine
+        self.pool = BlockPool(inst.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching)
+        max_len = eng.max_model_len or inst.model.max_position_embeddings
+        self.scheduler = Scheduler(inst.name, eng, self.pool, max_len, priority)
+        self.spec = BuildSpec(num_layers=inst.model.num_layers, tp=inst.tp, pp=inst.pp,
+                              hidden_size=inst.model.hidden_size, act_dtype_bytes=inst.dtype_bytes,
+                              tp_involved_dims=tp_involved_dims(inst))
+        self.system = instance_system(inst, sys_cfg, self.spec)
+        self.busy = False
+        self.overhead_ns = eng.scheduler_overhead_ns
+        self.iterations = 0
+
+    def shape_of(self, plan: IterationPlan) -> BatchShape:
+        samples = plan.samples()
+        return BatchShape(q=list(plan.num_new_tokens), ctx=list(plan.contexts), num_sampled=sum(samples))
+
+    def costs(self, shape: BatchShape) -> MicroBatchCost:
+        c = self.compute
+        return MicroBatchCost(c.prologue_ops(shape), c.layer_ops(shape), c.epilogue_ops(shape), shape.num_tokens)
+
+    def graphs_for(self, plan: IterationPlan, spec: BuildSpec | None = None) -> list[Graph]:
+        shape = self.shape_of(plan)
+        spec = spec or self.spec
+        mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]
+        return build_graphs(spec, mbs)
+
+    def step(self) -> StepOutcome | None:
+        plan = self.scheduler.schedule()
+        if plan is None:
+            return None
+        graphs = self.graphs_for(plan)
+        result = self.backend.run(self.system, graphs)
+        self.iterations += 1
+        return StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs)

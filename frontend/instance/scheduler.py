@@ -1,0 +1,164 @@
+"""Continuous batching with vLLM v1 semantics.
+
+Per step: a token budget of max_num_batched_tokens. Running requests go first
+in their order, each asking for all its outstanding tokens (1 in decode, the
+rest of its prompt in chunked prefill) capped by the remaining budget; when KV
+blocks run out the newest running request is preempted (its blocks freed, it
+goes back to the front of the waiting queue and will recompute). If nothing
+was preempted, waiting requests are admitted in FCFS order while budget,
+max_num_seqs and blocks allow, reusing their longest cached prefix.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from frontend.config.schema import EngineConfig
+from frontend.instance.kv import BlockPool
+from frontend.instance.plan import IterationPlan
+from frontend.workload.request import Request
+
+
+class Scheduler:
+    def __init__(self, name: str, engine: EngineConfig, pool: BlockPool, max_model_len: int,
+                 priority: Callable[[Request], tuple] | None = None) -> None:
+        self.name = name
+        self.engine = engine
+        self.pool = pool
+        self.max_model_len = max_model_len
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.priority = priority  # None = FCFS by arrival; else waiting queue ordered by this key
+        self.num_preemptions = 0
+
+    # ---- admission ----
+    def rejection_reason(self, req: Request) -> str:
+        total = req.input_tokens + req.output_tokens
+        if total > self.max_model_len:
+            return f"prompt+output {total} tokens exceed max_model_len {self.max_model_len}"
+        blocks = -(-total // self.pool.block_size)
+        if blocks > self.pool.num_blocks:
+            return f"needs {blocks} KV blocks but the instance has {self.pool.num_blocks}"
+        return ""
+
+    def add(self, req: Request) -> None:
+        req.instance = self.name
+        req.status = "waiting"
+        if self.priority is None:
+            self.waiting.append(req)
+        else:
+            self.waiting.append(req)
+            self._resort()
+
+    def _resort(self) -> None:
+        if self.priority is not None:
+            self.waiting = deque(sorted(self.waiting, key=self.priority))
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def load(self) -> float:
+        """Queue and KV pressure, for routers."""
+        return len(self.running) + len(self.waiting) + self.pool.usage()
+
+    # ---- one step ----
+    def _preempt(self, victim: Request) -> None:
+        self.pool.free(victim)
+        victim.num_computed_tokens = 0
+        victim.preemptions += 1
+        victim.status = "waiting"
+        self.num_preemptions += 1
+        self.waiting.appendleft(victim)
+
+    def schedule(self) -> IterationPlan | None:
+        eng = self.engine
+        budget = eng.max_num_batched_tokens
+        plan = IterationPlan(self.name, [], [], [])
+        pool = self.pool
+        i = 0
+        running = self.running
+        while i < len(running) and budget > 0:
+            req = running[i]
+            num_new = min(req.num_tokens - req.num_computed_tokens, budget,
+                          self.max_model_len - req.num_computed_tokens)
+            if num_new <= 0:
+                i += 1
+                continue
+            scheduled = True
+            while not pool.allocate(req, num_new):
+                victim = running.pop()
+                self._preempt(victim)
+                plan.preempted.append(victim)
+                if victim is req:
+                    scheduled = False
+                    break
+            if not scheduled:
+                break
+            plan.requests.append(req)
+            plan.num_new_tokens.append(num_new)
+            plan.contexts.append(req.num_computed_tokens)
+            if num_new == 1 and req.num_output_done > 0:
+                plan.num_decode_tokens += 1
+            else:
+                plan.num_prefill_tokens += num_new
+            budget -= num_new
+            i += 1
+        if not plan.preempted:
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < eng.max_num_seqs:
+                req = waiting[0]
+                hits: list[int] = []
+                if req.num_computed_tokens == 0:
+                    hits = pool.find_cached_prefix(req)
+                num_computed = len(hits) * pool.block_size if hits else req.num_computed_tokens
+                num_new = req.num_tokens - num_computed
+                if not eng.enable_chunked_prefill and num_new > budget:
+                    break
+                num_new = min(num_new, budget)
+                if not pool.allocate(req, num_new, hits):
+                    break
+                waiting.popleft()
+                pool.count_lookup(req, len(hits))
+                if req.preemptions == 0:
+                    req.cached_tokens = num_computed
+                    if num_computed:
+                        req.cached_tokens_by_tier["hbm"] = num_computed
+                req.num_computed_tokens = num_computed
+                req.status = "running"
+                running.append(req)
+                plan.requests.append(req)
+                plan.num_new_tokens.append(num_new)
+                plan.contexts.append(num_computed)
+                plan.num_prefill_tokens += num_new
+                budget -= num_new
+        if not plan.requests:
+            return None
+        return plan
+
+    def complete(self, plan: IterationPlan, end_ns: int) -> list[Request]:
+        """Apply a finished step: advance computed tokens, emit tokens, free finished requests."""
+        finished = []
+        pool = self.pool
+        for req, n in zip(plan.requests, plan.num_new_tokens, strict=True):
+            if req.status != "running":
+                continue  # preempted later in the same step cannot happen, kept for safety
+            if req.scheduled_ns < 0:
+                req.scheduled_ns = end_ns
+            req.num_computed_tokens += n
+            if req.num_computed_tokens >= req.num_tokens:
+                req.num_output_done += 1
+                if req.first_token_ns < 0:
+                    req.first_token_ns = end_ns
+            pool.cache_full_blocks(req, req.num_computed_tokens)
+            if req.num_output_done >= req.output_tokens:
+                req.status = "finished"
+                req.finish_ns = end_ns
+                finished.append(req)
+        if finished:
+            done = set(map(id, finished))
+            self.running = [r for r in self.running if id(r) not in done]
+            for r in finished:
+                pool.free(r)
+        return finished

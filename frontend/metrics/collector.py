@@ -1,0 +1,30 @@
+"""Per-iteration records, kept as flat tuples (thousands per run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from frontend.instance.runtime import InstanceRuntime, StepOutcome
+
+ITER_COLUMNS = [
+    "instance", "start_ns", "end_ns", "num_seqs", "prefill_tokens", "decode_tokens", "kv_blocks_used",
+    "kv_blocks_total", "compute_ns", "comm_ns", "exposed_comm_ns", "mem_ns", "exposed_mem_ns", "comm_bytes",
+    "preempted", "cached",
+]
+
+
+@dataclass
+class IterationLog:
+    rows: list[tuple] = field(default_factory=list)
+
+    def add(self, inst: InstanceRuntime, start: int, end: int, out: StepOutcome) -> None:
+        p = out.plan
+        r = out.result
+        self.rows.append((inst.name, start, end, p.num_seqs, p.num_prefill_tokens, p.num_decode_tokens,
+                          inst.pool.num_used, inst.pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,
+                          r.mem_ns, r.exposed_mem_ns, r.comm_bytes, len(p.preempted), int(r.cached)))
+
+    def __len__(self) -> int:
+        return len(self.rows)

@@ -1,0 +1,146 @@
+"""Assemble a run from a resolved configuration: workload, backend, instances, engine."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from astra_bridge.backend import Backend
+from astra_bridge.embedded.backend import EmbeddedBackend
+from astra_bridge.inputs import write_input_set
+from chakra_gen.et_io import with_micro_durations
+from frontend.compute.factory import make_compute_model
+from frontend.config.loader import ResolvedRun
+from frontend.engine import Engine, RunResult
+from frontend.instance.runtime import InstanceRuntime, StepOutcome
+from frontend.workload.jsonl import read_jsonl
+from frontend.workload.request import Request
+from frontend.workload.synthetic import synthetic_requests
+
+
+def parse_iteration_spec(spec: str) -> set[int]:
+    """'0,10,100-110' -> {0, 10, 100..110}."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            lo, hi = int(a), int(b)
+            if hi < lo:
+                raise ValueError(f"iteration range {part!r} is reversed")
+            out.update(range(lo, hi + 1))
+        else:
+            out.add(int(part))
+    if any(i < 0 for i in out):
+        raise ValueError("iteration indices must be >= 0")
+    return out
+
+
+def load_requests(run: ResolvedRun, seed: int) -> tuple[list[Request], list[str]]:
+    wl = run.config.workload
+    notes: list[str] = []
+    if wl.kind == "synthetic":
+        return synthetic_requests(wl, seed), notes
+    if wl.kind == "jsonl":
+        path = Path(wl.path)
+        if not path.is_absolute() and run.config.base_dir is not None and not path.exists():
+            cand = run.config.base_dir / path
+            if cand.exists():
+                path = cand
+        reqs, sessions = read_jsonl(path, wl.num_requests, wl.time_scale)
+        if sessions:
+            from frontend.workload.jsonl import WorkloadError
+
+            raise WorkloadError(f"{path}: holds {len(sessions)} agentic session lines; run them with an "
+                                "agents workload (workload.kind: agents, with the file as its trace)")
+        return reqs, notes
+    raise ValueError(f"workload kind {wl.kind!r} is run through the agent orchestrator")
+
+
+def make_backend(run: ResolvedRun) -> Backend:
+    b = run.config.backend
+    if b.kind == "embedded":
+        return EmbeddedBackend(cache=b.cache, cache_size=b.cache_size)
+    from astra_bridge.astrasim import AstraSimBackend
+
+    return AstraSimBackend(b.astra_sim, cache=b.cache)
+
+
+@dataclass
+class ChakraDumper:
+    out_dir: Path
+    wanted: set[int]
+    counter: int = 0
+    written: list[int] = field(default_factory=list)
+
+    def __call__(self, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
+        k = self.counter
+        self.counter += 1
+        if k not in self.wanted:
+            return
+        d = self.out_dir / f"iter{k}"
+        write_input_set(d, inst.system, out.graphs, metadata={"instance": inst.name, "iteration": k})
+        from astra_bridge.embedded.backend import make_executor
+
+        micro = [with_micro_durations(g) for g in out.graphs]
+        r = make_executor(inst.system).run(micro)
+        (d / "embedded.json").write_text(json.dumps({
+            "instance": inst.name, "iteration": k, "start_ns": start_ns,
+            "per_rank_finish_ns": r.per_rank_finish_ns,
+            "duration_ns": r.duration_ns,
+            "duration_ns_exact": out.result.duration_ns,
+            "note": "per_rank_finish_ns executes the graphs as written to the .et files "
+                    "(compute durations rounded to whole microseconds, as ASTRA-sim reads them)",
+        }, indent=2) + "\n")
+        self.written.append(k)
+
+
+def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], None] | None = None
+                    ) -> list[InstanceRuntime]:
+    insts = []
+    for ri in run.instances:
+        cm = make_compute_model(ri, run.config.compute, base_dir=run.config.base_dir, warn=warn)
+        insts.append(InstanceRuntime(ri, cm, backend, run.config.backend.system))
+    return insts
+
+
+def simulate(run: ResolvedRun, seed: int | None = None, progress=None, dump: ChakraDumper | None = None,
+             requests: list[Request] | None = None, warn: Callable[[str], None] | None = None
+             ) -> tuple[RunResult, dict[str, Any]]:
+    seed = run.config.seed if seed is None else seed
+    notes: list[str] = []
+    if requests is None:
+        requests, notes = load_requests(run, seed)
+    backend = make_backend(run)
+    insts = build_instances(run, backend, warn)
+    engine = Engine(run, insts, backend, progress=progress, on_step=dump)
+    result = engine.run(requests)
+    result.notes.extend(notes)
+    no_ids = sum(1 for r in requests if not r.content.has_content)
+    extra: dict[str, Any] = {
+        "name": run.config.name,
+        "seed": seed,
+        "instances": [{"name": i.name, "hardware": i.inst.hardware.name, "model": i.inst.model.name,
+                       "tp": i.inst.tp, "pp": i.inst.pp, "kv_blocks": i.inst.num_gpu_blocks,
+                       "iterations": i.iterations} for i in insts],
+        "prefix_cache": _prefix_summary(insts, no_ids, len(requests)),
+        "notes": result.notes,
+    }
+    return result, extra
+
+
+def _prefix_summary(insts: list[InstanceRuntime], no_ids: int, total: int) -> dict[str, Any]:
+    lookups = sum(i.pool.stats.lookup_blocks for i in insts)
+    hits = sum(i.pool.stats.hit_blocks for i in insts)
+    enabled = any(i.pool.enable_prefix_caching for i in insts)
+    out: dict[str, Any] = {"enabled": enabled, "hbm_hit_rate": round(hits / lookups, 6) if lookups else 0.0,
+                           "requests_without_token_ids": no_ids}
+    if enabled and no_ids:
+        out["warning"] = (f"{no_ids} of {total} requests carry no token ids or synthetic content and can never "
+                          "hit the prefix cache; their hit rate of 0 is not a policy result")
+    return out

@@ -1,0 +1,1 @@
+"""Sources of work: synthetic generators, JSONL replay, agent programs."""
