@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from chakra_gen.graph import COLL, COMP, EMPTY, MEM_LOAD, MEM_STORE, RECV, SEND, CollectiveType, Graph
 from frontend.compute.batch import OpCost
@@ -154,7 +155,7 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
         for r in range(1, spec.tp):
             graphs.append(Graph(rank=r, names=g.names, types=g.types, durations_ns=g.durations_ns, deps=g.deps,
                                 ctrl_deps=g.ctrl_deps, num_ops=g.num_ops, tensor_bytes=g.tensor_bytes,
-                                attrs=g.attrs))
+                                attrs=g.attrs, chain_hint=True, shared_columns=True))
         return graphs
     for r in range(spec.num_npus):
         graphs.append(_stage_graph(spec, r, mbs))
@@ -199,7 +200,7 @@ def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
             t_bytes.append(0)
             t_attrs.append(ar)
     n_layers = spec.num_layers
-    names.extend(f"L{li}.{nm}" for li in range(n_layers) for nm in t_names)
+    names.extend(_layer_names(tuple(t_names), n_layers))
     types.extend(t_types * n_layers)
     durs.extend(t_durs * n_layers)
     nops.extend(t_nops * n_layers)
@@ -213,7 +214,22 @@ def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
         tbytes.append(op.bytes)
         attrs.append(None)
     n = len(types)
-    deps: list[tuple[int, ...]] = [EMPTY] + [(i - 1,) for i in range(1, n)]
-    g = Graph(rank=0)
-    g.extend_columns(names, types, durs, deps, nops, tbytes, attrs)
+    g = Graph(rank=0, names=names, types=types, durations_ns=durs, deps=_chain_deps(n), ctrl_deps=_no_deps(n),
+              num_ops=nops, tensor_bytes=tbytes, attrs=attrs, chain_hint=True, shared_columns=True)
     return g
+
+
+@lru_cache(maxsize=64)
+def _layer_names(template: tuple[str, ...], n_layers: int) -> tuple[str, ...]:
+    return tuple(f"L{li}.{nm}" for li in range(n_layers) for nm in template)
+
+
+@lru_cache(maxsize=64)
+def _chain_deps(n: int) -> list[tuple[int, ...]]:
+    """Shared (read-only) dependency column of an n-node chain."""
+    return [EMPTY] + [(i - 1,) for i in range(1, n)]
+
+
+@lru_cache(maxsize=64)
+def _no_deps(n: int) -> list[tuple[int, ...]]:
+    return [EMPTY] * n

@@ -72,6 +72,8 @@ class Graph:
     tensor_bytes: list[int] = field(default_factory=list)
     attrs: list[dict[str, Any] | None] = field(default_factory=list)
     _digest: str | None = field(default=None, repr=False, compare=False)
+    chain_hint: bool | None = field(default=None, repr=False, compare=False)
+    shared_columns: bool = field(default=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.types)
@@ -88,7 +90,10 @@ class Graph:
         tensor_bytes: int = 0,
         attrs: dict[str, Any] | None = None,
     ) -> int:
+        if self.shared_columns:  # columns may be shared with other graphs: copy before writing
+            self._unshare()
         node_id = len(self.types)
+        self.chain_hint = None
         self.names.append(name)
         self.types.append(int(node_type))
         self.durations_ns.append(int(duration_ns))
@@ -111,6 +116,9 @@ class Graph:
         attrs: list[dict[str, Any] | None],
     ) -> None:
         """Append many nodes at once (the builder's fast path)."""
+        if self.shared_columns:
+            self._unshare()
+        self.chain_hint = None
         n = len(names)
         if not (len(types) == len(durations_ns) == len(deps) == len(num_ops) == len(tensor_bytes) == len(attrs) == n):
             raise ValueError("column lengths differ")
@@ -123,6 +131,17 @@ class Graph:
         self.tensor_bytes.extend(tensor_bytes)
         self.attrs.extend(attrs)
         self._digest = None
+
+    def _unshare(self) -> None:
+        self.names = list(self.names)
+        self.types = list(self.types)
+        self.durations_ns = list(self.durations_ns)
+        self.deps = list(self.deps)
+        self.ctrl_deps = list(self.ctrl_deps)
+        self.num_ops = list(self.num_ops)
+        self.tensor_bytes = list(self.tensor_bytes)
+        self.attrs = list(self.attrs)
+        self.shared_columns = False
 
     def all_deps(self, node_id: int) -> tuple[int, ...]:
         cd = self.ctrl_deps[node_id]
@@ -163,11 +182,15 @@ class Graph:
 
     def is_chain(self) -> bool:
         """True when every node depends exactly on its predecessor (no concurrency possible)."""
+        if self.chain_hint is not None:
+            return self.chain_hint
         deps = self.deps
-        if deps and deps[0]:
-            return False
-        for i in range(1, len(deps)):
-            d = deps[i]
-            if len(d) != 1 or d[0] != i - 1 or self.ctrl_deps[i]:
-                return False
-        return True
+        ok = not (deps and deps[0])
+        if ok:
+            for i in range(1, len(deps)):
+                d = deps[i]
+                if len(d) != 1 or d[0] != i - 1 or self.ctrl_deps[i]:
+                    ok = False
+                    break
+        self.chain_hint = ok
+        return ok

@@ -230,7 +230,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if overrides:
-        raw = deep_merge(raw or {}, overrides)
+        raw = dict(raw or {})
+        wl = overrides.get("workload")
+        if isinstance(wl, dict) and "kind" in wl:  # a different workload replaces the config's whole
+            raw.pop("workload", None)
+        raw = deep_merge(raw, overrides)
     return parse_config(raw, str(path), p.parent)
 
 

@@ -121,6 +121,8 @@ class BlockPool:
 
     def allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None) -> bool:
         """Give req room for num_new_tokens more tokens (after any prefix hits). False if no room."""
+        if not hit_blocks and (req.num_computed_tokens + num_new_tokens) <= len(req.block_ids) * self.block_size:
+            return True  # fits in the blocks it holds (most decode steps)
         hb = hit_blocks or []
         if not self.can_allocate(req, num_new_tokens, hb):
             return False
@@ -138,7 +140,11 @@ class BlockPool:
         if not self.enable_prefix_caching or not req.hashes:
             return
         n_full = min(num_tokens_computed // self.block_size, len(req.hashes), len(req.block_ids))
-        for j in range(n_full):
+        start = req.num_hashed_blocks
+        if n_full <= start:
+            return
+        req.num_hashed_blocks = n_full
+        for j in range(start, n_full):
             b = req.block_ids[j]
             if self.block_hash[b] is not None:
                 continue
@@ -155,6 +161,7 @@ class BlockPool:
             elif self.ref[b] < 0:
                 raise AssertionError(f"block {b} freed twice")
         req.block_ids = []
+        req.num_hashed_blocks = 0
 
     def check_invariants(self, live: list[Request]) -> None:
         """Every block is either referenced by exactly ref live requests or free (tests)."""

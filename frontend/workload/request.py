@@ -90,6 +90,7 @@ class Request:
     reject_reason: str = ""
     block_ids: list[int] = field(default_factory=list)
     hashes: list[int] | None = None
+    num_hashed_blocks: int = 0  # leading blocks already registered in the prefix cache
     seq: int = 0  # arrival order, the FCFS key
 
     @property

@@ -1,0 +1,105 @@
+"""Chakra schema field numbers, .et round trip, and the builder's graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chakra_gen import et_def_pb2 as pb
+from chakra_gen.builder import BuildSpec, MicroBatchCost, build_graphs
+from chakra_gen.et_io import read_et, write_et
+from chakra_gen.graph import COLL, COMP, MEM_LOAD, RECV, SEND, Graph
+from frontend.compute.batch import OpCost
+
+
+def test_field_numbers_match_chakra():
+    f = pb.Node.DESCRIPTOR.fields_by_name
+    assert {k: f[k].number for k in ("id", "name", "type", "ctrl_deps", "data_deps", "start_time_micros",
+                                     "duration_micros", "inputs", "outputs", "attr")} == {
+        "id": 1, "name": 2, "type": 3, "ctrl_deps": 4, "data_deps": 5, "start_time_micros": 6,
+        "duration_micros": 7, "inputs": 8, "outputs": 9, "attr": 10}
+    a = pb.AttributeProto.DESCRIPTOR.fields_by_name
+    assert a["int64_val"].number == 9 and a["uint64_val"].number == 13 and a["bool_list"].number == 28
+    assert a["string_val"].number == 29 and a["bytes_list"].number == 32
+    assert pb.COMP_NODE == 4 and pb.COMM_COLL_NODE == 7 and pb.MEM_LOAD_NODE == 2
+    assert pb.ALL_REDUCE == 0 and pb.ALL_TO_ALL == 6 and pb.REDUCE_SCATTER == 7
+    assert pb.GlobalMetadata.DESCRIPTOR.fields_by_name["version"].number == 1
+
+
+def test_round_trip_lossless(tmp_path: Path):
+    g = Graph(rank=3)
+    a = g.add("L0.qkv", COMP, duration_ns=12345, num_ops=10**12, tensor_bytes=5 << 20)
+    b = g.add("ar", COLL, deps=(a,), attrs={"comm_type": 0, "comm_size": 1 << 20, "involved_dim": [True, False],
+                                             "pg_name": "1"})
+    c = g.add("send", SEND, deps=(b,), attrs={"comm_dst": 7, "comm_size": 64, "comm_tag": 2})
+    g.add("recv", RECV, attrs={"comm_src": 1, "comm_size": 64, "comm_tag": 2})
+    g.add("load", MEM_LOAD, deps=(a,), ctrl_deps=(c,), tensor_bytes=4096, attrs={"tier": "dram"})
+    p = tmp_path / "workload.3.et"
+    write_et(g, p)
+    h, meta = read_et(p, rank=3)
+    assert meta["version"] == "0.0.4"
+    assert h.names == g.names and h.types == g.types and h.durations_ns == g.durations_ns
+    assert h.deps == g.deps and h.ctrl_deps == g.ctrl_deps and h.num_ops == g.num_ops
+    assert h.tensor_bytes == g.tensor_bytes and h.attrs == g.attrs
+    assert h.digest() == g.digest()
+    # what ASTRA-sim reads: duration in whole microseconds, int attrs as integers
+    raw = p.read_bytes()
+    from google.protobuf.internal.decoder import _DecodeVarint32
+
+    n, pos = _DecodeVarint32(raw, 0)
+    pos += n
+    n, pos = _DecodeVarint32(raw, pos)
+    node = pb.Node()
+    node.ParseFromString(raw[pos:pos + n])
+    assert node.duration_micros == 12 and node.type == pb.COMP_NODE
+    attrs = {x.name: x for x in node.attr}
+    assert attrs["num_ops"].WhichOneof("value") == "uint64_val"
+    assert attrs["tensor_size"].uint64_val == 5 << 20
+
+
+def _ops(names, d=1000):
+    return [OpCost(n, d, 10, 10) for n in names]
+
+
+LAYER = ["layernorm", "qkv_proj", "rotary_emb", "attention", "o_proj", "layernorm", "gate_up_proj", "act_fn",
+         "down_proj"]
+
+
+def test_builder_single_npu_one_comp_per_op_per_layer():
+    mb = MicroBatchCost(_ops(["embedding"]), _ops(LAYER), _ops(["final_layernorm", "lm_head", "sampler"]), 16)
+    gs = build_graphs(BuildSpec(num_layers=4), [mb])
+    assert len(gs) == 1
+    g = gs[0]
+    assert len(g) == 1 + 4 * 9 + 3 and all(t == COMP for t in g.types)
+    assert g.is_chain() and g.names[1] == "L0.layernorm"
+    g.validate()
+
+
+def test_builder_tp_allreduce_bytes_and_pp_send_recv_tags():
+    mb = MicroBatchCost(_ops(["embedding"]), _ops(LAYER), _ops(["lm_head"]), 10)
+    gs = build_graphs(BuildSpec(num_layers=4, tp=2, hidden_size=4096, act_dtype_bytes=2), [mb])
+    colls = [gs[0].attrs[i] for i, t in enumerate(gs[0].types) if t == COLL]
+    assert len(colls) == 8 and all(a["comm_size"] == 10 * 4096 * 2 for a in colls)
+    spec = BuildSpec(num_layers=4, tp=2, pp=2, hidden_size=4096, act_dtype_bytes=2,
+                     tp_involved_dims=(True, False))
+    gs = build_graphs(spec, [mb, mb])
+    assert len(gs) == 4
+    sends = [(g.rank, g.attrs[i]) for g in gs for i, t in enumerate(g.types) if t == SEND]
+    recvs = [(g.rank, g.attrs[i]) for g in gs for i, t in enumerate(g.types) if t == RECV]
+    assert sorted((r, a["comm_dst"], a["comm_tag"], a["comm_size"]) for r, a in sends) == \
+        sorted((a["comm_src"], r, a["comm_tag"], a["comm_size"]) for r, a in recvs)
+    assert all(a.get("pg_name") in ("1", "2") for g in gs for a in g.attrs if a and "comm_type" in a)
+    assert spec.comm_groups() == {"1": (0, 1), "2": (2, 3)}
+    for g in gs:
+        g.validate()
+
+
+def test_builder_layerwise_loads_gate_attention():
+    mb = MicroBatchCost(_ops(["embedding"]), _ops(LAYER), _ops(["lm_head"]), 10)
+    from chakra_gen.builder import MemTransfer
+
+    g = build_graphs(BuildSpec(num_layers=3, loads=[MemTransfer("dram", 1000)]), [mb])[0]
+    loads = [i for i, t in enumerate(g.types) if t == MEM_LOAD]
+    assert len(loads) == 3
+    attn = [i for i, n in enumerate(g.names) if n.endswith("attention")]
+    for li, a in enumerate(attn):
+        assert loads[li] in g.deps[a]
