@@ -1,0 +1,1 @@
+"""Comparison of simulated runs with real serving runs."""
