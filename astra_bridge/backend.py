@@ -35,6 +35,22 @@ class Backend(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+def _attrs_key(attrs: list) -> tuple:
+    if not any(attrs):
+        return ()
+    memo: dict[int, tuple] = {}
+    out = []
+    for a in attrs:
+        if not a:
+            out.append(())
+            continue
+        k = memo.get(id(a))
+        if k is None:
+            k = memo[id(a)] = tuple(sorted((n, tuple(v) if isinstance(v, list) else v) for n, v in a.items()))
+        out.append(k)
+    return tuple(out)
+
+
 class ResultCache:
     """Identical iterations are simulated once: key = system fingerprint + graph contents."""
 
@@ -53,9 +69,8 @@ class ResultCache:
             if k in seen:  # ranks sharing columns (TP replicas) hash once
                 parts.append(seen[k])
                 continue
-            h = hash((tuple(g.types), tuple(g.durations_ns), tuple(g.deps), tuple(g.tensor_bytes),
-                      tuple(tuple(sorted(a.items(), key=lambda kv: kv[0])) if a else () for a in g.attrs)
-                      if any(g.attrs) else ()))
+            h = hash((tuple(g.types), tuple(g.durations_ns), tuple(g.deps), tuple(g.ctrl_deps),
+                      tuple(g.tensor_bytes), _attrs_key(g.attrs)))
             seen[k] = h
             parts.append(h)
         return (system.fingerprint(), tuple(parts), tuple(len(g) for g in graphs))

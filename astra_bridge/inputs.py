@@ -17,8 +17,9 @@ ALGO_NAMES = {"ring": "ring", "direct": "direct", "halvingDoubling": "halvingDou
 def network_yaml(system: InstanceSystem) -> str:
     dims = system.dims
     if not dims:
-        # a single NPU: ASTRA-sim needs a network; a 1-NPU FullyConnected dim carries no traffic
-        return "topology: [FullyConnected]\nnpus_count: [1]\nbandwidth: [1.0]\nlatency: [0.0]\n"
+        # ASTRA-sim rejects npus_count 1: a single-NPU instance is written as two
+        # independent copies of its rank on a 2-NPU network that carries no traffic
+        return "topology: [FullyConnected]\nnpus_count: [2]\nbandwidth: [1.0]\nlatency: [0.0]\n"
     return ("topology: [" + ", ".join(d.topology for d in dims) + "]\n"
             "npus_count: [" + ", ".join(str(d.npus) for d in dims) + "]\n"
             "bandwidth: [" + ", ".join(repr(float(d.bw_gbps)) for d in dims) + "]\n"
@@ -65,6 +66,8 @@ def write_input_set(out_dir: Path, system: InstanceSystem, graphs: list[Graph], 
     out_dir.mkdir(parents=True, exist_ok=True)
     for g in graphs:
         write_et(g, out_dir / f"{prefix}.{g.rank}.et", metadata)
+    if not system.dims and len(graphs) == 1:
+        write_et(graphs[0], out_dir / f"{prefix}.1.et", {**(metadata or {}), "replica_of_rank": 0})
     paths = {
         "workload": out_dir / prefix,
         "network": out_dir / "network.yml",

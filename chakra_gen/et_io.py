@@ -20,15 +20,23 @@ from chakra_gen.graph import COMP, Graph
 ET_VERSION = "0.0.4"
 
 
+# The oneof member each integer attribute is written in: the one older ASTRA-sim
+# feeders read it from (newer feeders accept any integer member).
+INT_MEMBER = {"tensor_size": "uint64_val", "comm_src": "int32_val", "comm_dst": "int32_val",
+              "comm_tag": "int32_val", "comm_priority": "int32_val"}
+
+
 def _set_attr(msg: pb.AttributeProto, name: str, value: Any) -> None:
     msg.name = name
+    if isinstance(value, int) and not isinstance(value, bool) and name in INT_MEMBER:
+        setattr(msg, INT_MEMBER[name], value)
+        return
     if isinstance(value, bool):
         msg.bool_val = value
     elif isinstance(value, int):
-        if value < 0:
-            msg.int64_val = value
-        else:
-            msg.uint64_val = value
+        # int64_val: every ASTRA-sim release reads integers from it (older
+        # feeders read only int64_val; newer ones accept any integer member)
+        msg.int64_val = value
     elif isinstance(value, float):
         msg.double_val = value
     elif isinstance(value, str):

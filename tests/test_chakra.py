@@ -52,7 +52,7 @@ def test_round_trip_lossless(tmp_path: Path):
     node.ParseFromString(raw[pos:pos + n])
     assert node.duration_micros == 12 and node.type == pb.COMP_NODE
     attrs = {x.name: x for x in node.attr}
-    assert attrs["num_ops"].WhichOneof("value") == "uint64_val"
+    assert attrs["num_ops"].WhichOneof("value") == "int64_val"
     assert attrs["tensor_size"].uint64_val == 5 << 20
 
 

@@ -146,7 +146,8 @@ class Executor:
         return True
 
     # ---------------- general event loop ----------------
-    def run(self, graphs: list[Graph], *, force_event_loop: bool = False) -> IterationResult:
+    def run(self, graphs: list[Graph], *, force_event_loop: bool = False, reduce_symmetry: bool = True
+            ) -> IterationResult:
         if not graphs:
             raise ValueError("no graphs to execute")
         if self.memory is not None:
@@ -155,12 +156,64 @@ class Executor:
             r = self._chain_time(graphs[0])
             r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
             return r
+        if not reduce_symmetry:
+            return self._event_loop_ranks(graphs, solo_groups=False)
         return self._event_loop(graphs)
 
+    def _symmetric_representatives(self, graphs: list[Graph]) -> list[Graph] | None:
+        """One rank per comm group when every member's graph matches its representative's.
+
+        Members of a TP group run the same nodes with the same durations; their
+        collectives complete together, so executing one member per group and
+        letting its collectives complete on its own gives every member's timing.
+        Sends between representatives keep their meaning because a stage's
+        representative sends to the next stage's representative.
+        """
+        groups = self.network.comm_groups
+        if not groups:
+            return None
+        by_rank = {g.rank: g for g in graphs}
+        reps: list[Graph] = []
+        covered: set[int] = set()
+        for members in groups.values():
+            rep = by_rank.get(members[0])
+            if rep is None:
+                return None
+            for m in members[1:]:
+                g = by_rank.get(m)
+                if g is None or g.types != rep.types or g.durations_ns != rep.durations_ns or g.deps != rep.deps:
+                    return None
+            reps.append(rep)
+            covered.update(members)
+        if covered != set(by_rank):
+            return None
+        for g in reps:  # p2p partners must themselves be representatives
+            for i in compress(range(len(g)), map(lambda t: t in (SEND, RECV), g.types)):
+                a = g.attrs[i]
+                peer = int(a.get("comm_dst", a.get("comm_src", -1)))
+                if peer not in {r.rank for r in reps}:
+                    return None
+        return reps
+
     def _event_loop(self, graphs: list[Graph]) -> IterationResult:
+        reps = self._symmetric_representatives(graphs)
+        if reps is not None and len(reps) < len(graphs):
+            rep_of = {}
+            for members in self.network.comm_groups.values():
+                for m in members:
+                    rep_of[m] = members[0]
+            r = self._event_loop_ranks(reps, solo_groups=True)
+            fin = dict(zip([g.rank for g in reps], r.per_rank_finish_ns, strict=True))
+            r.per_rank_finish_ns = [fin[rep_of[g.rank]] for g in graphs]
+            return r
+        return self._event_loop_ranks(graphs, solo_groups=False)
+
+    def _event_loop_ranks(self, graphs: list[Graph], solo_groups: bool) -> IterationResult:
         nr = len(graphs)
         net = self.network
         mem = self.memory
+        pos = {g.rank: i for i, g in enumerate(graphs)}
+        all_ranks = max(pos) + 1
         indeg: list[list[int]] = []
         succ: list[list[list[int]]] = []
         for g in graphs:
@@ -204,7 +257,10 @@ class Executor:
                 heapq.heappush(ready_comp[r], i)
             elif t == RECV:
                 a = graphs[r].attrs[i]
-                key = (int(a["comm_src"]), r, int(a.get("comm_tag", 0)))
+                src_rank = int(a["comm_src"])
+                if src_rank not in pos:
+                    raise ValueError(f"rank {graphs[r].rank} receives from rank {src_rank}, which has no graph")
+                key = (pos[src_rank], r, int(a.get("comm_tag", 0)))
                 node_start[r][i] = now
                 if arrivals[key]:
                     push(max(now, arrivals[key].pop(0)), r, i)
@@ -230,9 +286,10 @@ class Executor:
                 a = g.attrs[i] or {}
                 if t == COLL:
                     pg = a.get("pg_name", "")
-                    members = net.group(pg, nr)
-                    if r not in members:
-                        raise ValueError(f"rank {r} issues a collective of group {pg!r} it is not in")
+                    members = net.group(pg, all_ranks)
+                    if g.rank not in members:
+                        raise ValueError(f"rank {g.rank} issues a collective of group {pg!r} it is not in")
+                    members = [pos[m] for m in members if m in pos] if solo_groups else [pos[m] for m in members]
                     k = coll_count[(pg, r)]
                     coll_count[(pg, r)] = k + 1
                     rv = rendezvous.setdefault((pg, k), {})
@@ -248,9 +305,12 @@ class Executor:
                             push(end, m, n)
                         del rendezvous[(pg, k)]
                 elif t == SEND:
-                    dst = int(a["comm_dst"])
+                    dst_rank = int(a["comm_dst"])
+                    if dst_rank not in pos:
+                        raise ValueError(f"rank {g.rank} sends to rank {dst_rank}, which has no graph")
+                    dst = pos[dst_rank]
                     size = int(a["comm_size"])
-                    arrive = now + p2p_time_ns(r, dst, size, net.dims)
+                    arrive = now + p2p_time_ns(g.rank, dst_rank, size, net.dims)
                     comm_bytes += size
                     key = (r, dst, int(a.get("comm_tag", 0)))
                     if waiting_recv[key]:
@@ -264,7 +324,7 @@ class Executor:
                         raise ValueError("graph has memory nodes but the instance has no memory tiers")
                     size = g.tensor_bytes[i]
                     tier = mem.tier(a.get("tier"))
-                    end = mem.request(tier.name, r, now, size)
+                    end = mem.request(tier.name, g.rank, now, size)
                     mem_bytes[tier.name] += size
                     push(end, r, i)
 

@@ -1,0 +1,161 @@
+"""Drive an upstream ASTRA-sim analytical binary on the same traces.
+
+Per iteration: write the .et files and network/system/memory/comm-group files
+into a work directory, run the binary, parse every rank's
+`sys[r] finished, N cycles, exposed communication M cycles.` line (1 cycle =
+1 ns). A missing rank, a non-zero exit or a timeout is an error, never a
+silent zero. Identical iterations hit a result cache; independent iterations
+(compare runs) go through a pool of worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from astra_bridge.backend import InstanceSystem, ResultCache
+from astra_bridge.inputs import write_input_set
+from astra_bridge.result import IterationResult
+from chakra_gen.graph import COMP, Graph
+
+REPO = Path(__file__).resolve().parents[1]
+BINARY_NAMES = ("AstraSim_Analytical_Congestion_Unaware", "AstraSim_Analytical_Congestion_Aware")
+SEARCH_UNDER = ("build/astra_analytical/build/bin", "build/astra_analytical/build/AstraSim_Analytical",
+                "bin", "build/bin")
+FINISHED = re.compile(r"sys\[(\d+)\] finished, (\d+) cycles(?:, exposed communication (\d+) cycles)?")
+
+
+class AstraSimError(RuntimeError):
+    pass
+
+
+def find_binary(configured: str | None = None) -> tuple[Path | None, str]:
+    """The binary from config, ASTRA_SIM_BIN, or under extern/astra-sim/; else why not."""
+    for label, cand in (("config backend.astra_sim.binary", configured), ("ASTRA_SIM_BIN", os.environ.get("ASTRA_SIM_BIN"))):
+        if cand:
+            p = Path(cand).expanduser()
+            if p.is_file() and os.access(p, os.X_OK):
+                return p, f"from {label}"
+            return None, f"{label} points at {p}, which is not an executable file"
+    root = REPO / "extern" / "astra-sim"
+    if not root.is_dir():
+        return None, ("no binary: set ASTRA_SIM_BIN or backend.astra_sim.binary, or build ASTRA-sim under "
+                      "extern/astra-sim/ (see its README)")
+    for sub in SEARCH_UNDER:
+        for name in BINARY_NAMES:
+            p = root / sub / name
+            if p.is_file() and os.access(p, os.X_OK):
+                return p, "found under extern/astra-sim/"
+    return None, "extern/astra-sim/ exists but holds no built analytical binary (build it per its README)"
+
+
+def parse_finished(stdout: str, num_ranks: int) -> tuple[list[int], list[int]]:
+    finish: dict[int, int] = {}
+    exposed: dict[int, int] = {}
+    for m in FINISHED.finditer(stdout):
+        r = int(m.group(1))
+        finish[r] = int(m.group(2))
+        exposed[r] = int(m.group(3) or 0)
+    missing = [r for r in range(num_ranks) if r not in finish]
+    if missing:
+        raise AstraSimError(f"ASTRA-sim printed no 'finished' line for ranks {missing[:16]} "
+                            f"(mismatched send/recv or collectives hang silently)")
+    return [finish[r] for r in range(num_ranks)], [exposed[r] for r in range(num_ranks)]
+
+
+def _digest(system: InstanceSystem, graphs: list[Graph]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    h.update(repr(system.fingerprint()).encode())
+    for g in graphs:
+        h.update(g.digest().encode())
+    return h.hexdigest()
+
+
+class AstraSimBackend:
+    name = "astra-sim"
+
+    def __init__(self, cfg=None, cache: bool = True, binary: Path | None = None) -> None:
+        configured = getattr(cfg, "binary", None) if cfg is not None else None
+        if binary is None:
+            binary, why = find_binary(configured)
+            if binary is None:
+                raise AstraSimError(f"astra-sim backend unusable: {why}")
+        self.binary = Path(binary)
+        self.timeout_s = float(getattr(cfg, "timeout_s", 120.0) if cfg is not None else 120.0)
+        self.workers = int(getattr(cfg, "workers", 1) if cfg is not None else 1)
+        wd = getattr(cfg, "work_dir", None) if cfg is not None else None
+        self.work_dir = Path(wd) if wd else Path(tempfile.mkdtemp(prefix="astraserve-astrasim-"))
+        self.cache = ResultCache() if cache else None
+        self.runs = 0
+
+    def _run_one(self, system: InstanceSystem, graphs: list[Graph]) -> IterationResult:
+        key = _digest(system, graphs)
+        d = self.work_dir / key
+        paths = write_input_set(d, system, graphs)
+        cmd = [str(self.binary), f"--workload-configuration={paths['workload']}",
+               f"--system-configuration={paths['system']}", f"--network-configuration={paths['network']}",
+               f"--remote-memory-configuration={paths['memory']}", f"--logging-folder={d / 'log'}"]
+        if "comm_groups" in paths:
+            cmd.append(f"--comm-group-configuration={paths['comm_groups']}")
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, cwd=d)
+        except subprocess.TimeoutExpired:
+            raise AstraSimError(f"ASTRA-sim timed out after {self.timeout_s:.0f} s on {d}") from None
+        if p.returncode != 0:
+            tail = (p.stdout + p.stderr)[-800:]
+            raise AstraSimError(f"ASTRA-sim exited with {p.returncode} on {d}:\n{tail}")
+        n_ranks = 2 if (not system.dims and len(graphs) == 1) else len(graphs)
+        finish, exposed = parse_finished(p.stdout, n_ranks)
+        finish, exposed = finish[:len(graphs)], exposed[:len(graphs)]
+        slow = max(range(len(finish)), key=lambda r: finish[r])
+        comp = sum(max(1, x) for t, x in zip(graphs[slow].types, graphs[slow].durations_ns, strict=True) if t == COMP)
+        shutil.rmtree(d / "log", ignore_errors=True)
+        return IterationResult(duration_ns=finish[slow], per_rank_finish_ns=finish, compute_ns=comp,
+                               exposed_comm_ns=exposed[slow])
+
+    def run(self, system: InstanceSystem, graphs: list[Graph]) -> IterationResult:
+        key = None
+        if self.cache is not None:
+            key = ResultCache.key(system, graphs)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+        self.runs += 1
+        r = self._run_one(system, graphs)
+        if key is not None:
+            self.cache.put(key, r)
+        return r
+
+    def run_many(self, jobs: list[tuple[InstanceSystem, list[Graph]]]) -> list[IterationResult]:
+        """Independent iterations in parallel worker processes."""
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            return list(pool.map(lambda j: self.run(*j), jobs))
+
+    def stats(self) -> dict[str, int]:
+        return {"simulated": self.runs, "cache_hits": self.cache.hits if self.cache else 0,
+                "cache_misses": self.cache.misses if self.cache else 0}
+
+
+def probe_binary(path: Path) -> tuple[bool, str]:
+    """Run a two-rank, one-node workload and check both ranks finish."""
+    from astra_bridge.embedded.network import Dimension
+
+    g = []
+    for r in range(2):
+        gr = Graph(rank=r)
+        gr.add("probe", COMP, duration_ns=5000)
+        g.append(gr)
+    system = InstanceSystem(name="probe", num_npus=2, dims=(Dimension("FullyConnected", 2, 50, 500),))
+    try:
+        b = AstraSimBackend(binary=path, cache=False)
+        r = b.run(system, g)
+        shutil.rmtree(b.work_dir, ignore_errors=True)
+    except (AstraSimError, OSError) as e:
+        return False, str(e)
+    return (r.duration_ns == 5000, f"probe workload finished at {r.duration_ns} ns (expect 5000)")
