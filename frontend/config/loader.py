@@ -156,6 +156,12 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         prod = math.prod(d.npus for d in dims)
         if prod != npus:
             raise ConfigError(f"{prefix}.network: dimensions hold {prod} NPUs but tp*pp = {npus}")
+    for j, d in enumerate(dims):
+        if d.algorithm == "doubleBinaryTree" and cfg.backend.kind == "embedded":
+            raise ConfigError(
+                f"{prefix}.network.dims[{j}].algorithm: doubleBinaryTree has no validated embedded model (it "
+                "differs from ASTRA-sim's binary by up to 60%); use ring, direct or halvingDoubling, or "
+                "backend.kind: astra-sim")
     b = DTYPE_BYTES[engine.dtype]
     kv_b = DTYPE_BYTES[engine.dtype if engine.kv_cache_dtype == "auto" else engine.kv_cache_dtype]
     layers_per_stage = math.ceil(model.num_layers / inst.pp)
