@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from frontend.config.loader import ConfigError, load_and_resolve
+from frontend.compute.profile import ProfileError
 from frontend.workload.jsonl import WorkloadError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AstraServe: simulate LLM serving clusters.")
@@ -114,7 +115,7 @@ def run(
                 result, extra = simulate(resolved, seed, progress=progress, dump=dump, warn=warn)
         else:
             result, extra = simulate(resolved, seed, dump=dump, warn=warn)
-    except (ConfigError, WorkloadError) as e:
+    except (ConfigError, WorkloadError, ProfileError) as e:
         fail(str(e))
         return
     summary = write_outputs(result, out_dir, extra)
@@ -180,6 +181,48 @@ def compare(
     Console().print(t)
     if out:
         out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+@app.command()
+def validate(
+    run: Annotated[Path, typer.Option(help="a simulation's output directory (requests.csv, iterations.csv)")],
+    reference: Annotated[Path, typer.Option(help="a real vLLM run: requests.jsonl, timeseries.csv, meta.json")],
+    out: Annotated[Path | None, typer.Option(help="where validate.json and the plots go (default: --run)")] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots")] = False,
+) -> None:
+    """Compare TTFT/TPOT/E2E, throughput and KV usage of a simulated run with a real vLLM run."""
+    from frontend.validation.compare import STATS, compare, save, write_plots
+
+    try:
+        res = compare(run, reference)
+    except (OSError, ValueError, KeyError) as e:
+        fail(f"validate: {e}")
+        return
+    out_dir = out or run
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = Table(title=f"{run} vs {reference} ({res['requests']['sim']} / {res['requests']['real']} requests)")
+    t.add_column("metric")
+    t.add_column("stat")
+    t.add_column("real (ms)", justify="right")
+    t.add_column("sim (ms)", justify="right")
+    t.add_column("error", justify="right")
+    for key in ("ttft", "tpot", "e2e"):
+        for st in STATS:
+            c = res["latency"][key][st]
+            t.add_row(key.upper(), st, f"{c['real_ms']:.2f}", f"{c['sim_ms']:.2f}", f"{c['error_pct']:+.2f}%")
+    con = Console()
+    con.print(t)
+    thr = res["throughput"]
+    con.print(f"output throughput: real {thr['real_output_tok_s']:.1f} tok/s, sim {thr['sim_output_tok_s']:.1f} tok/s "
+              f"({thr['error_pct']:+.2f}%)")
+    for key in ("timeseries_kv_cache_pct", "timeseries_gen_throughput"):
+        if key in res:
+            v = res[key]
+            con.print(f"{key}: mean abs error {v['mae']:.2f} (real mean {v['real_mean']:.2f}, sim mean {v['sim_mean']:.2f})")
+    save(res, out_dir)
+    if not no_plots:
+        for p in write_plots(run, reference, out_dir):
+            con.print(f"wrote {p}")
 
 
 def main() -> None:

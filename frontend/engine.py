@@ -107,6 +107,8 @@ class Engine:
                     self.progress(now, done, total)
         if self.progress is not None:
             self.progress(now, done, total)
+        for inst in self.instances:
+            inst.power.finish(now)
         stuck = [r for r in requests if r.status not in ("finished", "rejected")]
         if stuck:
             raise RuntimeError(f"{len(stuck)} requests neither finished nor rejected (first: {stuck[0].request_id})")

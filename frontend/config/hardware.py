@@ -31,12 +31,18 @@ class HardwareSpec(BaseModel):
     hbm_capacity_gib: float = Field(gt=0)
     hbm_bw_gbps: float = Field(gt=0)
     tdp_w: float = Field(gt=0)
+    active_w: float | None = Field(None, gt=0, description="board power while computing, HBM access energy excluded "
+                                   "(default 0.8 x TDP)")
     idle_w: float = Field(0, ge=0)
     standby_w: float = Field(0, ge=0)
     efficiency: Efficiency = Field(default_factory=Efficiency)
     kernel_launch_ns: int = Field(0, ge=0)
     power: PowerSpec = Field(default_factory=PowerSpec)
     profiles: dict[str, str] = Field(default_factory=dict)  # "<model>/<dtype>/tp<N>" -> bundle dir
+
+    @property
+    def compute_w(self) -> float:
+        return self.active_w if self.active_w is not None else 0.8 * self.tdp_w
 
     def peak_flops(self, dtype: str) -> float:
         if dtype not in self.peak_tflops:

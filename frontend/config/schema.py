@@ -89,6 +89,8 @@ class EngineConfig(Strict):
     max_model_len: int | None = Field(None, ge=1)
     num_gpu_blocks_override: int | None = Field(None, ge=1)
     activation_reserve_gib: float | None = Field(None, ge=0)
+    scheduler_reserve_full_isl: bool = Field(
+        True, description="admit a waiting request only if blocks for its whole remaining prompt are free (vLLM >= 0.11)")
     scheduler_overhead_ns: int = Field(0, ge=0, description="host time per iteration not overlapped with the GPU")
 
 

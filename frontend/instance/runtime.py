@@ -16,6 +16,7 @@ from frontend.config.schema import SystemConfig
 from frontend.instance.kv import BlockPool
 from frontend.instance.plan import IterationPlan
 from frontend.instance.scheduler import Scheduler
+from frontend.metrics.power import InstancePower
 
 
 def instance_system(inst: ResolvedInstance, sys_cfg: SystemConfig, spec: BuildSpec, tiers=()) -> InstanceSystem:
@@ -65,6 +66,7 @@ class InstanceRuntime:
                               hidden_size=inst.model.hidden_size, act_dtype_bytes=inst.dtype_bytes,
                               tp_involved_dims=tp_involved_dims(inst))
         self.system = instance_system(inst, sys_cfg, self.spec)
+        self.power = InstancePower(inst.hardware, inst.num_npus)
         self.busy = False
         self.overhead_ns = eng.scheduler_overhead_ns
         self.iterations = 0

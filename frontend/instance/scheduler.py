@@ -6,7 +6,10 @@ rest of its prompt in chunked prefill) capped by the remaining budget; when KV
 blocks run out the newest running request is preempted (its blocks freed, it
 goes back to the front of the waiting queue and will recompute). If nothing
 was preempted, waiting requests are admitted in FCFS order while budget,
-max_num_seqs and blocks allow, reusing their longest cached prefix.
+max_num_seqs and blocks allow, reusing their longest cached prefix; with
+scheduler_reserve_full_isl (vLLM's default since 0.11) a request is admitted
+only when blocks for its whole remaining prompt are free, so chunked prefills
+of admitted requests do not preempt each other.
 """
 
 from __future__ import annotations
@@ -116,6 +119,8 @@ class Scheduler:
                 num_new = req.num_tokens - num_computed
                 if not eng.enable_chunked_prefill and num_new > budget:
                     break
+                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, num_new, hits):
+                    break  # the whole remaining prompt must fit before any chunk of it is admitted
                 num_new = min(num_new, budget)
                 if not pool.allocate(req, num_new, hits):
                     break

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 ITER_COLUMNS = [
     "instance", "start_ns", "end_ns", "num_seqs", "prefill_tokens", "decode_tokens", "kv_blocks_used",
     "kv_blocks_total", "compute_ns", "comm_ns", "exposed_comm_ns", "mem_ns", "exposed_mem_ns", "comm_bytes",
-    "preempted", "cached",
+    "preempted", "cached", "energy_j",
 ]
 
 
@@ -22,9 +22,14 @@ class IterationLog:
     def add(self, inst: InstanceRuntime, start: int, end: int, out: StepOutcome) -> None:
         p = out.plan
         r = out.result
+        g0 = out.graphs[0]
+        hbm = sum(g0.tensor_bytes) - sum(r.mem_bytes_by_tier.values()) // max(1, len(out.graphs))
+        energy = inst.power.iteration(start, end - start, r.compute_ns, max(0, hbm), r.comm_bytes,
+                                      sum(r.mem_bytes_by_tier.values()))
         self.rows.append((inst.name, start, end, p.num_seqs, p.num_prefill_tokens, p.num_decode_tokens,
                           inst.pool.num_used, inst.pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,
-                          r.mem_ns, r.exposed_mem_ns, r.comm_bytes, len(p.preempted), int(r.cached)))
+                          r.mem_ns, r.exposed_mem_ns, r.comm_bytes, len(p.preempted), int(r.cached),
+                          round(energy, 6)))
 
     def __len__(self) -> int:
         return len(self.rows)

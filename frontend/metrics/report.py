@@ -80,6 +80,18 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         "backend": result.backend_stats,
         "wall_s": round(result.wall_s, 3),
     }
+    from frontend.metrics.power import EnergyBreakdown
+
+    e = EnergyBreakdown()
+    for inst in result.instances:
+        e.add(inst.power.energy)
+    s["energy"] = {
+        "total_j": round(e.total_j, 3),
+        "breakdown_j": {k: round(v, 3) for k, v in vars(e).items()},
+        "average_power_w": round(e.total_j / dur_s, 3) if dur_s else 0.0,
+        "energy_per_output_token_j": round(e.total_j / out_tokens, 6) if out_tokens else 0.0,
+        "output_tokens_per_joule": round(out_tokens / e.total_j, 6) if e.total_j else 0.0,
+    }
     if extra:
         s.update(extra)
     return s

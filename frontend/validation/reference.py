@@ -31,6 +31,8 @@ def engine_from_meta(meta_path: Path) -> dict[str, Any]:
         out["enable_prefix_caching"] = bool(kv["enable_prefix_caching"])
     if kv.get("num_gpu_blocks"):
         out["num_gpu_blocks_override"] = int(kv["num_gpu_blocks"])
+    if "scheduler_reserve_full_isl" in sched:
+        out["scheduler_reserve_full_isl"] = bool(sched["scheduler_reserve_full_isl"])
     if "enable_chunked_prefill" in sched:
         out["enable_chunked_prefill"] = bool(sched["enable_chunked_prefill"])
     if kw.get("dtype") in _DTYPES:

@@ -1,0 +1,249 @@
+"""Measured per-operator latencies (profile bundles) as a compute model.
+
+Bundle layout (a model folder): `<dtype>/meta.yaml` and `<dtype>/tp<N>/`
+holding `dense.csv` (layer, tokens, time_us), `per_sequence.csv` (layer,
+sequences, time_us), `attention.csv` (prefill_chunk, kv_prefill, n_decode,
+kv_decode, time_us), optionally `moe.csv` (tokens, activated_experts, time_us)
+and `skew_fit.csv`. Every time is one decoder layer's operator; the iteration
+is the architecture's operator sequence over all layers plus the once-per-pass
+operators.
+
+Attention is looked up at prefill_chunk = sum of the prefill sequences' new
+tokens, kv_prefill = sum of their cached tokens, n_decode = decode sequences,
+kv_decode = their mean context (the uniform-batch point with the same total KV
+read). When the bundle carries a fitted skew table (meta skew_fit.enabled), a
+heterogeneous decode batch is corrected toward the lookup at its longest
+context: t = t_mean + alpha * (t_max - t_mean), alpha from the table's bucket.
+FLOPs and bytes for the trace's num_ops/tensor_size come from the roofline
+model (a profile measures time, not work).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from frontend.compute.batch import BatchShape, OpCost
+from frontend.compute.interp import Grid4D, Table1D
+from frontend.compute.roofline import Roofline
+
+REPO = Path(__file__).resolve().parents[2]
+ARCH_DIR = REPO / "configs" / "architectures"
+ARCH_BY_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
+                      "qwen3_moe": "qwen3_moe", "mixtral": "qwen3_moe"}
+
+
+class ProfileError(ValueError):
+    pass
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+class Architecture:
+    def __init__(self, path: Path) -> None:
+        raw = yaml.safe_load(path.read_text())
+        try:
+            seq = raw["sequence"]
+            cat = raw["catalog"]
+        except (KeyError, TypeError):
+            raise ProfileError(f"{path}: an architecture file needs 'sequence' and 'catalog'") from None
+        self.prologue = list(seq.get("prologue") or [])
+        self.layer = list(seq.get("pre_attn") or []) + list(seq.get("post_attn") or [])
+        self.mlp_dense = list(seq.get("mlp_dense") or [])
+        self.mlp_moe = list(seq.get("mlp_moe") or [])
+        self.head = list(seq.get("head") or [])
+        self.category: dict[str, str] = {}
+        for c in ("dense", "per_sequence", "attention", "moe"):
+            entries = cat.get(c) or []
+            for name in entries:  # a list, or a mapping name -> details
+                self.category[name] = c
+        for name in self.prologue + self.layer + self.mlp_dense + self.mlp_moe + self.head:
+            if name not in self.category:
+                raise ProfileError(f"{path}: operator {name!r} has no category in the catalog")
+
+
+def find_architecture(meta: dict, override: str | None, base_dir: Path | None) -> Path:
+    if override:
+        p = Path(override)
+        for c in ([base_dir / p] if base_dir else []) + [p, ARCH_DIR / f"{override}.yaml"]:
+            if c.is_file():
+                return c
+        raise ProfileError(f"architecture file {override!r} not found")
+    name = str(meta.get("architecture", ""))
+    name = ARCH_BY_MODEL_TYPE.get(name, name)
+    p = ARCH_DIR / f"{name}.yaml"
+    if not p.is_file():
+        raise ProfileError(f"bundle names architecture {meta.get('architecture')!r}, which has no file in "
+                           f"configs/architectures/ (pass compute.architecture)")
+    return p
+
+
+class ProfileModel:
+    """Per-operator latency from a measured bundle for one (model, dtype, TP)."""
+
+    def __init__(self, model_dir: Path, dtype: str, tp: int, roofline: Roofline, arch_override: str | None = None,
+                 base_dir: Path | None = None, warn: Callable[[str], None] | None = None) -> None:
+        self.dir = Path(model_dir)
+        vdir = self.dir / dtype
+        if not (vdir / "meta.yaml").is_file():
+            have = sorted(p.name for p in self.dir.iterdir() if (p / "meta.yaml").is_file()) if self.dir.is_dir() else []
+            raise ProfileError(f"{self.dir}: no {dtype}/meta.yaml (bundle has dtypes {have or 'none'})")
+        self.meta = yaml.safe_load((vdir / "meta.yaml").read_text()) or {}
+        tdir = vdir / f"tp{tp}"
+        if not tdir.is_dir():
+            have = sorted(p.name for p in vdir.glob("tp*"))
+            raise ProfileError(f"{vdir}: no tp{tp}/ tables (bundle has {have})")
+        self.arch = Architecture(find_architecture(self.meta, arch_override, base_dir))
+        self.roof = roofline
+        self._warn = warn
+        self._warned: set[str] = set()
+        self.dense = self._tables(tdir / "dense.csv", "tokens")
+        self.per_seq = self._tables(tdir / "per_sequence.csv", "sequences")
+        rows = [(int(r["prefill_chunk"]), int(r["kv_prefill"]), int(r["n_decode"]), int(r["kv_decode"]),
+                 float(r["time_us"]) * 1000.0) for r in _read_csv(tdir / "attention.csv")]
+        self.attn = Grid4D(rows, "attention", self._extrapolating)
+        self.moe = None
+        if (tdir / "moe.csv").is_file():
+            by_ae: dict[int, list[tuple[int, float]]] = {}
+            for r in _read_csv(tdir / "moe.csv"):
+                by_ae.setdefault(int(r["activated_experts"]), []).append((int(r["tokens"]), float(r["time_us"]) * 1e3))
+            self.moe = {ae: Table1D([k for k, _ in sorted(v)], [t for _, t in sorted(v)], f"moe[{ae}].tokens",
+                                    self._extrapolating) for ae, v in by_ae.items()}
+        self.skew_alpha = self._load_skew(tdir)
+        for name, cat in self.arch.category.items():
+            table = {"dense": self.dense, "per_sequence": self.per_seq}.get(cat)
+            used = name in (self.arch.prologue + self.arch.layer + self.arch.mlp_dense + self.arch.head)
+            if table is not None and used and name not in table:
+                raise ProfileError(f"{tdir}: the architecture needs {cat} operator {name!r}, missing from the tables")
+
+    def _extrapolating(self, axis: str, x: float, lo: int, hi: int) -> None:
+        if axis not in self._warned and self._warn is not None:
+            self._warned.add(axis)
+            self._warn(f"profile {self.dir.name}: {axis}={x:g} is outside the profiled range [{lo}, {hi}]; "
+                       "extrapolating linearly from the last two points")
+
+    def _tables(self, path: Path, key: str) -> dict[str, Table1D]:
+        if not path.is_file():
+            raise ProfileError(f"{path}: missing")
+        by: dict[str, list[tuple[int, float]]] = {}
+        for r in _read_csv(path):
+            by.setdefault(r["layer"], []).append((int(r[key]), float(r["time_us"]) * 1000.0))
+        out = {}
+        for name, pts in by.items():
+            pts.sort()
+            out[name] = Table1D([k for k, _ in pts], [t for _, t in pts], f"{name}.{key}", self._extrapolating)
+        return out
+
+    def _load_skew(self, tdir: Path):
+        fit = self.meta.get("skew_fit") or {}
+        if not fit.get("enabled") or not (tdir / "skew_fit.csv").is_file():
+            return None
+        table = {}
+        for r in _read_csv(tdir / "skew_fit.csv"):
+            table[(int(r["pc"]), r["n_label"], r["skew_rate_label"], r["kv_big_label"], r["kp_label"])] = float(r["alpha"])
+        return table
+
+    # ---- lookups ----
+    def _op(self, name: str, ns: float, roof: dict[str, OpCost]) -> OpCost:
+        rc = roof.get(name)
+        return OpCost(name, max(1, int(round(ns))), rc.flops if rc else 0, rc.bytes if rc else 0)
+
+    def _lookup(self, name: str, shape: BatchShape) -> float:
+        cat = self.arch.category[name]
+        if cat == "dense":
+            return self.dense[name](max(1, shape.num_tokens))
+        if cat == "per_sequence":
+            return self.per_seq[name](max(1, shape.num_seqs))
+        if cat == "attention":
+            return self.attention_ns(shape)
+        if cat == "moe":
+            return self.moe_ns(shape.num_tokens)
+        raise ProfileError(f"unknown category {cat}")
+
+    def attention_ns(self, shape: BatchShape) -> float:
+        pc = kp = nd = kd_sum = 0
+        kd_max = 0
+        kd_min = 1 << 62
+        for q, c in zip(shape.q, shape.ctx, strict=True):
+            if q == 1 and c > 0:
+                nd += 1
+                kv = c + 1
+                kd_sum += kv
+                kd_max = max(kd_max, kv)
+                kd_min = min(kd_min, kv)
+            else:
+                pc += q
+                kp += c
+        kd = kd_sum / nd if nd else 0
+        t = self.attn(pc, kp, nd, kd)
+        if self.skew_alpha is not None and nd > 1 and kd_max > kd:
+            alpha = self.skew_alpha.get(self._skew_key(pc, nd, kd_max, kd_min, kd, kp), 0.0)
+            t = t + alpha * (self.attn(pc, kp, nd, kd_max) - t)
+        return t
+
+    @staticmethod
+    def _skew_key(pc: int, nd: int, kd_max: int, kd_min: int, kd_mean: float, kp: int) -> tuple:
+        def label(bins, labels, v):
+            for i, lab in enumerate(labels):
+                if v <= bins[i + 1]:
+                    return lab
+            return labels[-1]
+
+        sr = (kd_mean - kd_min) / (kd_max - kd_min) if kd_max > kd_min else 0.5
+        return (pc, label((0, 2, 4, 8, 16, 32, 64, 128, 10**6), ("n<=2", "n<=4", "n<=8", "n<=16", "n<=32", "n<=64",
+                                                                  "n<=128", "n>128"), nd),
+                label((-0.01, 0.05, 0.15, 0.40, 0.70, 1.01), ("sr<=5%", "sr<=15%", "sr<=40%", "sr<=70%", "sr>70%"), sr),
+                label((0, 1024, 4096, 16384, 10**9), ("kvB<=1k", "kvB<=4k", "kvB<=16k", "kvB>16k"), kd_max),
+                label((-1, 0, 2048, 10**9), ("kp=0", "kp<=2k", "kp>2k"), kp))
+
+    def moe_ns(self, tokens: int) -> float:
+        if not self.moe:
+            raise ProfileError("the architecture has MoE operators but the bundle has no moe.csv")
+        m = self.roof.model
+        e, k = m.num_experts, max(1, m.experts_per_token)
+        touched = e * (1 - (1 - k / e) ** max(1, tokens))
+        aes = sorted(self.moe)
+        lo = max([a for a in aes if a <= touched] or [aes[0]])
+        hi = min([a for a in aes if a >= touched] or [aes[-1]])
+        a = self.moe[lo](tokens)
+        if hi == lo:
+            return a
+        return a + (touched - lo) / (hi - lo) * (self.moe[hi](tokens) - a)
+
+    # ---- ComputeModel ----
+    def prologue_ops(self, shape: BatchShape) -> list[OpCost]:
+        roof = {o.name: o for o in self.roof.prologue_ops(shape)}
+        return [self._op(n, self._lookup(n, shape), roof) for n in self.arch.prologue]
+
+    def layer_ops(self, shape: BatchShape) -> list[OpCost]:
+        roof = {o.name: o for o in self.roof.layer_ops(shape)}
+        names = self.arch.layer + (self.arch.mlp_moe if self.roof.model.is_moe else self.arch.mlp_dense)
+        return [self._op(n, self._lookup(n, shape), roof) for n in names]
+
+    def epilogue_ops(self, shape: BatchShape) -> list[OpCost]:
+        roof = {o.name: o for o in self.roof.epilogue_ops(shape)}
+        return [self._op(n, self._lookup(n, shape), roof) for n in self.arch.head]
+
+
+def load_profile_model(inst, cfg, roof: Roofline, base_dir: Path | None = None, warn=None) -> ProfileModel | Roofline:
+    """The instance's bundle (from --profile / compute.profile, or its hardware entry), else roofline + warning."""
+    path = cfg.profile
+    if path is None:
+        key = f"{inst.model.name}/{inst.engine.dtype}/tp{inst.tp}"
+        path = inst.hardware.profiles.get(key) or inst.hardware.profiles.get(inst.model.name)
+        if path is None:
+            if warn:
+                warn(f"{inst.name}: no profile bundle for {key} on {inst.hardware.name}; using the roofline model")
+            return roof
+    p = Path(path)
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p
+    if not p.is_dir():
+        raise ProfileError(f"profile bundle {path} is not a directory")
+    return ProfileModel(p, inst.engine.dtype, inst.tp, roof, cfg.architecture, base_dir, warn)

@@ -1,0 +1,73 @@
+"""Energy of a run from device states and bytes moved.
+
+Per NPU of an instance, over simulated time:
+  compute   : active_w  x (time a compute node is in flight)
+  standby   : standby_w x (rest of an iteration: waiting on communication or memory)
+  idle      : idle_w    x (time the instance runs no iteration)
+plus data movement, which the device powers above exclude:
+  HBM       : bytes read/written by the operators x 8 x dram_pj_per_bit
+  links     : collective / send bytes x 8 x link_pj_per_bit
+  host tiers: bytes loaded/stored to DRAM/CXL tiers x 8 x host_dram_pj_per_bit
+This is the component model LLMServingSim and similar simulators use (NPU
+state powers + DRAM and link energy per bit); the per-bit figures are in the
+hardware catalog entries with their sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from frontend.config.hardware import HardwareSpec
+
+
+@dataclass
+class EnergyBreakdown:
+    compute_j: float = 0.0
+    standby_j: float = 0.0
+    idle_j: float = 0.0
+    hbm_j: float = 0.0
+    link_j: float = 0.0
+    host_j: float = 0.0
+
+    @property
+    def total_j(self) -> float:
+        return self.compute_j + self.standby_j + self.idle_j + self.hbm_j + self.link_j + self.host_j
+
+    def add(self, other: EnergyBreakdown) -> None:
+        self.compute_j += other.compute_j
+        self.standby_j += other.standby_j
+        self.idle_j += other.idle_j
+        self.hbm_j += other.hbm_j
+        self.link_j += other.link_j
+        self.host_j += other.host_j
+
+
+class InstancePower:
+    def __init__(self, hw: HardwareSpec, num_npus: int) -> None:
+        self.hw = hw
+        self.npus = num_npus
+        self.energy = EnergyBreakdown()
+        self.last_end_ns = 0
+
+    def iteration(self, start_ns: int, duration_ns: int, compute_ns: int, hbm_bytes_per_npu: int, comm_bytes: int,
+                  host_bytes: int) -> float:
+        """Account one iteration (and the idle gap before it); return its energy in joules."""
+        hw = self.hw
+        n = self.npus
+        e = EnergyBreakdown()
+        gap = max(0, start_ns - self.last_end_ns)
+        e.idle_j = n * hw.idle_w * gap * 1e-9
+        busy = min(compute_ns, duration_ns)
+        e.compute_j = n * hw.compute_w * busy * 1e-9
+        e.standby_j = n * hw.standby_w * (duration_ns - busy) * 1e-9
+        e.hbm_j = n * hbm_bytes_per_npu * 8 * hw.power.dram_pj_per_bit * 1e-12
+        e.link_j = comm_bytes * 8 * hw.power.link_pj_per_bit * 1e-12
+        e.host_j = host_bytes * 8 * hw.power.host_dram_pj_per_bit * 1e-12
+        self.last_end_ns = start_ns + duration_ns
+        self.energy.add(e)
+        return e.total_j - e.idle_j
+
+    def finish(self, end_ns: int) -> None:
+        gap = max(0, end_ns - self.last_end_ns)
+        self.energy.idle_j += self.npus * self.hw.idle_w * gap * 1e-9
+        self.last_end_ns = end_ns
