@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from frontend.config.loader import ConfigError, load_and_resolve
 from frontend.compute.profile import ProfileError
+from frontend.config.loader import ConfigError, load_and_resolve
 from frontend.workload.jsonl import WorkloadError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AstraServe: simulate LLM serving clusters.")
