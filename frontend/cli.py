@@ -225,6 +225,39 @@ def validate(
             con.print(f"wrote {p}")
 
 
+@app.command("profile")
+def profile_cmd(
+    model: Annotated[str, typer.Option(help="model catalog name or HF config.json path")],
+    out: Annotated[Path, typer.Option(help="bundle model folder to write")],
+    device: Annotated[str, typer.Option(help="cuda | cpu")] = "cuda",
+    dtype: Annotated[str, typer.Option(help="bf16 | fp16 | fp32")] = "bf16",
+    tp: Annotated[int, typer.Option(help="profile one TP shard of the layer")] = 1,
+    max_tokens: Annotated[int, typer.Option()] = 2048,
+    max_seqs: Annotated[int, typer.Option()] = 256,
+    max_kv: Annotated[int, typer.Option()] = 16384,
+    iters: Annotated[int, typer.Option()] = 3,
+    hardware: Annotated[str, typer.Option(help="hardware name recorded in meta.yaml")] = "unknown",
+) -> None:
+    """Measure dense / per-sequence / attention latency tables with PyTorch and write a bundle."""
+    from frontend.config.loader import find_catalog_file
+    from frontend.config.models import load_model_spec
+    from frontend.profiler.run import profile
+
+    if device not in ("cuda", "cpu"):
+        fail(f"--device: expected cuda or cpu, got {device!r}")
+    if dtype not in ("bf16", "fp16", "fp32"):
+        fail(f"--dtype: expected bf16, fp16 or fp32, got {dtype!r}")
+    try:
+        spec = load_model_spec(find_catalog_file(model, "models", None))
+        show = sys.stderr.isatty()
+        path = profile(spec, device, out, dtype, tp, max_tokens, max_seqs, max_kv, iters, hardware=hardware,
+                       progress=(lambda s: err.print(s, end="\r")) if show else None)
+    except (ConfigError, RuntimeError, ValueError) as e:
+        fail(str(e))
+        return
+    Console().print(f"wrote bundle {path} ({dtype}/meta.yaml, {dtype}/tp{tp}/*.csv)")
+
+
 def main() -> None:
     app()
 

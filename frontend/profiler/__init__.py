@@ -1,0 +1,1 @@
+"""Measure per-operator latency tables on a real device with PyTorch (optional extra)."""

@@ -1,0 +1,120 @@
+"""Write a profile bundle: <out>/<dtype>/meta.yaml and <out>/<dtype>/tp<N>/{dense,per_sequence,attention}.csv."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from frontend.config.models import ModelSpec
+
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def doubling(lo: int, hi: int) -> list[int]:
+    out = []
+    x = lo
+    while x <= hi:
+        out.append(x)
+        x *= 2
+    return out
+
+
+def _timer(device: str, iters: int, warmup: int) -> Callable[[Callable[[], object]], float]:
+    import torch
+
+    def measure(fn: Callable[[], object]) -> float:
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(iters):
+            if device == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                torch.cuda.synchronize()
+                samples.append(a.elapsed_time(b) * 1000.0)  # ms -> us
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(samples)
+
+    return measure
+
+
+def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: int = 1, max_tokens: int = 2048,
+            max_seqs: int = 256, max_kv: int = 16384, iters: int = 3, warmup: int = 1,
+            hardware: str = "unknown", progress: Callable[[str], None] | None = None) -> Path:
+    try:
+        import torch
+    except ImportError as e:  # optional extra
+        raise RuntimeError("the profiler needs PyTorch: pip install -e '.[profile]'") from e
+    from frontend.profiler.layer import Layer
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA device is visible")
+    tdt = getattr(torch, TORCH_DTYPES[dtype])
+    layer = Layer(model, device, tdt, tp)
+    measure = _timer(device, iters, warmup)
+    tdir = Path(out) / dtype / f"tp{tp}"
+    tdir.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda s: None)
+    tokens = sorted(set(list(range(1, min(16, max_tokens) + 1)) + doubling(16, max_tokens) + [max_tokens]))
+    with torch.inference_mode():
+        with (tdir / "dense.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["layer", "tokens", "time_us"])
+            for t in tokens:
+                say(f"dense tokens={t}")
+                for name, fn in layer.dense_ops(t).items():
+                    w.writerow([name, t, round(measure(fn), 3)])
+        seqs = sorted(set(list(range(1, min(8, max_seqs) + 1)) + doubling(8, max_seqs) + [max_seqs]))
+        with (tdir / "per_sequence.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["layer", "sequences", "time_us"])
+            for s in seqs:
+                say(f"per_sequence sequences={s}")
+                for name, fn in layer.per_sequence_ops(s).items():
+                    w.writerow([name, s, round(measure(fn), 3)])
+        chunks = [0] + doubling(16, max_tokens)
+        ndec = [0] + doubling(1, max_seqs)
+        kvs = [0] + doubling(16, max_kv)
+        with (tdir / "attention.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"])
+            for pc in chunks:
+                for kp in (kvs if pc else [0]):
+                    if pc and kp + pc > max_kv:
+                        continue
+                    for nd in ndec:
+                        if pc + nd == 0 or pc + nd > max_tokens:
+                            continue
+                        for kd in (kvs[1:] if nd else [0]):
+                            say(f"attention pc={pc} kp={kp} nd={nd} kd={kd}")
+                            w.writerow([pc, kp, nd, kd, round(measure(layer.attention_op(pc, kp, nd, kd)), 3)])
+    meta = {
+        "profiler": "astraserve",
+        "torch_version": str(torch.__version__),
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "hardware": hardware,
+        "profiled_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "architecture": "llama",
+        "model": model.name,
+        "variant": dtype,
+        "tp_degrees": [tp],
+        "method": f"random weights, one decoder layer, median of {iters} runs after {warmup} warm-up "
+                  f"({'CUDA events' if device == 'cuda' else 'wall-clock timers'})",
+        "attention_grid": {"chunks": chunks, "n_decode": ndec, "kv": kvs},
+        "engine_effective": {"max_num_batched_tokens": max_tokens, "max_num_seqs": max_seqs},
+        "skew_fit": {"enabled": False},
+    }
+    (Path(out) / dtype / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return Path(out)
