@@ -171,3 +171,23 @@ def test_tp_pp_symmetry_reduction_is_exact():
     assert fast.duration_ns == full.duration_ns and fast.exposed_comm_ns == full.exposed_comm_ns
     # stage 1 waits for stage 0's activations: it finishes later
     assert full.per_rank_finish_ns[4] > full.per_rank_finish_ns[0]
+
+
+def test_layerwise_load_and_store_fast_path_equals_event_loop():
+    from chakra_gen.builder import BuildSpec, MemTransfer, MicroBatchCost, build_graphs
+    from frontend.compute.batch import OpCost
+
+    layer = [OpCost(n, 2000 + 300 * k, 1, 1) for k, n in enumerate(
+        ["layernorm", "qkv_proj", "attention", "o_proj", "gate_up_proj", "down_proj"])]
+    mb = MicroBatchCost([OpCost("embedding", 500, 1, 1)], layer, [OpCost("lm_head", 3000, 1, 1)], 64)
+    for kind in ("PER_NPU_MEMORY_EXPANSION", "MEMORY_POOL"):
+        for load_b, store_b in ((50_000, 0), (2_000_000, 0), (0, 700_000), (400_000, 900_000)):
+            spec = BuildSpec(num_layers=5, loads=[MemTransfer("dram", load_b)] if load_b else [],
+                             stores=[MemTransfer("dram", store_b)] if store_b else [])
+            g = build_graphs(spec, [mb])
+            tier = MemoryTierModel("dram", kind, 64, 2000)
+            ex = Executor(NetworkContext((), KNOBS), MemorySystem({"dram": tier}, "dram"))
+            fast = ex.run(g)
+            slow = ex.run(g, force_event_loop=True)
+            assert (fast.duration_ns, fast.mem_ns, fast.exposed_mem_ns, fast.mem_bytes_by_tier) == \
+                (slow.duration_ns, slow.mem_ns, slow.exposed_mem_ns, slow.mem_bytes_by_tier), (kind, load_b, store_b)

@@ -121,6 +121,113 @@ class Executor:
                                mem_ns=mem, exposed_comm_ns=comm, exposed_mem_ns=mem, comm_bytes=comm_bytes,
                                mem_bytes_by_tier=dict(mem_bytes))
 
+    def _mem_fast_ok(self, graphs: list[Graph]) -> bool:
+        """One rank, or identical ranks whose memory tiers never serialize across ranks."""
+        g0 = graphs[0]
+        if SEND in g0.types or RECV in g0.types:
+            return False
+        if len(graphs) == 1:
+            return True
+        if any(t.kind != "PER_NPU_MEMORY_EXPANSION" for t in self.memory.tiers.values()):
+            return False
+        for i in compress(range(len(g0)), map(COLL.__eq__, g0.types)):
+            pg = g0.attrs[i].get("pg_name", "") if g0.attrs[i] else ""
+            if pg and len(self.network.group(pg, len(graphs))) != len(graphs):
+                return False
+        return all(g.digest() == g0.digest() for g in graphs[1:])
+
+    def _mem_chain_shape(self, g: Graph) -> tuple[list[int], list[int], list[int]] | None:
+        """Split a graph into a compute/collective chain, a load chain gating some chain nodes, and a store chain.
+
+        Returns (main, loads, stores) node ids when the graph has exactly that
+        shape (what the builder emits for layer-wise KV loads and offloads);
+        None otherwise.
+        """
+        types = g.types
+        deps = g.deps
+        loads: list[int] = []
+        stores: list[int] = []
+        main: list[int] = []
+        for i, t in enumerate(types):
+            d = deps[i]
+            if g.ctrl_deps[i]:
+                return None
+            if t == MEM_LOAD:
+                if (loads and d != (loads[-1],)) or (not loads and d):
+                    return None
+                loads.append(i)
+            elif t == MEM_STORE:
+                if (stores and d != (stores[-1],)) or (not stores and d):
+                    return None
+                stores.append(i)
+            elif t in (COMP, COLL):
+                if not main:
+                    if d:
+                        return None
+                elif d[0] != main[-1] or any(x not in loads for x in d[1:]) or len(d) > 2:
+                    return None
+                main.append(i)
+            else:
+                return None
+        if loads and stores and stores[0] < loads[-1]:
+            return None  # stores would interleave with loads on the memory resource
+        return main, loads, stores
+
+    def _mem_chain_time(self, g: Graph, shape: tuple[list[int], list[int], list[int]]) -> IterationResult:
+        """Closed form of a compute chain with a gating load chain and an independent store chain.
+
+        Memory nodes share the NPU's communication resource and issue lowest id
+        first, so loads run back to back from t=0, then stores back to back; a
+        chain node gated by load l starts at max(its predecessor's end, load l's end).
+        """
+        main, loads, stores = shape
+        assert self.memory is not None
+        mem = self.memory
+        load_end: dict[int, int] = {}
+        t = 0
+        mem_iv: list[tuple[int, int]] = []
+        mem_bytes: dict[str, int] = defaultdict(int)
+        for i in loads:
+            a = g.attrs[i] or {}
+            tier = mem.tier(a.get("tier"))
+            end = mem.request(tier.name, g.rank, t, g.tensor_bytes[i])
+            mem_iv.append((t, end))
+            mem_bytes[tier.name] += g.tensor_bytes[i]
+            t = end
+            load_end[i] = end
+        for i in stores:
+            a = g.attrs[i] or {}
+            tier = mem.tier(a.get("tier"))
+            end = mem.request(tier.name, g.rank, t, g.tensor_bytes[i])
+            mem_iv.append((t, end))
+            mem_bytes[tier.name] += g.tensor_bytes[i]
+            t = end
+        mem_end = t
+        now = 0
+        comp = comm = comm_bytes = 0
+        comp_iv: list[tuple[int, int]] = []
+        comm_iv: list[tuple[int, int]] = []
+        for i in main:
+            d = g.deps[i]
+            start = now
+            for x in d[1:]:
+                start = max(start, load_end[x])
+            if g.types[i] == COMP:
+                dur = g.durations_ns[i] if g.durations_ns[i] > 0 else 1
+                comp += dur
+                comp_iv.append((start, start + dur))
+            else:
+                dur = self.network.coll_time(g.attrs[i])
+                comm += dur
+                comm_bytes += int(g.attrs[i]["comm_size"])
+                comm_iv.append((start, start + dur))
+            now = start + dur
+        total = max(now, mem_end)
+        return IterationResult(duration_ns=total, per_rank_finish_ns=[], compute_ns=comp, comm_ns=comm,
+                               mem_ns=sum(b - a for a, b in mem_iv), exposed_comm_ns=comm,
+                               exposed_mem_ns=_union_minus(mem_iv, comp_iv + comm_iv), comm_bytes=comm_bytes,
+                               mem_bytes_by_tier=dict(mem_bytes))
+
     def _can_fast(self, graphs: list[Graph]) -> bool:
         g0 = graphs[0]
         if not g0.is_chain():
@@ -156,6 +263,13 @@ class Executor:
             r = self._chain_time(graphs[0])
             r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
             return r
+        if not force_event_loop and self.memory is not None and self._mem_fast_ok(graphs):
+            shape = self._mem_chain_shape(graphs[0])
+            if shape is not None:
+                r = self._mem_chain_time(graphs[0], shape)
+                r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
+                r.mem_bytes_by_tier = {k: v * len(graphs) for k, v in r.mem_bytes_by_tier.items()}
+                return r
         if not reduce_symmetry:
             return self._event_loop_ranks(graphs, solo_groups=False)
         return self._event_loop(graphs)

@@ -39,6 +39,7 @@ class BlockPool:
         self.cached: dict[int, int] = {}  # hash -> block id
         self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.on_evict = on_evict  # (hash, block id) of a cached block being reused
+        self.on_cache: Callable[[int, int], None] | None = None  # (hash, block id) newly registered
         self.stats = KVStats()
 
     # ---- accounting ----
@@ -152,6 +153,8 @@ class BlockPool:
             self.block_hash[b] = h
             if h not in self.cached:
                 self.cached[h] = b
+                if self.on_cache is not None:
+                    self.on_cache(h, b)
 
     def free(self, req: Request) -> None:
         for b in reversed(req.block_ids):

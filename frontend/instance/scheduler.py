@@ -34,6 +34,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.priority = priority  # None = FCFS by arrival; else waiting queue ordered by this key
         self.num_preemptions = 0
+        self.tiers = None  # TierManager when the instance has lower KV tiers
+        self.swap = False  # preempt by swapping to host DRAM instead of recomputing
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -68,8 +70,10 @@ class Scheduler:
 
     # ---- one step ----
     def _preempt(self, victim: Request) -> None:
+        swapped = self.swap and self.tiers is not None and self.tiers.swap_out(victim)
         self.pool.free(victim)
-        victim.num_computed_tokens = 0
+        if not swapped:
+            victim.num_computed_tokens = 0
         victim.preemptions += 1
         victim.status = "waiting"
         self.num_preemptions += 1
@@ -113,23 +117,48 @@ class Scheduler:
             while waiting and budget > 0 and len(running) < eng.max_num_seqs:
                 req = waiting[0]
                 hits: list[int] = []
-                if req.num_computed_tokens == 0:
+                lower: list = []
+                if not req.swapped_blocks and req.num_computed_tokens == 0:
                     hits = pool.find_cached_prefix(req)
-                num_computed = len(hits) * pool.block_size if hits else req.num_computed_tokens
+                    if self.tiers is not None and self.tiers.active:
+                        limit = (req.num_tokens - 1) // pool.block_size
+                        lower = self.tiers.lookup(req, len(hits), limit)
+                saved = req.num_computed_tokens  # > 0 only for a swapped-out request
+                in_hbm = len(hits) * pool.block_size if hits else saved
+                num_lower = sum(n for _, n in lower) * pool.block_size
+                num_computed = in_hbm + num_lower
                 num_new = req.num_tokens - num_computed
                 if not eng.enable_chunked_prefill and num_new > budget:
                     break
-                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, num_new, hits):
+                # blocks are counted from what is already in HBM: hits, or the swapped KV to bring back;
+                # lower-tier hits and this step's tokens need fresh blocks
+                req.num_computed_tokens = in_hbm
+                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, num_lower + num_new, hits):
+                    req.num_computed_tokens = saved
                     break  # the whole remaining prompt must fit before any chunk of it is admitted
                 num_new = min(num_new, budget)
-                if not pool.allocate(req, num_new, hits):
+                if req.swapped_blocks:
+                    req.num_computed_tokens = 0  # swapped KV needs its blocks back too
+                    ok = pool.allocate(req, in_hbm + num_new)
+                else:
+                    ok = pool.allocate(req, num_lower + num_new, hits)
+                req.num_computed_tokens = saved
+                if not ok:
                     break
                 waiting.popleft()
                 pool.count_lookup(req, len(hits))
+                if req.swapped_blocks and not self.tiers.swap_in(req):
+                    num_computed = 0  # the host copy was evicted meanwhile: recompute from scratch
+                    num_new = min(req.num_tokens, budget)
+                if lower:
+                    self.tiers.reload(lower)
                 if req.preemptions == 0:
                     req.cached_tokens = num_computed
-                    if num_computed:
-                        req.cached_tokens_by_tier["hbm"] = num_computed
+                    if hits:
+                        req.cached_tokens_by_tier["hbm"] = len(hits) * pool.block_size
+                    for tier, n in lower:
+                        req.cached_tokens_by_tier[tier.name] = req.cached_tokens_by_tier.get(tier.name, 0) + \
+                            n * pool.block_size
                 req.num_computed_tokens = num_computed
                 req.status = "running"
                 running.append(req)
@@ -138,6 +167,8 @@ class Scheduler:
                 plan.contexts.append(num_computed)
                 plan.num_prefill_tokens += num_new
                 budget -= num_new
+        if self.tiers is not None:
+            plan.kv_moves = self.tiers.take_moves()
         if not plan.requests:
             return None
         return plan

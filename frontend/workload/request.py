@@ -92,6 +92,7 @@ class Request:
     hashes: list[int] | None = None
     num_hashed_blocks: int = 0  # leading blocks already registered in the prefix cache
     seq: int = 0  # arrival order, the FCFS key
+    swapped_blocks: int = 0  # blocks held in host memory by a swap preemption
 
     @property
     def num_tokens(self) -> int:
