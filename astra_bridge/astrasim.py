@@ -119,7 +119,7 @@ class AstraSimBackend:
         return IterationResult(duration_ns=finish[slow], per_rank_finish_ns=finish, compute_ns=comp,
                                exposed_comm_ns=exposed[slow])
 
-    def run(self, system: InstanceSystem, graphs: list[Graph]) -> IterationResult:
+    def run(self, system: InstanceSystem, graphs: list[Graph], start_ns: int = 0) -> IterationResult:
         key = None
         if self.cache is not None:
             key = ResultCache.key(system, graphs)

@@ -149,6 +149,14 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
     if spec.pp == 1 and len(mbs) != 1:
         raise ValueError("micro-batching is only used with pipeline parallelism")
     graphs = []
+    if spec.pp == 1 and (spec.loads or spec.stores):
+        g = _single_stage_with_memory(spec, mbs[0])
+        graphs = [g]
+        for r in range(1, spec.tp):
+            graphs.append(Graph(rank=r, names=g.names, types=g.types, durations_ns=g.durations_ns, deps=g.deps,
+                                ctrl_deps=g.ctrl_deps, num_ops=g.num_ops, tensor_bytes=g.tensor_bytes,
+                                attrs=g.attrs, mem_shape_hint=g.mem_shape_hint, shared_columns=True))
+        return graphs
     if spec.pp == 1 and not spec.loads and not spec.stores:
         g = _single_stage_fast(spec, mbs[0])
         graphs = [g]
@@ -217,6 +225,62 @@ def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
     g = Graph(rank=0, names=names, types=types, durations_ns=durs, deps=_chain_deps(n), ctrl_deps=_no_deps(n),
               num_ops=nops, tensor_bytes=tbytes, attrs=attrs, chain_hint=True, shared_columns=True)
     return g
+
+
+def _single_stage_with_memory(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
+    """Column-wise: layer-wise KV loads (chained), stores (chained), then the compute chain.
+
+    Loads come first in id order so they win the NPU's memory/communication
+    resource over stores, and each layer's attention waits for its layer's loads.
+    """
+    base = _single_stage_fast(spec, mb)
+    n_layers = spec.num_layers
+    per_layer_loads = len(spec.loads)
+    mem_names, mem_types, mem_bytes, mem_attrs, deps = _mem_columns(
+        n_layers, tuple((t.tier, t.bytes_per_layer) for t in spec.loads),
+        tuple((t.tier, t.bytes_per_layer) for t in spec.stores))
+    m = len(mem_types)
+    n_loads = n_layers * per_layer_loads
+    # the compute chain, shifted by m; attention of layer l also waits for layer l's last load
+    n_pro = len(mb.prologue)
+    t_len = (len(base) - n_pro - len(mb.epilogue)) // max(1, n_layers)
+    attn_k = next((k for k in range(t_len) if base.names[n_pro + k].endswith(".attention")), None)
+    attn_pos = [] if attn_k is None else [n_pro + li * t_len + attn_k for li in range(n_layers)]
+    chain_deps = _gated_chain_deps(len(base), m, per_layer_loads, tuple(attn_pos[:n_layers]))
+    g = Graph(rank=0, names=mem_names + list(base.names), types=mem_types + base.types,
+              durations_ns=[0] * m + base.durations_ns, deps=deps + chain_deps, ctrl_deps=_no_deps(m + len(base)),
+              num_ops=[0] * m + base.num_ops, tensor_bytes=mem_bytes + base.tensor_bytes, attrs=mem_attrs + base.attrs)
+    gates = [(pos, pos + m) for pos in attn_pos[:n_layers]] if per_layer_loads else []
+    g.mem_shape_hint = (range(m, m + len(base)), list(range(n_loads)), list(range(n_loads, m)), gates)
+    return g
+
+
+@lru_cache(maxsize=256)
+def _gated_chain_deps(n: int, shift: int, per_layer_loads: int, attn_pos: tuple[int, ...]) -> list[tuple[int, ...]]:
+    deps = [EMPTY] + [(i - 1 + shift,) for i in range(1, n)]
+    if per_layer_loads:
+        for li, pos in enumerate(attn_pos):
+            deps[pos] = deps[pos] + ((li + 1) * per_layer_loads - 1,)
+    return deps + []
+
+
+@lru_cache(maxsize=256)
+def _mem_columns(n_layers: int, loads: tuple, stores: tuple) -> tuple:
+    """Shared (read-only) columns of the load and store chains."""
+    names: list[str] = []
+    types: list[int] = []
+    nbytes: list[int] = []
+    attrs: list[dict | None] = []
+    for kind, transfers, label in ((MEM_LOAD, loads, "kv_load"), (MEM_STORE, stores, "kv_store")):
+        for li in range(n_layers):
+            for tier, b in transfers:
+                names.append(f"L{li}.{label}.{tier}")
+                types.append(kind)
+                nbytes.append(b)
+                attrs.append({"tier": tier})
+    n_loads = n_layers * len(loads)
+    deps = [EMPTY if (i == 0 or i == n_loads) else (i - 1,) for i in range(len(types))]
+    return names, types, nbytes, attrs, deps
 
 
 @lru_cache(maxsize=64)

@@ -73,6 +73,8 @@ class Graph:
     attrs: list[dict[str, Any] | None] = field(default_factory=list)
     _digest: str | None = field(default=None, repr=False, compare=False)
     chain_hint: bool | None = field(default=None, repr=False, compare=False)
+    # (main chain ids, load ids, store ids) when the builder knows the graph has that shape
+    mem_shape_hint: tuple | None = field(default=None, repr=False, compare=False)
     shared_columns: bool = field(default=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -94,6 +96,7 @@ class Graph:
             self._unshare()
         node_id = len(self.types)
         self.chain_hint = None
+        self.mem_shape_hint = None
         self.names.append(name)
         self.types.append(int(node_type))
         self.durations_ns.append(int(duration_ns))

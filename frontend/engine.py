@@ -46,7 +46,7 @@ class Engine:
         self.router = Router(run.config.router, instances)
         self.progress = progress
         self.on_step = on_step
-        self.log = IterationLog()
+        self.log = IterationLog(tier_names=sorted({t.name for i in instances for t in i.lower_tiers}))
 
     def run(self, requests: list[Request]) -> RunResult:
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ class Engine:
             for inst in touched:
                 if inst.busy:
                     continue
-                out = inst.step()
+                out = inst.step(now)
                 if out is None:
                     continue
                 inst.busy = True

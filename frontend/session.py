@@ -102,10 +102,14 @@ class ChakraDumper:
 
 def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], None] | None = None
                     ) -> list[InstanceRuntime]:
+    from frontend.instance.tiers import build_tiers
+
+    tiers = build_tiers(run.config.kv.tiers, run.instances)
     insts = []
     for ri in run.instances:
         cm = make_compute_model(ri, run.config.compute, base_dir=run.config.base_dir, warn=warn)
-        insts.append(InstanceRuntime(ri, cm, backend, run.config.backend.system))
+        insts.append(InstanceRuntime(ri, cm, backend, run.config.backend.system, tiers=tiers[ri.name],
+                                     kv_cfg=run.config.kv))
     return insts
 
 

@@ -23,6 +23,7 @@ class EmbeddedBackend:
 
     def __init__(self, cache: bool = True, cache_size: int = 4096) -> None:
         self.cache = ResultCache(cache_size) if cache else None
+        self.shared_pools: dict[str, int] = {}  # pool tier -> busy until (absolute ns), across instances
         self._executors: dict[tuple, Executor] = {}
         self.runs = 0
 
@@ -34,9 +35,17 @@ class EmbeddedBackend:
             self._executors[fp] = ex
         return ex
 
-    def run(self, system: InstanceSystem, graphs: list[Graph]) -> IterationResult:
+    def run(self, system: InstanceSystem, graphs: list[Graph], start_ns: int = 0) -> IterationResult:
         key = None
-        if self.cache is not None:
+        ex = self.executor(system)
+        uses_pool = False
+        if ex.memory is not None:
+            ex.memory.t0 = start_ns
+            ex.memory.shared_pools = self.shared_pools
+            uses_pool = any(t.kind == "MEMORY_POOL" for t in system.tiers) and any(
+                t in (2, 3) for t in graphs[0].types)
+        has_mem = 2 in graphs[0].types or 3 in graphs[0].types
+        if self.cache is not None and not uses_pool and not has_mem:  # a shared pool's state makes timing history-dependent
             key = ResultCache.key(system, graphs)
             hit = self.cache.get(key)
             if hit is not None:
@@ -44,7 +53,7 @@ class EmbeddedBackend:
                 r.cached = True
                 return r
         self.runs += 1
-        r = self.executor(system).run(graphs)
+        r = ex.run(graphs)
         if key is not None:
             self.cache.put(key, r)
         return r

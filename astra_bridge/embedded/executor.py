@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import accumulate, compress
 
 from astra_bridge.embedded.memory import MemorySystem
 from astra_bridge.embedded.network import Dimension, SystemKnobs, collective_time_ns, p2p_time_ns
@@ -173,59 +173,92 @@ class Executor:
             return None  # stores would interleave with loads on the memory resource
         return main, loads, stores
 
-    def _mem_chain_time(self, g: Graph, shape: tuple[list[int], list[int], list[int]]) -> IterationResult:
+    def _mem_chain_time(self, g: Graph, shape) -> IterationResult:
         """Closed form of a compute chain with a gating load chain and an independent store chain.
 
         Memory nodes share the NPU's communication resource and issue lowest id
         first, so loads run back to back from t=0, then stores back to back; a
         chain node gated by load l starts at max(its predecessor's end, load l's end).
+        The memory resource is busy from 0 to the last store's end without gaps,
+        so the exposed memory time is the chain's total stall plus any tail of
+        memory traffic after the chain ends.
         """
-        main, loads, stores = shape
+        main, loads, stores = shape[:3]
+        gates_hint = shape[3] if len(shape) > 3 else None
         assert self.memory is not None
         mem = self.memory
+        mem_bytes: dict[str, int] = defaultdict(int)
         load_end: dict[int, int] = {}
         t = 0
-        mem_iv: list[tuple[int, int]] = []
-        mem_bytes: dict[str, int] = defaultdict(int)
-        for i in loads:
-            a = g.attrs[i] or {}
-            tier = mem.tier(a.get("tier"))
-            end = mem.request(tier.name, g.rank, t, g.tensor_bytes[i])
-            mem_iv.append((t, end))
-            mem_bytes[tier.name] += g.tensor_bytes[i]
-            t = end
-            load_end[i] = end
-        for i in stores:
-            a = g.attrs[i] or {}
-            tier = mem.tier(a.get("tier"))
-            end = mem.request(tier.name, g.rank, t, g.tensor_bytes[i])
-            mem_iv.append((t, end))
-            mem_bytes[tier.name] += g.tensor_bytes[i]
-            t = end
+        attrs = g.attrs
+        tb = g.tensor_bytes
+        shared = mem.shared_pools is not None
+        memo: dict[tuple[str, int], int] = {}
+        for ids, is_load in ((loads, True), (stores, False)):
+            for i in ids:
+                tier = mem.tier(attrs[i].get("tier") if attrs[i] else None)
+                if tier.kind == "MEMORY_POOL" and shared:
+                    t = mem.request(tier.name, g.rank, t, tb[i])
+                else:  # one rank: its own transfers are already serialized by the resource
+                    k = (tier.name, tb[i])
+                    d = memo.get(k)
+                    if d is None:
+                        d = memo[k] = tier.transfer_ns(tb[i])
+                    t += d
+                mem_bytes[tier.name] += tb[i]
+                if is_load:
+                    load_end[i] = t
         mem_end = t
-        now = 0
+        types = g.types
+        durs = g.durations_ns
+        deps = g.deps
         comp = comm = comm_bytes = 0
-        comp_iv: list[tuple[int, int]] = []
-        comm_iv: list[tuple[int, int]] = []
+        now = 0
+        stall = 0
+        coll_cache: dict[int, int] = {}
+        if isinstance(main, range) and main.step == 1:
+            seg_types = types[main.start:main.stop]
+            seg = durs[main.start:main.stop]
+            if COLL not in seg_types and 0 not in seg:
+                # prefix sums between the gated nodes
+                acc = list(accumulate(seg, initial=0))
+                gates = gates_hint if gates_hint is not None else [(i - main.start, i) for i in main if len(deps[i]) > 1]
+                prev = 0
+                for pos, i in gates:
+                    now += acc[pos] - acc[prev]
+                    ready = max(load_end[x] for x in deps[i][1:])
+                    if ready > now:
+                        stall += ready - now
+                        now = ready
+                    prev = pos
+                now += acc[-1] - acc[prev]
+                comp = acc[-1]
+                total = max(now, mem_end)
+                return IterationResult(duration_ns=total, per_rank_finish_ns=[], compute_ns=comp, comm_ns=0,
+                                       mem_ns=mem_end, exposed_comm_ns=0, exposed_mem_ns=stall + max(0, mem_end - now),
+                                       comm_bytes=0, mem_bytes_by_tier=dict(mem_bytes))
         for i in main:
-            d = g.deps[i]
-            start = now
-            for x in d[1:]:
-                start = max(start, load_end[x])
-            if g.types[i] == COMP:
-                dur = g.durations_ns[i] if g.durations_ns[i] > 0 else 1
+            d = deps[i]
+            if len(d) > 1:
+                ready = max(load_end[x] for x in d[1:])
+                if ready > now:
+                    stall += ready - now
+                    now = ready
+            if types[i] == COMP:
+                dur = durs[i] if durs[i] > 0 else 1
                 comp += dur
-                comp_iv.append((start, start + dur))
             else:
-                dur = self.network.coll_time(g.attrs[i])
+                a = attrs[i]
+                dur = coll_cache.get(id(a))
+                if dur is None:
+                    dur = coll_cache[id(a)] = self.network.coll_time(a)
                 comm += dur
-                comm_bytes += int(g.attrs[i]["comm_size"])
-                comm_iv.append((start, start + dur))
-            now = start + dur
+                comm_bytes += int(a["comm_size"])
+            now += dur
         total = max(now, mem_end)
         return IterationResult(duration_ns=total, per_rank_finish_ns=[], compute_ns=comp, comm_ns=comm,
-                               mem_ns=sum(b - a for a, b in mem_iv), exposed_comm_ns=comm,
-                               exposed_mem_ns=_union_minus(mem_iv, comp_iv + comm_iv), comm_bytes=comm_bytes,
+                               mem_ns=mem_end, exposed_comm_ns=comm,
+                               exposed_mem_ns=stall + max(0, mem_end - now), comm_bytes=comm_bytes,
                                mem_bytes_by_tier=dict(mem_bytes))
 
     def _can_fast(self, graphs: list[Graph]) -> bool:
@@ -264,7 +297,7 @@ class Executor:
             r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
             return r
         if not force_event_loop and self.memory is not None and self._mem_fast_ok(graphs):
-            shape = self._mem_chain_shape(graphs[0])
+            shape = graphs[0].mem_shape_hint or self._mem_chain_shape(graphs[0])
             if shape is not None:
                 r = self._mem_chain_time(graphs[0], shape)
                 r.per_rank_finish_ns = [r.duration_ns] * len(graphs)

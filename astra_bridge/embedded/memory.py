@@ -36,6 +36,10 @@ class MemorySystem:
     tiers: dict[str, MemoryTierModel]
     default_tier: str | None = None
     _busy_until: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Pools shared by several instances keep their busy-until in absolute
+    # simulated time across iterations (and instances); t0 is this iteration's start.
+    shared_pools: dict[str, int] | None = None
+    t0: int = 0
 
     def tier(self, name: str | None) -> MemoryTierModel:
         key = name or self.default_tier
@@ -49,6 +53,10 @@ class MemorySystem:
         dur = t.transfer_ns(size)
         if t.kind == PER_NPU:
             return issue_ns + dur
+        if t.kind == POOL and self.shared_pools is not None:
+            start = max(issue_ns + self.t0, self.shared_pools.get(t.name, 0))
+            self.shared_pools[t.name] = start + dur
+            return start + dur - self.t0
         server = rank // max(1, t.npus_per_node) if t.kind == PER_NODE else 0
         key = (t.name, server)
         start = max(issue_ns, self._busy_until.get(key, 0))

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from astra_bridge.backend import Backend, InstanceSystem
 from astra_bridge.embedded.network import Dimension, SystemKnobs
 from astra_bridge.result import IterationResult
-from chakra_gen.builder import BuildSpec, MicroBatchCost, build_graphs
+from chakra_gen.builder import BuildSpec, MemTransfer, MicroBatchCost, build_graphs
 from chakra_gen.graph import Graph
 from frontend.compute.batch import BatchShape
 from frontend.compute.factory import ComputeModel
 from frontend.config.loader import ResolvedInstance
 from frontend.config.schema import SystemConfig
 from frontend.instance.kv import BlockPool
+from frontend.instance.kv_tiers import TierManager
 from frontend.instance.plan import IterationPlan
 from frontend.instance.scheduler import Scheduler
 from frontend.metrics.power import InstancePower
@@ -53,7 +54,7 @@ class StepOutcome:
 
 class InstanceRuntime:
     def __init__(self, inst: ResolvedInstance, compute: ComputeModel, backend: Backend, sys_cfg: SystemConfig,
-                 priority=None) -> None:
+                 priority=None, tiers=None, kv_cfg=None) -> None:
         self.inst = inst
         self.name = inst.name
         self.compute = compute
@@ -65,7 +66,18 @@ class InstanceRuntime:
         self.spec = BuildSpec(num_layers=inst.model.num_layers, tp=inst.tp, pp=inst.pp,
                               hidden_size=inst.model.hidden_size, act_dtype_bytes=inst.dtype_bytes,
                               tp_involved_dims=tp_involved_dims(inst))
-        self.system = instance_system(inst, sys_cfg, self.spec)
+        self.lower_tiers = list(tiers or [])
+        self.tier_manager = None
+        timing = ()
+        if self.lower_tiers:
+            self.tier_manager = TierManager(self.lower_tiers, kv_cfg.offload if kv_cfg else "none", inst.model.name,
+                                            inst.kv_block_bytes * inst.num_npus, self.pool)
+            self.scheduler.tiers = self.tier_manager
+            self.scheduler.swap = bool(kv_cfg and kv_cfg.preemption == "swap")
+            timing = tuple(t.timing_model(inst.num_npus) for t in self.lower_tiers)
+        self.layerwise = kv_cfg.layerwise_load if kv_cfg else True
+        self.layers_per_stage = len(self.spec.stage_layers(0))
+        self.system = instance_system(inst, sys_cfg, self.spec, timing)
         self.power = InstancePower(inst.hardware, inst.num_npus)
         self.busy = False
         self.overhead_ns = eng.scheduler_overhead_ns
@@ -79,17 +91,33 @@ class InstanceRuntime:
         c = self.compute
         return MicroBatchCost(c.prologue_ops(shape), c.layer_ops(shape), c.epilogue_ops(shape), shape.num_tokens)
 
+    def spec_for(self, plan: IterationPlan) -> BuildSpec:
+        """The build spec with this iteration's KV transfers (per NPU, per layer)."""
+        if not plan.kv_moves:
+            return self.spec
+        per_block_layer = self.inst.kv_block_bytes // max(1, self.layers_per_stage)
+        loads: dict[str, int] = {}
+        stores: dict[str, int] = {}
+        for m in plan.kv_moves:
+            d = loads if m.direction == "load" else stores
+            d[m.tier] = d.get(m.tier, 0) + m.blocks
+        return BuildSpec(num_layers=self.spec.num_layers, tp=self.spec.tp, pp=self.spec.pp,
+                         hidden_size=self.spec.hidden_size, act_dtype_bytes=self.spec.act_dtype_bytes,
+                         tp_involved_dims=self.spec.tp_involved_dims,
+                         loads=[MemTransfer(t, n * per_block_layer) for t, n in sorted(loads.items())],
+                         stores=[MemTransfer(t, n * per_block_layer) for t, n in sorted(stores.items())])
+
     def graphs_for(self, plan: IterationPlan, spec: BuildSpec | None = None) -> list[Graph]:
         shape = self.shape_of(plan)
-        spec = spec or self.spec
+        spec = spec or self.spec_for(plan)
         mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]
         return build_graphs(spec, mbs)
 
-    def step(self) -> StepOutcome | None:
+    def step(self, now_ns: int = 0) -> StepOutcome | None:
         plan = self.scheduler.schedule()
         if plan is None:
             return None
         graphs = self.graphs_for(plan)
-        result = self.backend.run(self.system, graphs)
+        result = self.backend.run(self.system, graphs, start_ns=now_ns)
         self.iterations += 1
         return StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs)

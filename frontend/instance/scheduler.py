@@ -120,22 +120,25 @@ class Scheduler:
                 lower: list = []
                 if not req.swapped_blocks and req.num_computed_tokens == 0:
                     hits = pool.find_cached_prefix(req)
+                saved = req.num_computed_tokens  # > 0 only for a swapped-out request
+                in_hbm = len(hits) * pool.block_size if hits else saved
+                # blocks are counted from what is already in HBM: hits, or the swapped KV to bring back;
+                # lower-tier hits and this step's tokens need fresh blocks alike, so the full-prompt
+                # gate does not depend on where the rest comes from
+                req.num_computed_tokens = in_hbm
+                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, req.num_tokens - in_hbm, hits):
+                    req.num_computed_tokens = saved
+                    break  # the whole remaining prompt must fit before any chunk of it is admitted
+                if hits or (not req.swapped_blocks and saved == 0):
                     if self.tiers is not None and self.tiers.active:
                         limit = (req.num_tokens - 1) // pool.block_size
                         lower = self.tiers.lookup(req, len(hits), limit)
-                saved = req.num_computed_tokens  # > 0 only for a swapped-out request
-                in_hbm = len(hits) * pool.block_size if hits else saved
                 num_lower = sum(n for _, n in lower) * pool.block_size
                 num_computed = in_hbm + num_lower
                 num_new = req.num_tokens - num_computed
                 if not eng.enable_chunked_prefill and num_new > budget:
-                    break
-                # blocks are counted from what is already in HBM: hits, or the swapped KV to bring back;
-                # lower-tier hits and this step's tokens need fresh blocks
-                req.num_computed_tokens = in_hbm
-                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, num_lower + num_new, hits):
                     req.num_computed_tokens = saved
-                    break  # the whole remaining prompt must fit before any chunk of it is admitted
+                    break
                 num_new = min(num_new, budget)
                 if req.swapped_blocks:
                     req.num_computed_tokens = 0  # swapped KV needs its blocks back too

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from frontend.engine import RunResult
-from frontend.metrics.collector import ITER_COLUMNS
 
 REQ_COLUMNS = ["request_id", "arrival_ns", "first_token_ns", "finish_ns", "input_tokens", "output_tokens",
                "cached_tokens", "preemptions", "instance", "status"]
@@ -37,18 +36,22 @@ def latency_samples(result: RunResult) -> dict[str, list[float]]:
 
 
 def write_requests_csv(result: RunResult, path: Path) -> None:
+    tiers = result.iterations.tier_names
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(REQ_COLUMNS)
+        w.writerow(REQ_COLUMNS + ([f"cached_tokens_{t}" for t in ["hbm", *tiers]] if tiers else []))
         for r in result.requests:
-            w.writerow([r.request_id, r.arrival_ns, r.first_token_ns, r.finish_ns, r.input_tokens, r.output_tokens,
-                        r.cached_tokens, r.preemptions, r.instance, r.status])
+            row = [r.request_id, r.arrival_ns, r.first_token_ns, r.finish_ns, r.input_tokens, r.output_tokens,
+                   r.cached_tokens, r.preemptions, r.instance, r.status]
+            if tiers:
+                row += [r.cached_tokens_by_tier.get(t, 0) for t in ["hbm", *tiers]]
+            w.writerow(row)
 
 
 def write_iterations_csv(result: RunResult, path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(ITER_COLUMNS)
+        w.writerow(result.iterations.columns)
         w.writerows(result.iterations.rows)
 
 
@@ -82,6 +85,9 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
     }
     from frontend.metrics.power import EnergyBreakdown
 
+    if result.iterations.tier_names:
+        s["kv_tiers"] = tier_summary(result)
+
     e = EnergyBreakdown()
     for inst in result.instances:
         e.add(inst.power.energy)
@@ -95,6 +101,27 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
     if extra:
         s.update(extra)
     return s
+
+
+def tier_summary(result: RunResult) -> dict[str, Any]:
+    """Hit rate per tier = prompt tokens served from that tier / prompt tokens looked up."""
+    looked_up = sum(r.input_tokens for r in result.requests if r.status == "finished")
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for name in ["hbm", *result.iterations.tier_names]:
+        hit = sum(r.cached_tokens_by_tier.get(name, 0) for r in result.requests)
+        entry: dict[str, Any] = {"hit_tokens": hit, "hit_rate": round(hit / looked_up, 6) if looked_up else 0.0}
+        for inst in result.instances:
+            for t in inst.lower_tiers:
+                if t.name == name and id(t) not in seen:
+                    seen.add(id(t))
+                    st = t.stats
+                    for k in ("loaded_blocks", "stored_blocks", "loaded_bytes", "stored_bytes", "evictions"):
+                        entry[k] = entry.get(k, 0) + getattr(st, k)
+                    entry["capacity_gib"] = t.cfg.capacity_gib
+                    entry["final_occupancy_blocks"] = entry.get("final_occupancy_blocks", 0) + t.occupancy_blocks()
+        out[name] = entry
+    return out
 
 
 def write_outputs(result: RunResult, out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
