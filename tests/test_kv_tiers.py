@@ -141,13 +141,10 @@ def test_zero_capacity_tier_equals_no_tier(tmp_path: Path):
 def test_reload_time_is_what_the_backend_says():
     """An iteration that reloads n blocks per layer takes at least the tier's transfer time for them."""
     from astra_bridge.embedded.backend import EmbeddedBackend
-    from frontend.config.loader import load_and_resolve
-    from frontend.config.loader import parse_config, resolve
-    from frontend.instance.runtime import InstanceRuntime
     from frontend.compute.roofline import Roofline
+    from frontend.config.loader import parse_config, resolve
     from frontend.instance.plan import IterationPlan, KVMove
-
-    del load_and_resolve
+    from frontend.instance.runtime import InstanceRuntime
     cfg = small_run_dict(kv={"offload": "write_through", "tiers": [
         {"name": "dram", "kind": "dram", "capacity_gib": 4, "bw_gbps": 8, "latency_ns": 3000, "scope": "instance"}]})
     run = resolve(parse_config(cfg))
