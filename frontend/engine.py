@@ -22,6 +22,7 @@ from frontend.workload.request import Request
 
 ITER_DONE = 0
 ARRIVAL = 1
+TIMER = 2
 
 
 @dataclass
@@ -34,31 +35,67 @@ class RunResult:
     backend_stats: dict[str, int] = field(default_factory=dict)
     router: Router | None = None
     notes: list[str] = field(default_factory=list)
+    orchestrator: object | None = None
+    retention: object | None = None
 
 
 class Engine:
     def __init__(self, run: ResolvedRun, instances: list[InstanceRuntime], backend: Backend,
                  progress: Callable[[int, int, int], None] | None = None,
-                 on_step: Callable[[InstanceRuntime, StepOutcome, int], None] | None = None) -> None:
+                 on_step: Callable[[InstanceRuntime, StepOutcome, int], None] | None = None,
+                 orchestrator=None) -> None:
         self.run_cfg = run
         self.instances = instances
         self.backend = backend
         self.router = Router(run.config.router, instances)
+        self.orch = orchestrator
+        self.retention = None
+        self._events: list[tuple[int, int, int, object]] = []
+        self._seq = 0
+        if orchestrator is not None:
+            from frontend.policies import RetentionPolicy, priority_key
+
+            pol = run.config.policy
+            self.retention = RetentionPolicy(pol, orchestrator, self.schedule_timer)
+            key = priority_key(pol, orchestrator)
+            for inst in instances:
+                inst.scheduler.priority = key
+                if pol.retention != "lru":
+                    inst.scheduler.before_free = (lambda r, now, i=inst: self._retain(i, r, now))
+                    inst.scheduler.on_pressure = (lambda need, i=inst: self._pressure(i, need))
         self.progress = progress
         self.on_step = on_step
         self.log = IterationLog(tier_names=sorted({t.name for i in instances for t in i.lower_tiers}))
 
+    def schedule_timer(self, t: int, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (t, TIMER, self._seq, fn))
+        self._seq += 1
+
+    def _retain(self, inst: InstanceRuntime, req: Request, now: int) -> None:
+        if self.retention.on_turn_finish(inst, req, req.block_ids, now):
+            pass  # the policy took extra references; the scheduler's free leaves them held
+
+    def _pressure(self, inst: InstanceRuntime, need: int) -> bool:
+        if not inst.pins:
+            return False
+        before = len(inst.pins)
+        self.retention.break_pins(inst, need)
+        return len(inst.pins) < before
+
     def run(self, requests: list[Request]) -> RunResult:
         t0 = time.perf_counter()
-        events: list[tuple[int, int, int, object]] = []
-        seq = 0
+        requests = list(requests)
+        if self.orch is not None:
+            requests.extend(self.orch.initial())
+        events = self._events
         for r in requests:
-            events.append((r.arrival_ns, ARRIVAL, seq, r))
-            seq += 1
+            events.append((r.arrival_ns, ARRIVAL, self._seq, r))
+            self._seq += 1
         heapq.heapify(events)
         inflight: dict[str, StepOutcome] = {}
         by_name = {i.name: i for i in self.instances}
-        total = len(requests)
+        total = len(requests) + (self.orch.num_turns - len(requests) + sum(
+            1 for r in requests if not r.program_id) if self.orch is not None else 0)
         done = 0
         now = 0
         last_report = 0.0
@@ -67,6 +104,9 @@ class Engine:
             touched: list[InstanceRuntime] = []
             while events and events[0][0] == now:
                 _, kind, _, payload = heapq.heappop(events)
+                if kind == TIMER:
+                    payload()  # type: ignore[operator]
+                    continue
                 if kind == ARRIVAL:
                     req = payload  # type: ignore[assignment]
                     inst = self.router.choose(req)
@@ -77,6 +117,8 @@ class Engine:
                         req.instance = inst.name
                         done += 1
                         continue
+                    if self.retention is not None and req.program_id:
+                        self.retention.on_turn_arrival(inst, req)
                     inst.scheduler.add(req)
                     touched.append(inst)
                 else:
@@ -84,22 +126,34 @@ class Engine:
                     out = inflight.pop(inst.name)
                     finished = inst.scheduler.complete(out.plan, now)
                     done += len(finished)
+                    if self.orch is not None:
+                        for r in finished:
+                            if r.program_id:
+                                for child in self.orch.on_finish(r, now):
+                                    requests.append(child)
+                                    heapq.heappush(events, (child.arrival_ns, ARRIVAL, self._seq, child))
+                                    self._seq += 1
                     inst.busy = False
                     touched.append(inst)
             for inst in touched:
                 if inst.busy:
                     continue
+                if self.retention is not None:
+                    self.retention.prefetch(inst, now)
                 out = inst.step(now)
                 if out is None:
                     continue
                 inst.busy = True
+                for r in out.plan.requests:
+                    if r.scheduled_ns < 0:
+                        r.scheduled_ns = now
                 inflight[inst.name] = out
                 end = now + out.duration_ns
                 self.log.add(inst, now, end, out)
                 if self.on_step is not None:
                     self.on_step(inst, out, now)
-                heapq.heappush(events, (end, ITER_DONE, seq, inst.name))
-                seq += 1
+                heapq.heappush(events, (end, ITER_DONE, self._seq, inst.name))
+                self._seq += 1
             if self.progress is not None:
                 w = time.perf_counter()
                 if w - last_report > 0.1:

@@ -41,6 +41,37 @@ def parse_iteration_spec(spec: str) -> set[int]:
     return out
 
 
+def _resolve_path(run: ResolvedRun, path: str) -> Path:
+    p = Path(path)
+    if not p.is_absolute() and run.config.base_dir is not None and not p.exists():
+        cand = run.config.base_dir / p
+        if cand.exists():
+            return cand
+    return p
+
+
+def load_workload(run: ResolvedRun, seed: int):
+    """(flat requests, agent programs or None, tool distributions, notes)."""
+    from frontend.agents.generators import default_tools, generate, read_dag_jsonl, sessions_to_programs
+
+    wl = run.config.workload
+    if wl.kind == "agents":
+        if wl.trace:
+            path = _resolve_path(run, wl.trace)
+            first = path.read_text().split("\n", 1)[0] if path.is_file() else ""
+            if '"turns"' in first:
+                progs = read_dag_jsonl(path)
+                return [], progs, dict(wl.tools), []
+            reqs, sessions = read_jsonl(path, None, 1.0)
+            return reqs, sessions_to_programs(sessions), dict(wl.tools), []
+        return [], generate(wl, seed), default_tools(wl), []
+    if wl.kind == "jsonl":
+        reqs, sessions = read_jsonl(_resolve_path(run, wl.path), wl.num_requests, wl.time_scale)
+        progs = sessions_to_programs(sessions) if sessions else None
+        return reqs, progs, {}, []
+    return synthetic_requests(wl, seed), None, {}, []
+
+
 def load_requests(run: ResolvedRun, seed: int) -> tuple[list[Request], list[str]]:
     wl = run.config.workload
     notes: list[str] = []
@@ -118,13 +149,27 @@ def simulate(run: ResolvedRun, seed: int | None = None, progress=None, dump: Cha
              ) -> tuple[RunResult, dict[str, Any]]:
     seed = run.config.seed if seed is None else seed
     notes: list[str] = []
+    programs = None
+    tools: dict = {}
     if requests is None:
-        requests, notes = load_requests(run, seed)
+        requests, programs, tools, notes = load_workload(run, seed)
     backend = make_backend(run)
     insts = build_instances(run, backend, warn)
-    engine = Engine(run, insts, backend, progress=progress, on_step=dump)
+    orch = None
+    if programs:
+        from frontend.agents.orchestrator import Orchestrator
+        from frontend.agents.tools import ToolSimulator
+
+        wl = run.config.workload
+        sys_tokens = wl.system_prompt_tokens if wl.kind == "agents" and not wl.trace else 0
+        orch = Orchestrator(programs, ToolSimulator(tools, seed, run.config.base_dir), insts[0].pool.block_size,
+                            system_prompt_tokens=sys_tokens)
+    engine = Engine(run, insts, backend, progress=progress, on_step=dump, orchestrator=orch)
     result = engine.run(requests)
+    result.orchestrator = orch
+    result.retention = engine.retention
     result.notes.extend(notes)
+    requests = result.requests
     no_ids = sum(1 for r in requests if not r.content.has_content)
     extra: dict[str, Any] = {
         "name": run.config.name,

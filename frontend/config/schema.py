@@ -161,6 +161,7 @@ class ToolDist(Strict):
 class AgentWorkload(Strict):
     kind: Literal["agents"] = "agents"
     generator: Literal["coding", "research", "multiagent"] = "coding"
+    trace: str | None = Field(None, description="session JSONL (LLMServingSim) or DAG JSONL instead of a generator")
     num_programs: int = Field(100, ge=1)
     rate_per_s: float = Field(1.0, gt=0)
     turns_min: int = Field(5, ge=1)

@@ -79,9 +79,37 @@ class InstanceRuntime:
         self.layers_per_stage = len(self.spec.stage_layers(0))
         self.system = instance_system(inst, sys_cfg, self.spec, timing)
         self.power = InstancePower(inst.hardware, inst.num_npus)
+        self.pins: dict = {}  # program id -> Pin held by a retention policy
+        self.evict_first: list[int] = []  # freed blocks a policy wants evicted before the rest
+        self._prefill_est: dict[int, int] = {}
+        self.scheduler.after_free = self._apply_evict_first
         self.busy = False
         self.overhead_ns = eng.scheduler_overhead_ns
         self.iterations = 0
+
+    def _apply_evict_first(self) -> None:
+        fq = self.pool.free_queue
+        for b in reversed(self.evict_first):
+            if b in fq:
+                fq.move_to_end(b, last=False)
+        self.evict_first.clear()
+
+    def estimate_prefill_ns(self, tokens: int) -> int:
+        """Compute time to prefill `tokens` alone in chunks of max_num_batched_tokens (for policies)."""
+        budget = self.inst.engine.max_num_batched_tokens
+        key = -(-tokens // 256) * 256
+        if key not in self._prefill_est:
+            total = 0
+            done = 0
+            while done < key:
+                q = min(budget, key - done)
+                shape = BatchShape(q=[q], ctx=[done], num_sampled=1)
+                c = self.costs(shape)
+                total += sum(o.duration_ns for o in c.prologue + c.epilogue) + \
+                    self.inst.model.num_layers * sum(o.duration_ns for o in c.layer)
+                done += q
+            self._prefill_est[key] = total
+        return self._prefill_est[key]
 
     def shape_of(self, plan: IterationPlan) -> BatchShape:
         samples = plan.samples()

@@ -36,6 +36,10 @@ class Scheduler:
         self.num_preemptions = 0
         self.tiers = None  # TierManager when the instance has lower KV tiers
         self.swap = False  # preempt by swapping to host DRAM instead of recomputing
+        # retention hooks (agent policies): before a finished request's blocks are freed / after
+        self.before_free: Callable[[Request, int], None] | None = None
+        self.after_free: Callable[[], None] | None = None
+        self.on_pressure: Callable[[int], bool] | None = None  # free pinned blocks; True if any were
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -57,8 +61,15 @@ class Scheduler:
             self._resort()
 
     def _resort(self) -> None:
-        if self.priority is not None:
+        if self.priority is not None and len(self.waiting) > 1:
             self.waiting = deque(sorted(self.waiting, key=self.priority))
+
+    def _victim(self) -> Request:
+        if self.priority is None:
+            return self.running.pop()  # vLLM: the newest running request
+        v = max(self.running, key=self.priority)
+        self.running.remove(v)
+        return v
 
     @property
     def has_work(self) -> bool:
@@ -95,7 +106,9 @@ class Scheduler:
                 continue
             scheduled = True
             while not pool.allocate(req, num_new):
-                victim = running.pop()
+                if self.on_pressure is not None and self.on_pressure(pool.blocks_needed(req, num_new)):
+                    continue
+                victim = self._victim()
                 self._preempt(victim)
                 plan.preempted.append(victim)
                 if victim is req:
@@ -113,6 +126,7 @@ class Scheduler:
             budget -= num_new
             i += 1
         if not plan.preempted:
+            self._resort()
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < eng.max_num_seqs:
                 req = waiting[0]
@@ -183,8 +197,6 @@ class Scheduler:
         for req, n in zip(plan.requests, plan.num_new_tokens, strict=True):
             if req.status != "running":
                 continue  # preempted later in the same step cannot happen, kept for safety
-            if req.scheduled_ns < 0:
-                req.scheduled_ns = end_ns
             req.num_computed_tokens += n
             if req.num_computed_tokens >= req.num_tokens:
                 req.num_output_done += 1
@@ -199,5 +211,9 @@ class Scheduler:
             done = set(map(id, finished))
             self.running = [r for r in self.running if id(r) not in done]
             for r in finished:
+                if self.before_free is not None:
+                    self.before_free(r, end_ns)
                 pool.free(r)
+            if self.after_free is not None:
+                self.after_free()
         return finished

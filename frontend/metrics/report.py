@@ -87,6 +87,10 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
 
     if result.iterations.tier_names:
         s["kv_tiers"] = tier_summary(result)
+    if result.orchestrator is not None:
+        s["agents"] = program_summary(result)
+    if len(result.instances) > 1:
+        s["per_instance"] = instance_summary(result)
 
     e = EnergyBreakdown()
     for inst in result.instances:
@@ -124,9 +128,77 @@ def tier_summary(result: RunResult) -> dict[str, Any]:
     return out
 
 
+PROGRAM_COLUMNS = ["program_id", "arrival_ns", "completion_ns", "turns", "tool_ns", "queue_ns", "input_tokens",
+                   "cached_tokens", "instances"]
+
+
+def program_rows(result: RunResult) -> list[list]:
+    orch = result.orchestrator
+    if orch is None:
+        return []
+    by_prog: dict[str, list] = {}
+    for r in result.requests:
+        if r.program_id:
+            by_prog.setdefault(r.program_id, []).append(r)
+    rows = []
+    for pid, st in orch.programs.items():
+        turns = by_prog.get(pid, [])
+        queue = sum(max(0, r.scheduled_ns - r.arrival_ns) for r in turns if r.scheduled_ns >= 0)
+        rows.append([pid, st.arrival_ns, st.completion_ns, len(turns), st.tool_ns, queue,
+                     sum(r.input_tokens for r in turns), sum(r.cached_tokens for r in turns),
+                     "|".join(sorted(st.instances))])
+    return rows
+
+
+def program_summary(result: RunResult) -> dict[str, Any]:
+    rows = program_rows(result)
+    done = [r for r in rows if r[2] >= 0]
+    later = [r for r in result.requests if r.program_id and r.turn_index > 0 and r.status == "finished"]
+    ttft_by_turn: dict[str, list[float]] = {}
+    for r in result.requests:
+        if r.program_id and r.status == "finished":
+            k = "first" if r.turn_index == 0 else "later"
+            ttft_by_turn.setdefault(k, []).append(r.first_token_ns - r.arrival_ns)
+    s: dict[str, Any] = {
+        "programs": len(rows), "completed": len(done),
+        "completion_ms": dist_ms([r[2] - r[1] for r in done]),
+        "turn_ttft_ms": {k: dist_ms(v) for k, v in sorted(ttft_by_turn.items())},
+        "cross_turn_hit_rate": round(sum(r.cached_tokens for r in later) / max(1, sum(r.input_tokens for r in later)), 6),
+        "tool_time_s": round(sum(r[4] for r in rows) / 1e9, 3),
+        "queue_time_s": round(sum(r[5] for r in rows) / 1e9, 3),
+    }
+    ret = result.retention
+    if ret is not None:
+        st = ret.stats
+        s["policy"] = {"pins_created": st.pins_created, "pins_expired": st.pins_expired, "pins_broken": st.pins_broken,
+                       "pins_used": st.pins_used, "decisions": dict(sorted(st.decisions.items())),
+                       "prefetches": st.prefetches, "bytes_prefetched": st.bytes_prefetched}
+    if result.router is not None:
+        s["router"] = {"affinity_hits": result.router.affinity_hits, "affinity_breaks": result.router.affinity_breaks}
+    return s
+
+
+def instance_summary(result: RunResult) -> list[dict[str, Any]]:
+    out = []
+    for inst in result.instances:
+        reqs = [r for r in result.requests if r.instance == inst.name and r.status == "finished"]
+        rows = [r for r in result.iterations.rows if r[0] == inst.name]
+        busy = sum(r[2] - r[1] for r in rows)
+        out.append({"name": inst.name, "requests": len(reqs), "iterations": len(rows),
+                    "busy_share": round(busy / result.sim_end_ns, 6) if result.sim_end_ns else 0.0,
+                    "ttft_ms": dist_ms([r.first_token_ns - r.arrival_ns for r in reqs]),
+                    "preemptions": sum(r.preemptions for r in reqs), "kv_blocks": inst.pool.num_blocks})
+    return out
+
+
 def write_outputs(result: RunResult, out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_requests_csv(result, out_dir / "requests.csv")
+    if result.orchestrator is not None:
+        with (out_dir / "programs.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(PROGRAM_COLUMNS)
+            w.writerows(program_rows(result))
     write_iterations_csv(result, out_dir / "iterations.csv")
     summary = summarize(result, extra)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")

@@ -34,7 +34,7 @@ class TokenContent:
         """Chained hashes of the full blocks within the first max_tokens tokens."""
         n_blocks = min(self.length(), max_tokens) // block_size
         out: list[int] = []
-        h = 0x9E3779B97F4A7C15
+        h = SEED_HASH
         if self.ids is not None:
             ids = self.ids
             for j in range(n_blocks):
@@ -62,6 +62,46 @@ class TokenContent:
             h = hash((h, tuple(parts)))
             out.append(h)
         return out
+
+
+SEED_HASH = 0x9E3779B97F4A7C15
+
+
+def extend_block_hashes(prefix: list[int], segments: list[Segment], block_size: int, total_tokens: int) -> list[int]:
+    """Chained hashes of every full block of `segments` (up to total_tokens), reusing `prefix`.
+
+    `prefix` must be the hashes of the first len(prefix) blocks of the same
+    content (e.g. the parent turn's), so only the new blocks are hashed: a
+    50-turn program hashes each block once instead of once per turn.
+    """
+    n_blocks = total_tokens // block_size
+    out = list(prefix[:n_blocks])
+    if len(out) == n_blocks:
+        return out
+    h = out[-1] if out else SEED_HASH
+    skip = len(out) * block_size
+    seg_i = 0
+    seg_off = 0
+    while seg_i < len(segments) and skip >= segments[seg_i][1] - seg_off:
+        skip -= segments[seg_i][1] - seg_off
+        seg_i += 1
+        seg_off = 0
+    seg_off += skip
+    for _ in range(n_blocks - len(out)):
+        need = block_size
+        parts = []
+        while need > 0:
+            key, ln = segments[seg_i]
+            take = min(need, ln - seg_off)
+            parts.append((key, seg_off, seg_off + take))
+            seg_off += take
+            need -= take
+            if seg_off == ln:
+                seg_i += 1
+                seg_off = 0
+        h = hash((h, tuple(parts)))
+        out.append(h)
+    return out
 
 
 @dataclass(slots=True, eq=False)
@@ -93,6 +133,7 @@ class Request:
     num_hashed_blocks: int = 0  # leading blocks already registered in the prefix cache
     seq: int = 0  # arrival order, the FCFS key
     swapped_blocks: int = 0  # blocks held in host memory by a swap preemption
+    ready_ns: int = -1  # when the turn became ready (its arrival at the router)
 
     @property
     def num_tokens(self) -> int:

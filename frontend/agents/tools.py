@@ -1,0 +1,52 @@
+"""Tool-call durations: from the trace, or sampled per tool name (seeded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from frontend.config.schema import ToolDist
+
+
+class ToolSimulator:
+    def __init__(self, tools: dict[str, ToolDist], seed: int, base_dir: Path | None = None) -> None:
+        self.tools = tools
+        self.rng = np.random.default_rng(seed + 7919)
+        self._empirical: dict[str, np.ndarray] = {}
+        for name, d in tools.items():
+            if d.dist == "empirical":
+                if not d.file:
+                    raise ValueError(f"tool {name}: empirical needs 'file' (one duration in ms per line)")
+                p = Path(d.file)
+                if not p.is_absolute() and base_dir is not None:
+                    p = base_dir / p
+                vals = np.array([float(x) for x in p.read_text().split() if x.strip()])
+                if vals.size == 0 or (vals < 0).any():
+                    raise ValueError(f"tool {name}: {p} must hold non-negative durations in ms")
+                self._empirical[name] = vals
+
+    def mean_ns(self, tool: str) -> float | None:
+        """The configured mean (a property of the tool, known before any call), if any."""
+        d = self.tools.get(tool)
+        if d is None:
+            return None
+        if d.dist == "empirical":
+            return float(self._empirical[tool].mean()) * 1e6
+        return float(d.mean_ms) * 1e6 if d.mean_ms is not None else None
+
+    def gap_ns(self, tool: str, trace_gap_ns: int | None) -> int:
+        d = self.tools.get(tool)
+        if d is None or d.dist == "trace":
+            if trace_gap_ns is None:
+                raise ValueError(f"tool {tool!r} has no configured distribution and the trace gives no duration")
+            return int(trace_gap_ns)
+        if d.dist == "constant":
+            return int(float(d.mean_ms or 0) * 1e6)
+        if d.dist == "exponential":
+            return int(self.rng.exponential(float(d.mean_ms or 0)) * 1e6)
+        if d.dist == "lognormal":
+            s = float(d.sigma or 0.0)
+            mu = np.log(max(float(d.mean_ms or 0), 1e-9)) - s * s / 2
+            return int(self.rng.lognormal(mu, s) * 1e6)
+        return int(self.rng.choice(self._empirical[tool]) * 1e6)
