@@ -163,7 +163,7 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
         for r in range(1, spec.tp):
             graphs.append(Graph(rank=r, names=g.names, types=g.types, durations_ns=g.durations_ns, deps=g.deps,
                                 ctrl_deps=g.ctrl_deps, num_ops=g.num_ops, tensor_bytes=g.tensor_bytes,
-                                attrs=g.attrs, chain_hint=True, shared_columns=True))
+                                attrs=g.attrs, chain_hint=True, shared_columns=True, compact_key=g.compact_key))
         return graphs
     for r in range(spec.num_npus):
         graphs.append(_stage_graph(spec, r, mbs))
@@ -224,6 +224,10 @@ def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
     n = len(types)
     g = Graph(rank=0, names=names, types=types, durations_ns=durs, deps=_chain_deps(n), ctrl_deps=_no_deps(n),
               num_ops=nops, tensor_bytes=tbytes, attrs=attrs, chain_hint=True, shared_columns=True)
+    # the chain is fully determined by its template, layer count and per-op values
+    g.compact_key = ("chain", tuple(t_names), n_layers, tuple(t_durs), tuple(t_nops), tuple(t_bytes),
+                     tuple((o.name, o.duration_ns, o.flops, o.bytes) for o in mb.prologue + mb.epilogue),
+                     tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in ar.items())) if ar else None)
     return g
 
 

@@ -75,6 +75,8 @@ class Graph:
     chain_hint: bool | None = field(default=None, repr=False, compare=False)
     # (main chain ids, load ids, store ids) when the builder knows the graph has that shape
     mem_shape_hint: tuple | None = field(default=None, repr=False, compare=False)
+    # a small tuple that determines the graph entirely (set by builders that know its structure)
+    compact_key: tuple | None = field(default=None, repr=False, compare=False)
     shared_columns: bool = field(default=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -97,6 +99,7 @@ class Graph:
         node_id = len(self.types)
         self.chain_hint = None
         self.mem_shape_hint = None
+        self.compact_key = None
         self.names.append(name)
         self.types.append(int(node_type))
         self.durations_ns.append(int(duration_ns))

@@ -60,6 +60,7 @@ class Engine:
             key = priority_key(pol, orchestrator)
             for inst in instances:
                 inst.scheduler.priority = key
+                inst.scheduler.on_admit = self.retention.on_admit
                 if pol.retention != "lru":
                     inst.scheduler.before_free = (lambda r, now, i=inst: self._retain(i, r, now))
                     inst.scheduler.on_pressure = (lambda need, i=inst: self._pressure(i, need))
@@ -76,11 +77,8 @@ class Engine:
             pass  # the policy took extra references; the scheduler's free leaves them held
 
     def _pressure(self, inst: InstanceRuntime, need: int) -> bool:
-        if not inst.pins:
-            return False
-        before = len(inst.pins)
-        self.retention.break_pins(inst, need)
-        return len(inst.pins) < before
+        del need  # one pin per call: the scheduler retries until the allocation fits or no pin is left
+        return self.retention.break_one_pin(inst)
 
     def run(self, requests: list[Request]) -> RunResult:
         t0 = time.perf_counter()

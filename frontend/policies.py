@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from frontend.config.schema import PolicyConfig
@@ -78,7 +79,8 @@ class RetentionPolicy:
         self.timer = schedule_timer
         self.stats = PolicyStats()
         self.pins: dict[str, Pin] = {}  # program id -> pin
-        self.next_invocation: dict[str, tuple[int, InstanceRuntime, Request]] = {}  # program -> (est ns, inst, turn)
+        # program -> (expected next invocation ns, instance, block hashes of its context)
+        self.next_invocation: dict[str, tuple[int, InstanceRuntime, list[int]]] = {}
 
     # ---- helpers ----
     def _expected_gap(self, req: Request, now: int) -> float | None:
@@ -117,13 +119,15 @@ class RetentionPolicy:
             self.stats.pins_expired += 1
             self._release(pin)
 
-    def break_pins(self, inst: InstanceRuntime, blocks_needed: int) -> None:
-        """Memory pressure: release the pins with the latest deadlines until enough blocks are free."""
-        for pin in sorted(inst.pins.values(), key=lambda p: -(p.deadline_ns or 1 << 62)):
-            if inst.pool.num_free >= blocks_needed:
-                return
-            self.stats.pins_broken += 1
-            self._release(pin)
+    def break_one_pin(self, inst: InstanceRuntime, for_program: str | None = None) -> bool:
+        """Memory pressure: release one pin (latest deadline first, the requester's own program last)."""
+        if not inst.pins:
+            return False
+        pin = max(inst.pins.values(), key=lambda p: (p.req.program_id != for_program,
+                                                      p.deadline_ns if p.deadline_ns is not None else 1 << 62))
+        self.stats.pins_broken += 1
+        self._release(pin)
+        return True
 
     # ---- hooks ----
     def on_turn_finish(self, inst: InstanceRuntime, req: Request, blocks: list[int], now: int) -> bool:
@@ -145,16 +149,23 @@ class RetentionPolicy:
             return self._min_waste(inst, req, cached, gap, now)
         if pol == "invocation_distance":
             est = now + int(gap if gap is not None else 1e9)
-            self.next_invocation[req.program_id] = (est, inst, req)
+            n_full = (req.input_tokens + req.output_tokens) // inst.pool.block_size
+            self.next_invocation[req.program_id] = (est, inst, list((req.hashes or [])[:n_full]))
             self._order_by_distance(inst, req, cached, est, now)
         return False
 
     def on_turn_arrival(self, inst: InstanceRuntime, req: Request) -> None:
+        self.next_invocation.pop(req.program_id or "", None)
+        pin = self.pins.get(req.program_id or "")
+        if pin is not None and pin.inst is not inst:
+            self._release(pin)  # routed elsewhere: the pin cannot help
+
+    def on_admit(self, req: Request) -> None:
+        """The next turn was scheduled and has taken its prefix blocks: the pin has done its job."""
         pin = self.pins.get(req.program_id or "")
         if pin is not None:
             self.stats.pins_used += 1
-            self._release(pin)  # its blocks stay cached; the new turn's prefix lookup takes them
-        self.next_invocation.pop(req.program_id or "", None)
+            self._release(pin)
 
     def _min_waste(self, inst: InstanceRuntime, req: Request, cached: list[int], gap: float | None, now: int) -> bool:
         """InferCept's comparison of memory-time wasted by each choice (block-seconds).
@@ -214,12 +225,13 @@ class RetentionPolicy:
         cands = sorted((est, pid, r) for pid, (est, i, r) in self.next_invocation.items() if i is inst)
         tm = inst.tier_manager
         pool = inst.pool
-        for est, pid, r in cands[: max(1, self.cfg.prefetch_lookahead)]:
-            if r.hashes is None:
-                continue
-            n_full = (r.input_tokens + r.output_tokens) // pool.block_size
-            missing = [h for h in r.hashes[:n_full] if h not in pool.cached and tm.tiers[0].contains(tm.key(h))]
+        for est, pid, hashes in cands[: max(1, self.cfg.prefetch_lookahead)]:
+            missing = [h for h in hashes if h not in pool.cached and tm.tiers[0].contains(tm.key(h))]
             if not missing or len(missing) > pool.num_free // 2:
+                continue
+            # only into blocks that hold no cached KV: a prefetch must not evict anyone's prefix
+            head = list(islice(pool.free_queue, len(missing)))
+            if any(pool.block_hash[b] is not None for b in head):
                 continue
             # the chain prefix must be complete in HBM+tier for the next turn to use it
             for h in missing:

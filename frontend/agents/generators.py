@@ -28,7 +28,8 @@ DEFAULT_CODING_TOOLS = {
     "edit": ToolDist(dist="constant", mean_ms=20),
     "run_tests": ToolDist(dist="lognormal", mean_ms=4000, sigma=0.9),
 }
-DEFAULT_RESEARCH_TOOLS = {"web_search": ToolDist(dist="lognormal", mean_ms=1500, sigma=0.7)}
+DEFAULT_RESEARCH_TOOLS = {"web_search": ToolDist(dist="lognormal", mean_ms=1500, sigma=0.7),
+                          "message": ToolDist(dist="constant", mean_ms=0)}
 DEFAULT_MULTIAGENT_TOOLS = {"env_step": ToolDist(dist="lognormal", mean_ms=800, sigma=0.5),
                             "message": ToolDist(dist="constant", mean_ms=0)}
 

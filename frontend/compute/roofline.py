@@ -48,6 +48,7 @@ class Roofline:
         self.kv_heads = max(1, m.num_kv_heads // self.tp)
         self.hd = m.head_dim
         self.d = m.hidden_size
+        self._by_tokens: dict[int, tuple[list[OpCost], list[OpCost]]] = {}
 
     def _t(self, flops: float, nbytes: float, fpn: float | None = None) -> int:
         return int(max(flops / (fpn or self.flops_per_ns), nbytes / self.bytes_per_ns)) + self.launch
@@ -77,6 +78,18 @@ class Roofline:
         return OpCost("attention", ns, int(flops), int(kv_bytes + qo_bytes))
 
     def layer_ops(self, shape: BatchShape) -> list[OpCost]:
+        """Ops of one layer; all but attention depend only on the token count (memoized)."""
+        t = shape.num_tokens
+        parts = self._by_tokens.get(t)
+        if parts is None:
+            full = self._layer_ops_uncached(shape)
+            k = next(i for i, o in enumerate(full) if o.name == "attention")
+            parts = (full[:k], full[k + 1:])
+            if len(self._by_tokens) < 65536:
+                self._by_tokens[t] = parts
+        return parts[0] + [self.attention(shape)] + parts[1]
+
+    def _layer_ops_uncached(self, shape: BatchShape) -> list[OpCost]:
         m = self.model
         t = shape.num_tokens
         d = self.d

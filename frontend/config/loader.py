@@ -241,6 +241,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         if isinstance(wl, dict) and "kind" in wl:  # a different workload replaces the config's whole
             raw.pop("workload", None)
         raw = deep_merge(raw, overrides)
+        w = raw.get("workload")
+        if isinstance(w, dict) and w.get("kind") == "agents" and "num_requests" in w:
+            w["num_programs"] = w.pop("num_requests")  # --num-requests counts programs for agent workloads
     return parse_config(raw, str(path), p.parent)
 
 

@@ -40,6 +40,7 @@ class Scheduler:
         self.before_free: Callable[[Request, int], None] | None = None
         self.after_free: Callable[[], None] | None = None
         self.on_pressure: Callable[[int], bool] | None = None  # free pinned blocks; True if any were
+        self.on_admit: Callable[[Request], None] | None = None  # a waiting request was just admitted
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -142,6 +143,9 @@ class Scheduler:
                 req.num_computed_tokens = in_hbm
                 if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, req.num_tokens - in_hbm, hits):
                     req.num_computed_tokens = saved
+                    if not running and self.on_pressure is not None and self.on_pressure(
+                            pool.blocks_needed(req, req.num_tokens - in_hbm, len(hits))):
+                        continue  # pinned KV of idle programs yielded to a request that could not otherwise run
                     break  # the whole remaining prompt must fit before any chunk of it is admitted
                 if hits or (not req.swapped_blocks and saved == 0):
                     if self.tiers is not None and self.tiers.active:
@@ -161,6 +165,9 @@ class Scheduler:
                     ok = pool.allocate(req, num_lower + num_new, hits)
                 req.num_computed_tokens = saved
                 if not ok:
+                    if not running and self.on_pressure is not None and self.on_pressure(
+                            pool.blocks_needed(req, num_lower + num_new, len(hits))):
+                        continue
                     break
                 waiting.popleft()
                 pool.count_lookup(req, len(hits))
@@ -169,6 +176,8 @@ class Scheduler:
                     num_new = min(req.num_tokens, budget)
                 if lower:
                     self.tiers.reload(lower)
+                if self.on_admit is not None:
+                    self.on_admit(req)
                 if req.preemptions == 0:
                     req.cached_tokens = num_computed
                     if hits:
