@@ -78,6 +78,10 @@ def run(
     dump_chakra: Annotated[Path | None, typer.Option(help="write ASTRA-sim input sets of chosen iterations here")] = None,
     dump_iterations: Annotated[str, typer.Option(help="iterations to dump, e.g. 0,10,100-110")] = "0",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or table")] = False,
+    router: Annotated[str | None, typer.Option(help="round_robin | least_loaded | session_affinity | kv_overlap")] = None,
+    scheduling: Annotated[str | None, typer.Option(help="fcfs | program_fcfs | plas")] = None,
+    retention: Annotated[str | None, typer.Option(help="lru | ttl_pin | min_waste | invocation_distance")] = None,
+    prefetch: Annotated[str | None, typer.Option(help="none | invocation_distance")] = None,
 ) -> None:
     """Simulate a serving run and write requests.csv, iterations.csv and summary.json."""
     from frontend.metrics.report import write_outputs
@@ -86,7 +90,13 @@ def run(
     try:
         if backend is not None and backend not in ("embedded", "astra-sim"):
             raise ConfigError(f"--backend: expected 'embedded' or 'astra-sim', got {backend!r}")
-        resolved = load_and_resolve(config, _overrides(workload, num_requests, backend, profile, engine_meta))
+        ov = _overrides(workload, num_requests, backend, profile, engine_meta)
+        pol = {k: v for k, v in (("scheduling", scheduling), ("retention", retention), ("prefetch", prefetch)) if v}
+        if pol:
+            ov["policy"] = pol
+        if router:
+            ov["router"] = {"policy": router}
+        resolved = load_and_resolve(config, ov)
         dump = ChakraDumper(dump_chakra, parse_iteration_spec(dump_iterations)) if dump_chakra else None
     except (ConfigError, WorkloadError, ValueError) as e:
         fail(str(e))

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from frontend.workload.request import Request
 
 
+PREFETCH_INTERVAL_NS = 50_000_000  # look for prefetch candidates at most every 50 ms per instance
+
+
 @dataclass
 class PolicyStats:
     pins_created: int = 0
@@ -81,6 +84,7 @@ class RetentionPolicy:
         self.pins: dict[str, Pin] = {}  # program id -> pin
         # program -> (expected next invocation ns, instance, block hashes of its context)
         self.next_invocation: dict[str, tuple[int, InstanceRuntime, list[int]]] = {}
+        self._last_prefetch: dict[str, int] = {}
 
     # ---- helpers ----
     def _expected_gap(self, req: Request, now: int) -> float | None:
@@ -183,19 +187,27 @@ class RetentionPolicy:
             return False
         g = gap if gap is not None else 1e9
         ctx_tokens = req.input_tokens + req.output_tokens
-        t_recompute = inst.estimate_prefill_ns(ctx_tokens)
-        w_preserve = n * g
-        w_discard = max(1, inst.pool.num_used) * t_recompute
         tm = inst.tier_manager
+        # restoring a discarded context: a reload when every block already has a copy below (write-through),
+        # otherwise a recompute of the whole context
+        copied = tm is not None and tm.active and all(tm.tiers[0].contains(tm.key(inst.pool.block_hash[b]))
+                                                       for b in cached)
+        if copied:
+            t_restore = tm.tiers[0].cfg.latency_ns + n * tm.block_bytes / tm.tiers[0].cfg.bw_gbps
+        else:
+            t_restore = inst.estimate_prefill_ns(ctx_tokens)
+        w_preserve = n * g
+        w_discard = max(1, inst.pool.num_used) * t_restore
         swap_tier = tm.swap_tier() if tm is not None else None
         w_swap = float("inf")
-        if swap_tier is not None:
+        if swap_tier is not None and not copied:
             nbytes = n * tm.block_bytes
             w_swap = n * 2 * (swap_tier.cfg.latency_ns + nbytes / swap_tier.cfg.bw_gbps)
         choice = min((w_preserve, "preserve"), (w_discard, "discard"), (w_swap, "swap"))[1]
         self._decide(now, req, choice)
         if choice == "preserve":
-            self._pin(inst, req, cached, None)
+            # held for the call it was chosen for (and the re-admission after it), not forever
+            self._pin(inst, req, cached, now + int(max(2 * g, self.cfg.ttl_ms * 1e6)))
             return True
         if choice == "swap":
             for b in cached:
@@ -222,6 +234,10 @@ class RetentionPolicy:
         """Bring the KV of the programs expected next (on this instance) from the tier into HBM."""
         if self.cfg.prefetch != "invocation_distance" or inst.tier_manager is None or not inst.tier_manager.active:
             return
+        last = self._last_prefetch.get(inst.name, -(1 << 62))
+        if now - last < PREFETCH_INTERVAL_NS:
+            return
+        self._last_prefetch[inst.name] = now
         cands = sorted((est, pid, r) for pid, (est, i, r) in self.next_invocation.items() if i is inst)
         tm = inst.tier_manager
         pool = inst.pool
