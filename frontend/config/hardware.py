@@ -37,6 +37,8 @@ class HardwareSpec(BaseModel):
     standby_w: float = Field(0, ge=0)
     efficiency: Efficiency = Field(default_factory=Efficiency)
     kernel_launch_ns: int = Field(0, ge=0)
+    attention_floor_ns: int = Field(0, ge=0, description="fixed cost of one paged-attention call (cache write, "
+                                    "attention and split-KV reduction kernels) beyond kernel_launch_ns")
     power: PowerSpec = Field(default_factory=PowerSpec)
     profiles: dict[str, str] = Field(default_factory=dict)  # "<model>/<dtype>/tp<N>" -> bundle dir
 
