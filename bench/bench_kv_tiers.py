@@ -34,7 +34,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
-    wl = {"workload": {"kind": "jsonl", "path": str(a.shared / "data/llmservingsim/workloads/sharegpt-llama-3.1-8b-300-sps10.jsonl")}}
+    sharegpt = a.shared / "data/llmservingsim/workloads/sharegpt-llama-3.1-8b-300-sps10.jsonl"
+    wl = {"workload": {"kind": "jsonl", "path": str(sharegpt)}}
     print("1) ShareGPT 300 on RTX4090, prefix caching on")
     print(f"{'config':14s} {'TTFT mean ms':>12s} {'TTFT p50':>9s} {'E2E mean':>9s} {'preempt':>7s} {'hit hbm':>8s} "
           f"{'hit tier':>8s} {'loaded GB':>9s} {'stored GB':>9s} {'exp.mem %':>9s} {'wall s':>7s}")

@@ -62,7 +62,7 @@ def main() -> None:
               ("prefill 512", BatchShape([512], [0], 1)), ("prefill 2048", BatchShape([2048], [0], 1)),
               ("mixed 1536 prefill + 32 decode", BatchShape([1536] + [1] * 32, [0] + [800] * 32, 33))]
     for name, sh in shapes:
-        def total(m):
+        def total(m, sh=sh):
             return (sum(o.duration_ns for o in m.prologue_ops(sh) + m.epilogue_ops(sh))
                     + 32 * sum(o.duration_ns for o in m.layer_ops(sh))) / 1e6
         p, r = total(pm), total(rt.compute)
