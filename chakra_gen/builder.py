@@ -178,13 +178,15 @@ def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
     nops: list[int] = []
     tbytes: list[int] = []
     attrs: list[dict | None] = []
-    for op in mb.prologue:
-        names.append(op.name)
-        types.append(COMP)
-        durs.append(op.duration_ns)
-        nops.append(op.flops)
-        tbytes.append(op.bytes)
-        attrs.append(None)
+    def append_ops(ops: list[OpCost]) -> None:
+        names.extend(o.name for o in ops)
+        types.extend([COMP] * len(ops))
+        durs.extend(o.duration_ns for o in ops)
+        nops.extend(o.flops for o in ops)
+        tbytes.extend(o.bytes for o in ops)
+        attrs.extend([None] * len(ops))
+
+    append_ops(mb.prologue)
     # one layer's template
     t_names: list[str] = []
     t_types: list[int] = []
@@ -214,13 +216,7 @@ def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
     nops.extend(t_nops * n_layers)
     tbytes.extend(t_bytes * n_layers)
     attrs.extend(t_attrs * n_layers)
-    for op in mb.epilogue:
-        names.append(op.name)
-        types.append(COMP)
-        durs.append(op.duration_ns)
-        nops.append(op.flops)
-        tbytes.append(op.bytes)
-        attrs.append(None)
+    append_ops(mb.epilogue)
     n = len(types)
     g = Graph(rank=0, names=names, types=types, durations_ns=durs, deps=_chain_deps(n), ctrl_deps=_no_deps(n),
               num_ops=nops, tensor_bytes=tbytes, attrs=attrs, chain_hint=True, shared_columns=True)

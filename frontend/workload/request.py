@@ -43,25 +43,7 @@ class TokenContent:
             return out
         if self.segments is None:
             return out
-        # walk segments: a block's key is the tuple of (segment key, lo, hi) pieces
-        seg_i = 0
-        seg_off = 0
-        segs = self.segments
-        for _ in range(n_blocks):
-            need = block_size
-            parts = []
-            while need > 0:
-                key, ln = segs[seg_i]
-                take = min(need, ln - seg_off)
-                parts.append((key, seg_off, seg_off + take))
-                seg_off += take
-                need -= take
-                if seg_off == ln:
-                    seg_i += 1
-                    seg_off = 0
-            h = hash((h, tuple(parts)))
-            out.append(h)
-        return out
+        return extend_block_hashes([], self.segments, block_size, min(self.length(), max_tokens))
 
 
 SEED_HASH = 0x9E3779B97F4A7C15
