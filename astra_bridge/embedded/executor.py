@@ -192,22 +192,27 @@ class Executor:
         t = 0
         attrs = g.attrs
         tb = g.tensor_bytes
-        shared = mem.shared_pools is not None
+        shared = mem.shared_pools
         memo: dict[tuple[str, int], int] = {}
+        pools_used: set[str] = set()
         for ids, is_load in ((loads, True), (stores, False)):
             for i in ids:
                 tier = mem.tier(attrs[i].get("tier") if attrs[i] else None)
-                if tier.kind == "MEMORY_POOL" and shared:
-                    t = mem.request(tier.name, g.rank, t, tb[i])
-                else:  # one rank: its own transfers are already serialized by the resource
-                    k = (tier.name, tb[i])
-                    d = memo.get(k)
-                    if d is None:
-                        d = memo[k] = tier.transfer_ns(tb[i])
-                    t += d
+                if shared is not None and tier.kind == "MEMORY_POOL" and tier.name not in pools_used:
+                    # a pool shared with other instances: wait until their transfers are done; after
+                    # that this iteration's transfers follow each other on the NPU's memory resource
+                    pools_used.add(tier.name)
+                    t = max(t, shared.get(tier.name, 0) - mem.t0)
+                k = (tier.name, tb[i])
+                d = memo.get(k)
+                if d is None:
+                    d = memo[k] = tier.transfer_ns(tb[i])
+                t += d
                 mem_bytes[tier.name] += tb[i]
                 if is_load:
                     load_end[i] = t
+        for name in pools_used:  # the pool is busy until this iteration's last transfer ends
+            shared[name] = max(shared.get(name, 0), t + mem.t0)
         mem_end = t
         types = g.types
         durs = g.durations_ns
