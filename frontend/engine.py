@@ -145,6 +145,7 @@ class Engine:
                 for r in out.plan.requests:
                     if r.scheduled_ns < 0:
                         r.scheduled_ns = now
+                        inst.queue_delay_ns = 0.9 * inst.queue_delay_ns + 0.1 * (now - r.arrival_ns)
                 inflight[inst.name] = out
                 end = now + out.duration_ns
                 self.log.add(inst, now, end, out)

@@ -17,9 +17,10 @@ Retention (when a turn ends and its program goes into a tool call):
   ttl_pin      - Continuum: if the tool's expected duration is within the TTL,
                  pin the program's KV in HBM until its next turn arrives or the
                  TTL expires; pins break under memory pressure.
-  min_waste    - InferCept: choose the cheapest of discard (recompute later),
-                 preserve (hold HBM through the call) and swap (offload to the
-                 host tier and reload) by the memory-time each wastes.
+  min_waste    - InferCept: choose the cheapest of discard (recompute or reload
+                 later), preserve (hold HBM through the call and the re-admission
+                 wait) and swap (offload to the host tier and reload) by the
+                 memory-time each wastes.
   invocation_distance - KVFlow/ScaleSim: order programs by expected next
                  invocation; far ones are offloaded and their HBM blocks evicted
                  first, near ones stay; with prefetch the nearest are brought
@@ -185,7 +186,9 @@ class RetentionPolicy:
         if n == 0:
             self._decide(now, req, "discard")
             return False
-        g = gap if gap is not None else 1e9
+        # the KV is idle for the call and for the wait before the next turn is admitted again
+        # (the instance's recent admission delay: observed, not predicted from the future)
+        g = (gap if gap is not None else 1e9) + inst.queue_delay_ns
         ctx_tokens = req.input_tokens + req.output_tokens
         tm = inst.tier_manager
         # restoring a discarded context: a reload when every block already has a copy below (write-through),

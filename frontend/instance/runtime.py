@@ -81,6 +81,7 @@ class InstanceRuntime:
         self.power = InstancePower(inst.hardware, inst.num_npus)
         self.pins: dict = {}  # program id -> Pin held by a retention policy
         self.evict_first: list[int] = []  # freed blocks a policy wants evicted before the rest
+        self.queue_delay_ns = 0.0  # moving average of admission delay (observed, for policies)
         self._prefill_est: dict[int, int] = {}
         self.scheduler.after_free = self._apply_evict_first
         self.busy = False
