@@ -84,8 +84,9 @@ def multiagent_programs(cfg: AgentWorkload, seed: int) -> list[ProgramSpec]:
 
     Step 0 activates a random active_fraction of the agents. An agent acting at
     step s messages 1-2 random agents; every messaged agent acts at step s+1
-    (with the messages in its context), and a few agents wake up spontaneously
-    so activity stays near active_fraction. Each agent is a program; its turn at
+    (with the messages in its context) up to 1.5 x active_fraction of the
+    population, and a few agents wake up spontaneously so activity stays near
+    active_fraction. Each agent is a program; its turn at
     step s+1 depends on its previous turn (through the environment tool) and on
     the turns that messaged it.
     """
@@ -116,6 +117,10 @@ def multiagent_programs(cfg: AgentWorkload, seed: int) -> list[ProgramSpec]:
             for b in rng.choice(n, int(rng.integers(1, 3)), replace=False).tolist():
                 if b != a:
                     next_inbox.setdefault(int(b), []).append(tid)
+        cap = max(1, int(1.5 * target))
+        if len(next_inbox) > cap:  # activation stays sparse: only some messaged agents act next step
+            keep = sorted(rng.choice(sorted(next_inbox), cap, replace=False).tolist())
+            next_inbox = {a: next_inbox[a] for a in keep}
         inbox = next_inbox
         active = set(inbox)
         if len(active) < target:
