@@ -98,10 +98,21 @@ class Scheduler:
         pool = self.pool
         i = 0
         running = self.running
+        bs = pool.block_size
         while i < len(running) and budget > 0:
             req = running[i]
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget,
-                          self.max_model_len - req.num_computed_tokens)
+            computed = req.num_computed_tokens
+            if req.num_output_done and computed + 1 == req.num_tokens and computed < self.max_model_len \
+                    and computed + 1 <= len(req.block_ids) * bs:
+                # decode step that fits in the blocks it holds: the common case, without the general path
+                plan.requests.append(req)
+                plan.num_new_tokens.append(1)
+                plan.contexts.append(computed)
+                plan.num_decode_tokens += 1
+                budget -= 1
+                i += 1
+                continue
+            num_new = min(req.num_tokens - computed, budget, self.max_model_len - computed)
             if num_new <= 0:
                 i += 1
                 continue
@@ -211,7 +222,8 @@ class Scheduler:
                 req.num_output_done += 1
                 if req.first_token_ns < 0:
                     req.first_token_ns = end_ns
-            pool.cache_full_blocks(req, req.num_computed_tokens)
+            if req.hashes and req.num_computed_tokens // pool.block_size > req.num_hashed_blocks:
+                pool.cache_full_blocks(req, req.num_computed_tokens)
             if req.num_output_done >= req.output_tokens:
                 req.status = "finished"
                 req.finish_ns = end_ns
