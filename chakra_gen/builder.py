@@ -272,13 +272,14 @@ def _mem_columns(n_layers: int, loads: tuple, stores: tuple) -> tuple:
     types: list[int] = []
     nbytes: list[int] = []
     attrs: list[dict | None] = []
+    tier_attrs: dict[str, dict] = {}  # one (read-only) attrs dict per tier, shared by its nodes
     for kind, transfers, label in ((MEM_LOAD, loads, "kv_load"), (MEM_STORE, stores, "kv_store")):
         for li in range(n_layers):
             for tier, b in transfers:
                 names.append(f"L{li}.{label}.{tier}")
                 types.append(kind)
                 nbytes.append(b)
-                attrs.append({"tier": tier})
+                attrs.append(tier_attrs.setdefault(tier, {"tier": tier}))
     n_loads = n_layers * len(loads)
     deps = [EMPTY if (i == 0 or i == n_loads) else (i - 1,) for i in range(len(types))]
     return names, types, nbytes, attrs, deps

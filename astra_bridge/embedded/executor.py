@@ -193,20 +193,22 @@ class Executor:
         attrs = g.attrs
         tb = g.tensor_bytes
         shared = mem.shared_pools
-        memo: dict[tuple[str, int], int] = {}
+        memo: dict[tuple[int, int], tuple] = {}  # (id(attrs), bytes) -> (tier, duration)
         pools_used: set[str] = set()
         for ids, is_load in ((loads, True), (stores, False)):
             for i in ids:
-                tier = mem.tier(attrs[i].get("tier") if attrs[i] else None)
+                a = attrs[i]
+                k = (id(a), tb[i])
+                hit = memo.get(k)
+                if hit is None:
+                    tier = mem.tier(a.get("tier") if a else None)
+                    hit = memo[k] = (tier, tier.transfer_ns(tb[i]))
+                tier, d = hit
                 if shared is not None and tier.kind == "MEMORY_POOL" and tier.name not in pools_used:
                     # a pool shared with other instances: wait until their transfers are done; after
                     # that this iteration's transfers follow each other on the NPU's memory resource
                     pools_used.add(tier.name)
                     t = max(t, shared.get(tier.name, 0) - mem.t0)
-                k = (tier.name, tb[i])
-                d = memo.get(k)
-                if d is None:
-                    d = memo[k] = tier.transfer_ns(tb[i])
                 t += d
                 mem_bytes[tier.name] += tb[i]
                 if is_load:
