@@ -127,3 +127,19 @@ def test_dumped_tp_pp_traces_agree_within_1pct(repo: Path, example: str, tmp_pat
     assert len(rows) == 4
     for r in rows:
         assert abs(r["diff_pct"]) < 1.0, r
+
+
+def test_backends_check_cli(monkeypatch, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from frontend.cli import app
+
+    monkeypatch.setenv("ASTRA_SIM_BIN", str(tmp_path / "missing"))
+    r = CliRunner().invoke(app, ["backends", "check"])
+    assert r.exit_code == 0
+    assert "embedded" in r.output and "astra-sim" in r.output and "not an executable" in r.output
+    ok = _fake(tmp_path, 'echo "sys[0] finished, 5000 cycles, exposed communication 0 cycles."\n'
+                         'echo "sys[1] finished, 5000 cycles, exposed communication 0 cycles."')
+    monkeypatch.setenv("ASTRA_SIM_BIN", str(ok))
+    r = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["backends", "check"])
+    assert r.exit_code == 0 and "probe workload finished at 5000 ns" in r.output
