@@ -122,7 +122,7 @@ class AstraSimBackend:
     def run(self, system: InstanceSystem, graphs: list[Graph], start_ns: int = 0) -> IterationResult:
         key = None
         if self.cache is not None:
-            key = ResultCache.key(system, graphs)
+            key = self.cache.key(system, graphs)
             hit = self.cache.get(key)
             if hit is not None:
                 return hit

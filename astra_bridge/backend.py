@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from astra_bridge.embedded.memory import MemoryTierModel
@@ -23,8 +24,12 @@ class InstanceSystem:
     tiers: tuple[MemoryTierModel, ...] = ()
     peak_tflops: float = 1000.0
 
-    def fingerprint(self) -> tuple:
+    @cached_property
+    def fingerprint_key(self) -> tuple:
         return (self.num_npus, self.dims, self.knobs, self.comm_groups, self.tiers)
+
+    def fingerprint(self) -> tuple:
+        return self.fingerprint_key
 
 
 class Backend(Protocol):
@@ -57,15 +62,16 @@ class ResultCache:
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
         self._store: dict[tuple, IterationResult] = {}
+        self._alive: dict[int, InstanceSystem] = {}
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(system: InstanceSystem, graphs: list[Graph]) -> tuple:
+    def key(self, system: InstanceSystem, graphs: list[Graph]) -> tuple:
         parts = []
         seen: dict[int, int] = {}
         if graphs[0].compact_key is not None and all(g.compact_key is graphs[0].compact_key for g in graphs):
-            return (system.fingerprint(), graphs[0].compact_key, len(graphs))
+            self._alive.setdefault(id(system), system)  # ids in keys stay valid while the cache lives
+            return (id(system), graphs[0].compact_key, len(graphs))
         for g in graphs:
             k = id(g.durations_ns)
             if k in seen:  # ranks sharing columns (TP replicas) hash once

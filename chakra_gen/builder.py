@@ -172,58 +172,50 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
 
 def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
     """The common case (no PP, no memory traffic) built column-wise: a chain of nodes."""
-    names: list[str] = []
-    types: list[int] = []
-    durs: list[int] = []
-    nops: list[int] = []
-    tbytes: list[int] = []
-    attrs: list[dict | None] = []
-    def append_ops(ops: list[OpCost]) -> None:
-        for o in ops:  # one to three ops: a plain loop beats six comprehensions
-            names.append(o.name)
-            types.append(COMP)
-            durs.append(o.duration_ns)
-            nops.append(o.flops)
-            tbytes.append(o.bytes)
-            attrs.append(None)
-
-    append_ops(mb.prologue)
-    # one layer's template
-    t_names: list[str] = []
-    t_types: list[int] = []
-    t_durs: list[int] = []
-    t_nops: list[int] = []
-    t_bytes: list[int] = []
-    t_attrs: list[dict | None] = []
+    layer = mb.layer
     ar = _tp_attrs(spec, 0, mb.num_tokens) if spec.tp > 1 else None
-    for op in mb.layer:
-        t_names.append(op.name)
-        t_types.append(COMP)
-        t_durs.append(op.duration_ns)
-        t_nops.append(op.flops)
-        t_bytes.append(op.bytes)
-        t_attrs.append(None)
-        if ar is not None and op.name in ALLREDUCE_AFTER:
-            t_names.append(op.name + ".allreduce")
-            t_types.append(COLL)
-            t_durs.append(0)
-            t_nops.append(0)
-            t_bytes.append(0)
-            t_attrs.append(ar)
+    if ar is None:
+        t_names = [o.name for o in layer]
+        t_durs = [o.duration_ns for o in layer]
+        t_nops = [o.flops for o in layer]
+        t_bytes = [o.bytes for o in layer]
+        t_types = [COMP] * len(layer)
+        t_attrs: list[dict | None] = [None] * len(layer)
+    else:
+        t_names, t_types, t_durs, t_nops, t_bytes, t_attrs = [], [], [], [], [], []
+        for op in layer:
+            t_names.append(op.name)
+            t_types.append(COMP)
+            t_durs.append(op.duration_ns)
+            t_nops.append(op.flops)
+            t_bytes.append(op.bytes)
+            t_attrs.append(None)
+            if op.name in ALLREDUCE_AFTER:
+                t_names.append(op.name + ".allreduce")
+                t_types.append(COLL)
+                t_durs.append(0)
+                t_nops.append(0)
+                t_bytes.append(0)
+                t_attrs.append(ar)
+    pro, epi = mb.prologue, mb.epilogue
     n_layers = spec.num_layers
+    edge = pro + epi
+    names = [o.name for o in pro]
     names.extend(_layer_names(tuple(t_names), n_layers))
-    types.extend(t_types * n_layers)
-    durs.extend(t_durs * n_layers)
-    nops.extend(t_nops * n_layers)
-    tbytes.extend(t_bytes * n_layers)
-    attrs.extend(t_attrs * n_layers)
-    append_ops(mb.epilogue)
+    names.extend([o.name for o in epi])
+    n_pro = len(pro)
+    types = [COMP] * n_pro + t_types * n_layers + [COMP] * len(epi)
+    durs = [o.duration_ns for o in pro] + t_durs * n_layers + [o.duration_ns for o in epi]
+    nops = [o.flops for o in pro] + t_nops * n_layers + [o.flops for o in epi]
+    tbytes = [o.bytes for o in pro] + t_bytes * n_layers + [o.bytes for o in epi]
+    attrs = [None] * n_pro + t_attrs * n_layers + [None] * len(epi)
     n = len(types)
     g = Graph(rank=0, names=names, types=types, durations_ns=durs, deps=_chain_deps(n), ctrl_deps=_no_deps(n),
               num_ops=nops, tensor_bytes=tbytes, attrs=attrs, chain_hint=True, shared_columns=True)
+    g.total_tensor_bytes = n_layers * sum(t_bytes) + sum(o.bytes for o in edge)
     # the chain is fully determined by its template, layer count and per-op values
     g.compact_key = ("chain", tuple(t_names), n_layers, tuple(t_durs), tuple(t_nops), tuple(t_bytes),
-                     tuple((o.name, o.duration_ns, o.flops, o.bytes) for o in mb.prologue + mb.epilogue),
+                     tuple((o.name, o.duration_ns, o.flops, o.bytes) for o in edge), n_pro,
                      tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in ar.items())) if ar else None)
     return g
 

@@ -77,6 +77,10 @@ class Graph:
     mem_shape_hint: tuple | None = field(default=None, repr=False, compare=False)
     # a small tuple that determines the graph entirely (set by builders that know its structure)
     compact_key: tuple | None = field(default=None, repr=False, compare=False)
+    total_tensor_bytes: int | None = field(default=None, repr=False, compare=False)  # set by builders
+
+    def tensor_bytes_total(self) -> int:
+        return self.total_tensor_bytes if self.total_tensor_bytes is not None else sum(self.tensor_bytes)
     shared_columns: bool = field(default=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -100,6 +104,7 @@ class Graph:
         self.chain_hint = None
         self.mem_shape_hint = None
         self.compact_key = None
+        self.total_tensor_bytes = None
         self.names.append(name)
         self.types.append(int(node_type))
         self.durations_ns.append(int(duration_ns))

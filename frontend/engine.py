@@ -142,7 +142,8 @@ class Engine:
                 if out is None:
                     continue
                 inst.busy = True
-                for r in out.plan.requests:
+                plan = out.plan
+                for r in plan.requests[plan.first_admitted:]:
                     if r.scheduled_ns < 0:
                         r.scheduled_ns = now
                         inst.queue_delay_ns = 0.9 * inst.queue_delay_ns + 0.1 * (now - r.arrival_ns)

@@ -25,14 +25,21 @@ class EmbeddedBackend:
         self.cache = ResultCache(cache_size) if cache else None
         self.shared_pools: dict[str, int] = {}  # pool tier -> busy until (absolute ns), across instances
         self._executors: dict[tuple, Executor] = {}
+        self._by_id: dict[int, Executor] = {}
+        self._systems: list[InstanceSystem] = []
         self.runs = 0
 
     def executor(self, system: InstanceSystem) -> Executor:
+        ex = self._by_id.get(id(system))
+        if ex is not None:
+            return ex
         fp = system.fingerprint()
         ex = self._executors.get(fp)
         if ex is None:
             ex = make_executor(system)
             self._executors[fp] = ex
+        self._by_id[id(system)] = ex
+        self._systems.append(system)  # keep it alive so its id is not reused
         return ex
 
     def run(self, system: InstanceSystem, graphs: list[Graph], start_ns: int = 0) -> IterationResult:
@@ -46,7 +53,7 @@ class EmbeddedBackend:
                 t in (2, 3) for t in graphs[0].types)
         has_mem = 2 in graphs[0].types or 3 in graphs[0].types
         if self.cache is not None and not uses_pool and not has_mem:  # a shared pool's state makes timing history-dependent
-            key = ResultCache.key(system, graphs)
+            key = self.cache.key(system, graphs)
             hit = self.cache.get(key)
             if hit is not None:
                 r = copy.copy(hit)

@@ -52,7 +52,7 @@ class Roofline:
         self.kv_heads = max(1, m.num_kv_heads // self.tp)
         self.hd = m.head_dim
         self.d = m.hidden_size
-        self._by_tokens: dict[int, tuple[list[OpCost], list[OpCost]]] = {}
+        self._by_tokens: dict = {}  # token-count-only costs: layer parts, prologue, epilogue
 
     def _t(self, flops: float, nbytes: float, fpn: float | None = None) -> int:
         return int(max(flops / (fpn or self.flops_per_ns), nbytes / self.bytes_per_ns)) + self.launch
@@ -68,11 +68,17 @@ class Roofline:
         return OpCost(name, self._t(elems * flops_per_elem, nbytes), int(elems * flops_per_elem), int(nbytes))
 
     def attention(self, shape: BatchShape) -> OpCost:
-        units = 0.0
-        kv_tokens = 0
-        for q, c in zip(shape.q, shape.ctx, strict=True):
-            units += q * (c + (q + 1) / 2)
-            kv_tokens += c + q
+        qs, cs = shape.q, shape.ctx
+        n = len(qs)
+        if qs.count(1) == n:  # decode-only batch: each sequence attends over ctx + 1 tokens
+            kv_tokens = sum(cs) + n
+            units = float(kv_tokens)
+        else:
+            units = 0.0
+            kv_tokens = 0
+            for q, c in zip(qs, cs, strict=True):
+                units += q * (c + (q + 1) / 2)
+                kv_tokens += c + q
         t = shape.num_tokens
         flops = 4 * units * self.hd * self.heads
         kv_bytes = kv_tokens * 2 * self.kv_heads * self.hd * self.kvb
@@ -138,10 +144,24 @@ class Roofline:
         ]
 
     def prologue_ops(self, shape: BatchShape) -> list[OpCost]:
+        key = ("pro", shape.num_tokens)
+        hit = self._by_tokens.get(key)
+        if hit is None:
+            hit = self._by_tokens[key] = self._prologue(shape)
+        return hit
+
+    def _prologue(self, shape: BatchShape) -> list[OpCost]:
         return [OpCost("embedding", self._t(0, shape.num_tokens * self.d * self.b * 2), 0,
                        shape.num_tokens * self.d * self.b * 2)]
 
     def epilogue_ops(self, shape: BatchShape) -> list[OpCost]:
+        key = ("epi", shape.num_tokens, shape.num_sampled)
+        hit = self._by_tokens.get(key)
+        if hit is None:
+            hit = self._by_tokens[key] = self._epilogue(shape)
+        return hit
+
+    def _epilogue(self, shape: BatchShape) -> list[OpCost]:
         s = max(1, shape.num_sampled)
         v = self.model.vocab_size // self.tp
         return [

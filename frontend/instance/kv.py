@@ -77,14 +77,12 @@ class BlockPool:
         hashes = self.ensure_hashes(req)
         if not req.content.has_content:
             return []
-        limit = (req.num_tokens - 1) // self.block_size
-        hits = []
-        for j in range(min(limit, len(hashes))):
-            b = self.cached.get(hashes[j])
-            if b is None:
-                break
-            hits.append(b)
-        return hits
+        limit = (req.input_tokens + req.num_output_done - 1) // self.block_size
+        found = list(map(self.cached.get, hashes[:limit]))  # C-level lookups, then cut at the first miss
+        try:
+            return found[:found.index(None)]
+        except ValueError:
+            return found
 
     def count_lookup(self, req: Request, hit_blocks: int) -> None:
         self.stats.lookups += 1
@@ -105,10 +103,13 @@ class BlockPool:
         return b
 
     def touch(self, blocks: list[int]) -> None:
+        refs = self.ref
+        fq = self.free_queue
         for b in blocks:
-            if self.ref[b] == 0:
-                del self.free_queue[b]
-            self.ref[b] += 1
+            r = refs[b]
+            if not r:
+                del fq[b]
+            refs[b] = r + 1
 
     def blocks_needed(self, req: Request, num_new_tokens: int, num_hit_blocks: int = 0) -> int:
         total = req.num_computed_tokens + num_new_tokens
@@ -117,8 +118,14 @@ class BlockPool:
 
     def can_allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None) -> bool:
         hb = hit_blocks or []
-        free_hits = sum(1 for b in hb if self.ref[b] == 0)
-        return self.blocks_needed(req, num_new_tokens, len(hb)) <= self.num_free - free_hits
+        need = self.blocks_needed(req, num_new_tokens, len(hb))
+        if need > self.num_free:
+            return False
+        if not hb:
+            return True
+        refs = self.ref
+        free_hits = list(map(refs.__getitem__, hb)).count(0)  # hit blocks sitting in the free queue
+        return need <= self.num_free - free_hits
 
     def allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None) -> bool:
         """Give req room for num_new_tokens more tokens (after any prefix hits). False if no room."""
@@ -157,12 +164,16 @@ class BlockPool:
                     self.on_cache(h, b)
 
     def free(self, req: Request) -> None:
-        for b in reversed(req.block_ids):
-            self.ref[b] -= 1
-            if self.ref[b] == 0:
-                self.free_queue[b] = None
-            elif self.ref[b] < 0:
+        refs = self.ref
+        released = []
+        for b in reversed(req.block_ids):  # tail first: the tail is evicted before the head
+            r = refs[b] - 1
+            refs[b] = r
+            if not r:
+                released.append(b)
+            elif r < 0:
                 raise AssertionError(f"block {b} freed twice")
+        self.free_queue.update(dict.fromkeys(released))
         req.block_ids = []
         req.num_hashed_blocks = 0
 

@@ -25,6 +25,8 @@ class IterationPlan:
     contexts: list[int]  # tokens already in KV for each sequence before this step
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
+    num_sampled: int = 0  # sequences that emit a token at the end of the step (set by the scheduler)
+    first_admitted: int = 0  # requests[first_admitted:] were admitted from the waiting queue this step
     kv_moves: list[KVMove] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
 

@@ -113,8 +113,7 @@ class InstanceRuntime:
         return self._prefill_est[key]
 
     def shape_of(self, plan: IterationPlan) -> BatchShape:
-        samples = plan.samples()
-        return BatchShape(q=list(plan.num_new_tokens), ctx=list(plan.contexts), num_sampled=sum(samples))
+        return BatchShape(q=plan.num_new_tokens, ctx=plan.contexts, num_sampled=plan.num_sampled)
 
     def costs(self, shape: BatchShape) -> MicroBatchCost:
         c = self.compute

@@ -99,16 +99,20 @@ class Scheduler:
         i = 0
         running = self.running
         bs = pool.block_size
+        max_len = self.max_model_len
+        add_req, add_new, add_ctx = plan.requests.append, plan.num_new_tokens.append, plan.contexts.append
+        n_fast = 0
         while i < len(running) and budget > 0:
             req = running[i]
             computed = req.num_computed_tokens
-            if req.num_output_done and computed + 1 == req.num_tokens and computed < self.max_model_len \
-                    and computed + 1 <= len(req.block_ids) * bs:
+            done_out = req.num_output_done
+            if done_out and computed + 1 == req.input_tokens + done_out and computed < max_len \
+                    and computed < len(req.block_ids) * bs:
                 # decode step that fits in the blocks it holds: the common case, without the general path
-                plan.requests.append(req)
-                plan.num_new_tokens.append(1)
-                plan.contexts.append(computed)
-                plan.num_decode_tokens += 1
+                add_req(req)
+                add_new(1)
+                add_ctx(computed)
+                n_fast += 1
                 budget -= 1
                 i += 1
                 continue
@@ -135,8 +139,13 @@ class Scheduler:
                 plan.num_decode_tokens += 1
             else:
                 plan.num_prefill_tokens += num_new
+            if req.num_computed_tokens + num_new >= req.num_tokens:
+                plan.num_sampled += 1
             budget -= num_new
             i += 1
+        plan.num_decode_tokens += n_fast
+        plan.num_sampled += n_fast
+        plan.first_admitted = len(plan.requests)
         if not plan.preempted:
             self._resort()
             waiting = self.waiting
@@ -203,6 +212,8 @@ class Scheduler:
                 plan.num_new_tokens.append(num_new)
                 plan.contexts.append(num_computed)
                 plan.num_prefill_tokens += num_new
+                if num_computed + num_new >= req.num_tokens:
+                    plan.num_sampled += 1
                 budget -= num_new
         if self.tiers is not None:
             plan.kv_moves = self.tiers.take_moves()
@@ -214,15 +225,16 @@ class Scheduler:
         """Apply a finished step: advance computed tokens, emit tokens, free finished requests."""
         finished = []
         pool = self.pool
+        bs = pool.block_size
         for req, n in zip(plan.requests, plan.num_new_tokens, strict=True):
             if req.status != "running":
                 continue  # preempted later in the same step cannot happen, kept for safety
             req.num_computed_tokens += n
-            if req.num_computed_tokens >= req.num_tokens:
+            if req.num_computed_tokens >= req.input_tokens + req.num_output_done:
                 req.num_output_done += 1
                 if req.first_token_ns < 0:
                     req.first_token_ns = end_ns
-            if req.hashes and req.num_computed_tokens // pool.block_size > req.num_hashed_blocks:
+            if req.hashes and req.num_computed_tokens // bs > req.num_hashed_blocks:
                 pool.cache_full_blocks(req, req.num_computed_tokens)
             if req.num_output_done >= req.output_tokens:
                 req.status = "finished"

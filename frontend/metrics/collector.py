@@ -32,7 +32,7 @@ class IterationLog:
         p = out.plan
         r = out.result
         g0 = out.graphs[0]
-        hbm = sum(g0.tensor_bytes) - sum(r.mem_bytes_by_tier.values()) // max(1, len(out.graphs))
+        hbm = g0.tensor_bytes_total() - sum(r.mem_bytes_by_tier.values()) // max(1, len(out.graphs))
         energy = inst.power.iteration(start, end - start, r.compute_ns, max(0, hbm), r.comm_bytes,
                                       sum(r.mem_bytes_by_tier.values()))
         self.rows.append((inst.name, start, end, p.num_seqs, p.num_prefill_tokens, p.num_decode_tokens,
