@@ -33,6 +33,7 @@ MULTI = [
 
 def table(cfg: str, variants, overrides: dict) -> None:
     print(f"\n{cfg}")
+    cfg = cfg.split(" ")[0]
     print(f"{'policy':34s} {'prog mean s':>11s} {'prog p99 s':>10s} {'turn TTFT ms':>12s} {'later TTFT':>10s} "
           f"{'x-turn hit':>10s} {'HBM hit':>8s} {'pins c/e/b':>12s} {'prefetch GB':>11s} {'wall s':>7s}")
     for name, pol in variants:
@@ -55,9 +56,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--programs", type=int, default=None)
     ap.add_argument("--skip-multiagent", action="store_true")
+    ap.add_argument("--rate", type=float, default=None, help="program arrival rate (default: the config's, 4/s)")
     a = ap.parse_args()
-    ov = {"workload": {"num_programs": a.programs}} if a.programs else {}
-    table("agents-coding-4x.yaml", CODING, ov)
+    wl: dict = {}
+    if a.programs:
+        wl["num_programs"] = a.programs
+    if a.rate:
+        wl["rate_per_s"] = a.rate
+    ov = {"workload": wl} if wl else {}
+    table("agents-coding-4x.yaml" + (f" at {a.rate} programs/s" if a.rate else ""), CODING, ov)
     if not a.skip_multiagent:
         table("agents-multiagent-5k.yaml", MULTI, {})
 
