@@ -39,6 +39,8 @@ class HardwareSpec(BaseModel):
     kernel_launch_ns: int = Field(0, ge=0)
     attention_floor_ns: int = Field(0, ge=0, description="fixed cost of one paged-attention call (cache write, "
                                     "attention and split-KV reduction kernels) beyond kernel_launch_ns")
+    attention_per_seq_ns: int = Field(0, ge=0, description="per-sequence cost of a paged-attention call "
+                                      "(block-table walk, per-sequence metadata and reduction)")
     power: PowerSpec = Field(default_factory=PowerSpec)
     profiles: dict[str, str] = Field(default_factory=dict)  # "<model>/<dtype>/tp<N>" -> bundle dir
 
