@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from astra_bridge.astrasim import AstraSimError
 from frontend.compute.profile import ProfileError
 from frontend.config.loader import ConfigError, load_and_resolve
 from frontend.workload.jsonl import WorkloadError
@@ -125,7 +126,7 @@ def run(
                 result, extra = simulate(resolved, seed, progress=progress, dump=dump, warn=warn)
         else:
             result, extra = simulate(resolved, seed, dump=dump, warn=warn)
-    except (ConfigError, WorkloadError, ProfileError) as e:
+    except (ConfigError, WorkloadError, ProfileError, AstraSimError) as e:
         fail(str(e))
         return
     summary = write_outputs(result, out_dir, extra)

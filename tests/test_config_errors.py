@@ -93,3 +93,28 @@ def test_kv_capacity_formula():
     assert inst.num_gpu_blocks == expect
     # the real vLLM run got 2588 blocks; the documented estimate lands within 3%
     assert abs(inst.num_gpu_blocks - 2588) / 2588 < 0.03
+
+
+def test_cli_bad_inputs_exit_2_with_a_message(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("ASTRA_SIM_BIN", raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(small_run_dict()))
+    bad_json = tmp_path / "meta.json"
+    bad_json.write_text("{")
+    dag = tmp_path / "dag.jsonl"
+    dag.write_text('{"program_id": "p", "turns": [{"id": "a", "output_tokens": 3}]}\n')
+    agents = tmp_path / "a.yaml"
+    agents.write_text(yaml.safe_dump({**small_run_dict(), "workload": {"kind": "agents", "trace": str(dag)}}))
+    cases = [
+        (["run", str(cfg), "--engine-meta", str(tmp_path / "none.json")], "cannot read"),
+        (["run", str(cfg), "--engine-meta", str(bad_json)], "not valid JSON"),
+        (["run", str(cfg), "--backend", "astra-sim"], "astra-sim backend unusable"),
+        (["run", str(cfg), "--dump-chakra", str(tmp_path / "d"), "--dump-iterations", "5-2"], "reversed"),
+        (["run", str(agents)], "dag.jsonl:1: bad program line (missing field 'new_tokens')"),
+        (["validate", "--run", str(tmp_path), "--reference", str(tmp_path)], "no requests.csv"),
+    ]
+    for args, msg in cases:
+        r = runner.invoke(app, [*args[:2], *(["--quiet"] if args[0] == "run" else []), *args[2:]])
+        assert r.exit_code == 2, (args, r.output)
+        assert msg in r.output, (args, r.output)
+        assert "Traceback" not in r.output

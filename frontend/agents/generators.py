@@ -18,6 +18,7 @@ import numpy as np
 
 from frontend.agents.program import Edge, ProgramSpec, TurnSpec
 from frontend.config.schema import AgentWorkload, Dist, ToolDist
+from frontend.workload.jsonl import WorkloadError
 from frontend.workload.synthetic import arrival_times_ns, sample_dist
 
 # Default tool latencies for coding agents when the config names none (ms):
@@ -156,6 +157,8 @@ def read_dag_jsonl(path: Path) -> list[ProgramSpec]:
     {"program_id", "arrival_time_ns", "turns": [{"id", "new_tokens", "output_tokens",
       "parents": [{"turn", "tool", "delay_ns"?}], "context_parent"?}]}"""
     progs = []
+    if not Path(path).is_file():
+        raise WorkloadError(f"{path}: no such workload file")
     for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -172,8 +175,10 @@ def read_dag_jsonl(path: Path) -> list[ProgramSpec]:
                                       context_parent=f"{pid}.{cp}" if cp is not None else None))
             prog = ProgramSpec(pid, int(obj.get("arrival_time_ns", 0)), turns)
             prog.validate()
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-            raise ValueError(f"{where}: bad program line ({e})") from None
+        except KeyError as e:
+            raise WorkloadError(f"{where}: bad program line (missing field {e.args[0]!r})") from None
+        except (TypeError, ValueError, json.JSONDecodeError) as e:
+            raise WorkloadError(f"{where}: bad program line ({e})") from None
         progs.append(prog)
     return progs
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from frontend.agents.program import ProgramSpec, TurnSpec
 from frontend.agents.tools import ToolSimulator
+from frontend.workload.jsonl import WorkloadError
 from frontend.workload.request import Request, TokenContent, extend_block_hashes
 
 SYSTEM_PROMPT_KEY = 1
@@ -55,12 +56,12 @@ class Orchestrator:
             self.programs[p.program_id] = ProgramState(p, len(p.turns), p.arrival_ns)
             for t in p.turns:
                 if t.turn_id in self.turns:
-                    raise ValueError(f"duplicate turn id {t.turn_id}")
+                    raise WorkloadError(f"duplicate turn id {t.turn_id}")
                 self.turns[t.turn_id] = TurnState(t, len(t.parents))
         for st in self.turns.values():
             for e in st.spec.parents:
                 if e.parent not in self.turns:
-                    raise ValueError(f"turn {st.spec.turn_id} depends on unknown turn {e.parent}")
+                    raise WorkloadError(f"turn {st.spec.turn_id} depends on unknown turn {e.parent}")
                 self.children.setdefault(e.parent, []).append(st.spec.turn_id)
         for tid, kids in self.children.items():
             self.turns[tid].children_left = len(kids)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from frontend.workload.jsonl import WorkloadError
+
 
 @dataclass(slots=True)
 class Edge:
@@ -42,14 +44,14 @@ class ProgramSpec:
     def validate(self) -> None:
         ids = {t.turn_id for t in self.turns}
         if len(ids) != len(self.turns):
-            raise ValueError(f"program {self.program_id}: duplicate turn ids")
+            raise WorkloadError(f"program {self.program_id}: duplicate turn ids")
         seen: set[str] = set()
         for t in self.turns:  # turns are listed in a topological order
             for e in t.parents:
                 if e.parent not in seen:
-                    raise ValueError(f"program {self.program_id}: turn {t.turn_id} depends on {e.parent}, "
+                    raise WorkloadError(f"program {self.program_id}: turn {t.turn_id} depends on {e.parent}, "
                                      "which is not an earlier turn")
             if t.context_parent is not None and t.context_parent not in {e.parent for e in t.parents}:
-                raise ValueError(f"program {self.program_id}: turn {t.turn_id} extends the context of "
+                raise WorkloadError(f"program {self.program_id}: turn {t.turn_id} extends the context of "
                                  f"{t.context_parent}, which is not one of its parents")
             seen.add(t.turn_id)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from frontend.config.schema import ToolDist
+from frontend.workload.jsonl import WorkloadError
 
 
 class ToolSimulator:
@@ -17,13 +18,13 @@ class ToolSimulator:
         for name, d in tools.items():
             if d.dist == "empirical":
                 if not d.file:
-                    raise ValueError(f"tool {name}: empirical needs 'file' (one duration in ms per line)")
+                    raise WorkloadError(f"tool {name}: empirical needs 'file' (one duration in ms per line)")
                 p = Path(d.file)
                 if not p.is_absolute() and base_dir is not None:
                     p = base_dir / p
                 vals = np.array([float(x) for x in p.read_text().split() if x.strip()])
                 if vals.size == 0 or (vals < 0).any():
-                    raise ValueError(f"tool {name}: {p} must hold non-negative durations in ms")
+                    raise WorkloadError(f"tool {name}: {p} must hold non-negative durations in ms")
                 self._empirical[name] = vals
 
     def mean_ns(self, tool: str) -> float | None:
@@ -39,7 +40,7 @@ class ToolSimulator:
         d = self.tools.get(tool)
         if d is None or d.dist == "trace":
             if trace_gap_ns is None:
-                raise ValueError(f"tool {tool!r} has no configured distribution and the trace gives no duration")
+                raise WorkloadError(f"tool {tool!r} has no configured distribution and the trace gives no duration")
             return int(trace_gap_ns)
         if d.dist == "constant":
             return int(float(d.mean_ms or 0) * 1e6)

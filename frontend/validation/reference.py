@@ -15,7 +15,16 @@ _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "auto": "bf
 
 def engine_from_meta(meta_path: Path) -> dict[str, Any]:
     """Engine settings of a vLLM run, as an `engine:` override of a run file."""
-    meta = json.loads(Path(meta_path).read_text())
+    from frontend.config.loader import ConfigError
+
+    try:
+        meta = json.loads(Path(meta_path).read_text())
+    except OSError as e:
+        raise ConfigError(f"--engine-meta {meta_path}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--engine-meta {meta_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"--engine-meta {meta_path}: expected a vLLM benchmark meta.json object")
     kw = meta.get("engine_kwargs", {})
     kv = meta.get("kv_cache", {})
     sched = meta.get("resolved_config", {}).get("scheduler_config", {})
@@ -53,7 +62,10 @@ class LatencySet:
 
 def load_vllm_requests(ref_dir: Path) -> LatencySet:
     """TTFT = first_token_ts - queued_ts, E2E = last_token_ts - queued_ts, TPOT = (last - first)/(out - 1)."""
-    rows = [json.loads(line) for line in (Path(ref_dir) / "requests.jsonl").read_text().splitlines() if line.strip()]
+    path = Path(ref_dir) / "requests.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{ref_dir}: no requests.jsonl (expected a vLLM benchmark run directory)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{ref_dir}/requests.jsonl holds no requests")
     q = np.array([r["queued_ts"] for r in rows])
@@ -66,6 +78,8 @@ def load_vllm_requests(ref_dir: Path) -> LatencySet:
 
 
 def load_sim_requests(run_dir: Path) -> LatencySet:
+    if not (Path(run_dir) / "requests.csv").is_file():
+        raise ValueError(f"{run_dir}: no requests.csv (expected an `astraserve run` output directory)")
     with (Path(run_dir) / "requests.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["status"] == "finished"]
     if not rows:
