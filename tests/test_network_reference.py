@@ -191,3 +191,20 @@ def test_layerwise_load_and_store_fast_path_equals_event_loop():
             slow = ex.run(g, force_event_loop=True)
             assert (fast.duration_ns, fast.mem_ns, fast.exposed_mem_ns, fast.mem_bytes_by_tier) == \
                 (slow.duration_ns, slow.mem_ns, slow.exposed_mem_ns, slow.mem_bytes_by_tier), (kind, load_b, store_b)
+
+
+def test_comm_group_collectives_use_ring_like_astrasim():
+    """ASTRA-sim runs a comm group's collective as one ring over its NPUs (measured: 28960 ns for 1 MiB on a
+    4-NPU 450 GB/s switch group, configured direct); without a group the configured algorithm applies."""
+    dims = (Dimension("Switch", 4, 450, 500, "direct"), Dimension("Switch", 2, 50, 2000, "ring"))
+    groups = {"1": (0, 1, 2, 3), "2": (4, 5, 6, 7)}
+    for pg, expect in (("1", 28960), ("", 9680)):
+        gs = []
+        for r in range(8):
+            g = Graph(rank=r)
+            a = {"comm_type": 0, "comm_size": 1 << 20, "involved_dim": [True, False]}
+            if pg:
+                a["pg_name"] = str(r // 4 + 1)
+            g.add("ar", COLL, attrs=a)
+            gs.append(g)
+        assert Executor(NetworkContext(dims, KNOBS, groups if pg else {})).run(gs).duration_ns == expect

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import accumulate, compress
 
 from astra_bridge.embedded.memory import MemorySystem
@@ -48,8 +49,15 @@ class NetworkContext:
             return tuple(True for _ in self.dims)
         return tuple(bool(x) for x in inv)
 
+    @cached_property
+    def ring_dims(self) -> tuple[Dimension, ...]:
+        return tuple(replace(d, algorithm="ring") for d in self.dims)
+
     def coll_time(self, attrs: dict) -> int:
-        return collective_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), self.dims,
+        """Collectives on a named comm group run ASTRA-sim's group plan: one ring over the group's
+        NPUs, whatever algorithms the dimensions are configured with (checked against the binary)."""
+        dims = self.ring_dims if attrs.get("pg_name") else self.dims
+        return collective_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), dims,
                                   self.involved(attrs), self.knobs)
 
 
