@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from frontend.workload.request import Request
+from frontend.workload.request import Request, TokenContent
 
 
 @dataclass
@@ -62,7 +62,6 @@ class BlockPool:
             else:
                 total = req.input_tokens + req.output_tokens
                 if req.output_content.has_content and req.content.ids is not None and req.output_content.ids is not None:
-                    from frontend.workload.request import TokenContent
                     full = TokenContent(ids=req.content.ids + req.output_content.ids)
                     req.hashes = full.block_hashes(self.block_size, total)
                 else:
@@ -111,14 +110,21 @@ class BlockPool:
                 del fq[b]
             refs[b] = r + 1
 
-    def blocks_needed(self, req: Request, num_new_tokens: int, num_hit_blocks: int = 0) -> int:
-        total = req.num_computed_tokens + num_new_tokens
+    def blocks_needed(self, req: Request, num_new_tokens: int, num_hit_blocks: int = 0,
+                      computed: int | None = None) -> int:
+        """Blocks to take from the free queue so req holds `computed` + num_new_tokens tokens.
+
+        `computed` is what is already in HBM for req (default: its num_computed_tokens);
+        at admission the caller passes its prefix-hit tokens, as vLLM's allocate_slots does.
+        """
+        total = (req.num_computed_tokens if computed is None else computed) + num_new_tokens
         need = -(-total // self.block_size)
         return max(0, need - len(req.block_ids) - num_hit_blocks)
 
-    def can_allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None) -> bool:
+    def can_allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None,
+                     computed: int | None = None) -> bool:
         hb = hit_blocks or []
-        need = self.blocks_needed(req, num_new_tokens, len(hb))
+        need = self.blocks_needed(req, num_new_tokens, len(hb), computed)
         if need > self.num_free:
             return False
         if not hb:
@@ -127,17 +133,19 @@ class BlockPool:
         free_hits = list(map(refs.__getitem__, hb)).count(0)  # hit blocks sitting in the free queue
         return need <= self.num_free - free_hits
 
-    def allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None) -> bool:
+    def allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None,
+                 computed: int | None = None) -> bool:
         """Give req room for num_new_tokens more tokens (after any prefix hits). False if no room."""
-        if not hit_blocks and (req.num_computed_tokens + num_new_tokens) <= len(req.block_ids) * self.block_size:
+        done = req.num_computed_tokens if computed is None else computed
+        if not hit_blocks and done + num_new_tokens <= len(req.block_ids) * self.block_size:
             return True  # fits in the blocks it holds (most decode steps)
         hb = hit_blocks or []
-        if not self.can_allocate(req, num_new_tokens, hb):
+        if not self.can_allocate(req, num_new_tokens, hb, done):
             return False
         if hb:
             self.touch(hb)
             req.block_ids.extend(hb)
-        for _ in range(self.blocks_needed(req, num_new_tokens)):
+        for _ in range(self.blocks_needed(req, num_new_tokens, 0, done)):
             b = self._pop_free()
             self.ref[b] = 1
             req.block_ids.append(b)

@@ -37,8 +37,3 @@ class IterationPlan:
     @property
     def num_tokens(self) -> int:
         return self.num_prefill_tokens + self.num_decode_tokens
-
-    def samples(self) -> list[bool]:
-        """Which sequences emit a token at the end of this step (prefill complete)."""
-        return [r.num_computed_tokens + n >= r.num_tokens
-                for r, n in zip(self.requests, self.num_new_tokens, strict=True)]

@@ -55,11 +55,7 @@ class Scheduler:
     def add(self, req: Request) -> None:
         req.instance = self.name
         req.status = "waiting"
-        if self.priority is None:
-            self.waiting.append(req)
-        else:
-            self.waiting.append(req)
-            self._resort()
+        self.waiting.append(req)  # schedule() orders the queue by priority before admitting
 
     def _resort(self) -> None:
         if self.priority is not None and len(self.waiting) > 1:
@@ -160,33 +156,28 @@ class Scheduler:
                 # blocks are counted from what is already in HBM: hits, or the swapped KV to bring back;
                 # lower-tier hits and this step's tokens need fresh blocks alike, so the full-prompt
                 # gate does not depend on where the rest comes from
-                req.num_computed_tokens = in_hbm
-                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, req.num_tokens - in_hbm, hits):
-                    req.num_computed_tokens = saved
+                rest = req.num_tokens - in_hbm
+                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, rest, hits, in_hbm):
                     if not running and self.on_pressure is not None and self.on_pressure(
-                            pool.blocks_needed(req, req.num_tokens - in_hbm, len(hits))):
+                            pool.blocks_needed(req, rest, len(hits), in_hbm)):
                         continue  # pinned KV of idle programs yielded to a request that could not otherwise run
                     break  # the whole remaining prompt must fit before any chunk of it is admitted
-                if hits or (not req.swapped_blocks and saved == 0):
-                    if self.tiers is not None and self.tiers.active:
-                        limit = (req.num_tokens - 1) // pool.block_size
-                        lower = self.tiers.lookup(req, len(hits), limit)
+                if not req.swapped_blocks and saved == 0 and self.tiers is not None and self.tiers.active:
+                    limit = (req.num_tokens - 1) // pool.block_size
+                    lower = self.tiers.lookup(req, len(hits), limit)
                 num_lower = sum(n for _, n in lower) * pool.block_size
                 num_computed = in_hbm + num_lower
                 num_new = req.num_tokens - num_computed
                 if not eng.enable_chunked_prefill and num_new > budget:
-                    req.num_computed_tokens = saved
                     break
                 num_new = min(num_new, budget)
-                if req.swapped_blocks:
-                    req.num_computed_tokens = 0  # swapped KV needs its blocks back too
-                    ok = pool.allocate(req, in_hbm + num_new)
+                if req.swapped_blocks:  # swapped KV needs its blocks back too
+                    ok = pool.allocate(req, in_hbm + num_new, computed=0)
                 else:
-                    ok = pool.allocate(req, num_lower + num_new, hits)
-                req.num_computed_tokens = saved
+                    ok = pool.allocate(req, num_lower + num_new, hits, in_hbm)
                 if not ok:
                     if not running and self.on_pressure is not None and self.on_pressure(
-                            pool.blocks_needed(req, num_lower + num_new, len(hits))):
+                            pool.blocks_needed(req, num_lower + num_new, len(hits), in_hbm)):
                         continue
                     break
                 waiting.popleft()
