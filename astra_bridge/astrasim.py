@@ -19,7 +19,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from astra_bridge.backend import InstanceSystem, ResultCache
+from astra_bridge.backend import InstanceSystem, ResultCache, backend_stats
 from astra_bridge.inputs import write_input_set
 from astra_bridge.result import IterationResult
 from chakra_gen.graph import COMP, Graph
@@ -120,17 +120,11 @@ class AstraSimBackend:
                                exposed_comm_ns=exposed[slow])
 
     def run(self, system: InstanceSystem, graphs: list[Graph], start_ns: int = 0) -> IterationResult:
-        key = None
-        if self.cache is not None:
-            key = self.cache.key(system, graphs)
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit
-        self.runs += 1
-        r = self._run_one(system, graphs)
-        if key is not None:
-            self.cache.put(key, r)
-        return r
+        def simulate() -> IterationResult:
+            self.runs += 1
+            return self._run_one(system, graphs)
+
+        return simulate() if self.cache is None else self.cache.run(system, graphs, simulate)
 
     def run_many(self, jobs: list[tuple[InstanceSystem, list[Graph]]]) -> list[IterationResult]:
         """Independent iterations in parallel worker processes."""
@@ -138,8 +132,7 @@ class AstraSimBackend:
             return list(pool.map(lambda j: self.run(*j), jobs))
 
     def stats(self) -> dict[str, int]:
-        return {"simulated": self.runs, "cache_hits": self.cache.hits if self.cache else 0,
-                "cache_misses": self.cache.misses if self.cache else 0}
+        return backend_stats(self.runs, self.cache)
 
 
 def probe_binary(path: Path) -> tuple[bool, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
@@ -56,6 +58,10 @@ def _attrs_key(attrs: list) -> tuple:
     return tuple(out)
 
 
+def backend_stats(runs: int, cache: ResultCache | None) -> dict[str, int]:
+    return {"simulated": runs, "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0}
+
+
 class ResultCache:
     """Identical iterations are simulated once: key = system fingerprint + graph contents."""
 
@@ -89,6 +95,19 @@ class ResultCache:
             self.misses += 1
             return None
         self.hits += 1
+        return r
+
+    def run(self, system: InstanceSystem, graphs: list[Graph], simulate: Callable[[], IterationResult]
+            ) -> IterationResult:
+        """The cached result of these graphs on this system (a copy marked cached), or simulate() once."""
+        key = self.key(system, graphs)
+        hit = self.get(key)
+        if hit is not None:
+            r = copy.copy(hit)
+            r.cached = True
+            return r
+        r = simulate()
+        self.put(key, r)
         return r
 
     def put(self, key: tuple, result: IterationResult) -> None:

@@ -9,25 +9,21 @@ from astra_bridge.backend import InstanceSystem
 from astra_bridge.embedded.backend import make_executor
 from chakra_gen.et_io import with_micro_durations
 from chakra_gen.graph import Graph
+from frontend.session import IterationHook, simulate
 
 
 @dataclass
-class IterationCapture:
-    wanted: set[int]
-    counter: int = 0
+class IterationCapture(IterationHook):
+    """The chosen iterations' graphs as ASTRA-sim reads them (whole-µs durations)."""
+
     jobs: list[tuple[int, str, InstanceSystem, list[Graph]]] = field(default_factory=list)
 
-    def __call__(self, inst, out, start_ns: int) -> None:
-        k = self.counter
-        self.counter += 1
-        if k in self.wanted:
-            self.jobs.append((k, inst.name, inst.system, [with_micro_durations(g) for g in out.graphs]))
+    def take(self, k: int, inst, out, start_ns: int) -> None:
+        self.jobs.append((k, inst.name, inst.system, [with_micro_durations(g) for g in out.graphs]))
 
 
 def compare_backends(resolved, iterations: set[int]) -> list[dict]:
     """Per chosen iteration: embedded vs ASTRA-sim duration on the graphs as written (µs durations)."""
-    from frontend.session import simulate
-
     backend = AstraSimBackend(resolved.config.backend.astra_sim, cache=True)
     cap = IterationCapture(iterations)
     run = resolved

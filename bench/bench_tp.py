@@ -10,19 +10,20 @@ from pathlib import Path
 
 from frontend.config.loader import load_and_resolve
 from frontend.metrics.report import summarize
-from frontend.session import simulate
+from frontend.session import IterationHook, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Capture:
+class Capture(IterationHook):
+    """The first iterations' instance and plan, to rebuild and re-execute them timed."""
+
     def __init__(self, limit: int) -> None:
-        self.limit = limit
+        super().__init__(set(range(limit)))
         self.items = []
 
-    def __call__(self, inst, out, start_ns) -> None:
-        if len(self.items) < self.limit:
-            self.items.append((inst, out.plan))
+    def take(self, k, inst, out, start_ns) -> None:
+        self.items.append((inst, out.plan))
 
 
 def per_iteration_cost(cfg: str, n_req: int, n_iters: int) -> tuple[float, float]:

@@ -98,7 +98,7 @@ def run(
         if router:
             ov["router"] = {"policy": router}
         resolved = load_and_resolve(config, ov)
-        dump = ChakraDumper(dump_chakra, parse_iteration_spec(dump_iterations)) if dump_chakra else None
+        dump = ChakraDumper(parse_iteration_spec(dump_iterations), dump_chakra) if dump_chakra else None
     except (ConfigError, WorkloadError, ValueError) as e:
         fail(str(e))
         return

@@ -62,8 +62,11 @@ class Engine:
                 inst.scheduler.priority = key
                 inst.scheduler.on_admit = self.retention.on_admit
                 if pol.retention != "lru":
-                    inst.scheduler.before_free = (lambda r, now, i=inst: self._retain(i, r, now))
-                    inst.scheduler.on_pressure = (lambda need, i=inst: self._pressure(i, need))
+                    # the policy may take extra references before the scheduler frees a finished turn's blocks
+                    inst.scheduler.before_free = (
+                        lambda r, now, i=inst: self.retention.on_turn_finish(i, r, r.block_ids, now))
+                    # one pin per call: the scheduler retries until the allocation fits or no pin is left
+                    inst.scheduler.on_pressure = lambda need, i=inst: self.retention.break_one_pin(i)
         self.progress = progress
         self.on_step = on_step
         self.log = IterationLog(tier_names=sorted({t.name for i in instances for t in i.lower_tiers}))
@@ -71,14 +74,6 @@ class Engine:
     def schedule_timer(self, t: int, fn: Callable[[], None]) -> None:
         heapq.heappush(self._events, (t, TIMER, self._seq, fn))
         self._seq += 1
-
-    def _retain(self, inst: InstanceRuntime, req: Request, now: int) -> None:
-        if self.retention.on_turn_finish(inst, req, req.block_ids, now):
-            pass  # the policy took extra references; the scheduler's free leaves them held
-
-    def _pressure(self, inst: InstanceRuntime, need: int) -> bool:
-        del need  # one pin per call: the scheduler retries until the allocation fits or no pin is left
-        return self.retention.break_one_pin(inst)
 
     def run(self, requests: list[Request]) -> RunResult:
         t0 = time.perf_counter()
@@ -92,8 +87,7 @@ class Engine:
         heapq.heapify(events)
         inflight: dict[str, StepOutcome] = {}
         by_name = {i.name: i for i in self.instances}
-        total = len(requests) + (self.orch.num_turns - len(requests) + sum(
-            1 for r in requests if not r.program_id) if self.orch is not None else 0)
+        total = sum(1 for r in requests if not r.program_id) + (self.orch.num_turns if self.orch is not None else 0)
         done = 0
         now = 0
         last_report = 0.0

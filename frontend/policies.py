@@ -244,7 +244,7 @@ class RetentionPolicy:
         cands = sorted((est, pid, r) for pid, (est, i, r) in self.next_invocation.items() if i is inst)
         tm = inst.tier_manager
         pool = inst.pool
-        for est, pid, hashes in cands[: max(1, self.cfg.prefetch_lookahead)]:
+        for _, pid, hashes in cands[: max(1, self.cfg.prefetch_lookahead)]:
             missing = [h for h in hashes if h not in pool.cached and tm.tiers[0].contains(tm.key(h))]
             if not missing or len(missing) > pool.num_free // 2:
                 continue
@@ -264,4 +264,3 @@ class RetentionPolicy:
             self.stats.prefetches += 1
             self.stats.bytes_prefetched += len(missing) * tm.block_bytes
             self.next_invocation.pop(pid, None)
-            del est

@@ -103,17 +103,28 @@ def make_backend(run: ResolvedRun) -> Backend:
 
 
 @dataclass
-class ChakraDumper:
-    out_dir: Path
+class IterationHook:
+    """Engine on_step hook that hands the chosen iterations (by index across the run) to take()."""
+
     wanted: set[int]
-    counter: int = 0
-    written: list[int] = field(default_factory=list)
+    counter: int = field(default=0, kw_only=True)
 
     def __call__(self, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
         k = self.counter
         self.counter += 1
-        if k not in self.wanted:
-            return
+        if k in self.wanted:
+            self.take(k, inst, out, start_ns)
+
+    def take(self, k: int, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class ChakraDumper(IterationHook):
+    out_dir: Path
+    written: list[int] = field(default_factory=list)
+
+    def take(self, k: int, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
         d = self.out_dir / f"iter{k}"
         write_input_set(d, inst.system, out.graphs, metadata={"instance": inst.name, "iteration": k})
         from astra_bridge.embedded.backend import make_executor

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
-from astra_bridge.backend import InstanceSystem, ResultCache
+from astra_bridge.backend import InstanceSystem, ResultCache, backend_stats
 from astra_bridge.embedded.executor import Executor, NetworkContext
 from astra_bridge.embedded.memory import MemorySystem
 from astra_bridge.result import IterationResult
-from chakra_gen.graph import Graph
+from chakra_gen.graph import MEM_LOAD, MEM_STORE, Graph
 
 
 def make_executor(system: InstanceSystem) -> Executor:
@@ -43,28 +41,19 @@ class EmbeddedBackend:
         return ex
 
     def run(self, system: InstanceSystem, graphs: list[Graph], start_ns: int = 0) -> IterationResult:
-        key = None
         ex = self.executor(system)
-        uses_pool = False
         if ex.memory is not None:
             ex.memory.t0 = start_ns
             ex.memory.shared_pools = self.shared_pools
-            uses_pool = any(t.kind == "MEMORY_POOL" for t in system.tiers) and any(
-                t in (2, 3) for t in graphs[0].types)
-        has_mem = 2 in graphs[0].types or 3 in graphs[0].types
-        if self.cache is not None and not uses_pool and not has_mem:  # a shared pool's state makes timing history-dependent
-            key = self.cache.key(system, graphs)
-            hit = self.cache.get(key)
-            if hit is not None:
-                r = copy.copy(hit)
-                r.cached = True
-                return r
-        self.runs += 1
-        r = ex.run(graphs)
-        if key is not None:
-            self.cache.put(key, r)
-        return r
+
+        def simulate() -> IterationResult:
+            self.runs += 1
+            return ex.run(graphs)
+
+        # memory traffic is not cached: a shared pool's state makes its timing history-dependent
+        if self.cache is None or MEM_LOAD in graphs[0].types or MEM_STORE in graphs[0].types:
+            return simulate()
+        return self.cache.run(system, graphs, simulate)
 
     def stats(self) -> dict[str, int]:
-        return {"simulated": self.runs, "cache_hits": self.cache.hits if self.cache else 0,
-                "cache_misses": self.cache.misses if self.cache else 0}
+        return backend_stats(self.runs, self.cache)

@@ -86,7 +86,6 @@ class Orchestrator:
         t = st.spec
         bs = self.block_size
         self._seq += 1
-        prog = self.programs[t.program_id]
         if t.input_ids is not None:
             req = Request(t.turn_id, st.release_ns, len(t.input_ids), t.output_tokens,
                           content=TokenContent(ids=t.input_ids), output_content=TokenContent(ids=t.output_ids))
@@ -115,7 +114,6 @@ class Orchestrator:
         req.seq = self._seq
         req.ready_ns = st.release_ns
         st.request = req
-        del prog
         return req
 
     def on_finish(self, req: Request, now: int) -> list[Request]:

@@ -178,19 +178,17 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         blocks = engine.num_gpu_blocks_override
     else:
         blocks = int(free // block_bytes)
-    if blocks <= 0 or free <= 0 and engine.num_gpu_blocks_override is None:
+    if blocks <= 0:  # without an override, free <= 0 gives blocks <= 0 too
         raise ConfigError(
             f"{prefix}: model {model.name} does not fit: {weights / GIB:.1f} GiB of weights per NPU + "
             f"{reserve / GIB:.1f} GiB activation reserve exceed {usable / GIB:.1f} GiB "
             f"({hw.name} {hw.hbm_capacity_gib} GiB x gpu_memory_utilization {engine.gpu_memory_utilization}); "
             f"raise tp/pp or use a larger device")
-    max_len = engine.max_model_len or model.max_position_embeddings
     tiers = []
     for t in cfg.kv.tiers:
         if t.scope == "pool" and t.shared_by and name not in t.shared_by and inst.name not in t.shared_by:
             continue
         tiers.append(t)
-    del max_len
     return ResolvedInstance(name=name, hardware=hw, model=model, engine=engine, tp=inst.tp, pp=inst.pp, dims=dims,
                             node=node, num_gpu_blocks=blocks, kv_block_bytes=block_bytes, weight_bytes_per_npu=weights,
                             activation_reserve_bytes=reserve, tiers=tiers)

@@ -66,23 +66,23 @@ def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: i
     tdir = Path(out) / dtype / f"tp{tp}"
     tdir.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda s: None)
-    tokens = sorted(set(list(range(1, min(16, max_tokens) + 1)) + doubling(16, max_tokens) + [max_tokens]))
+    def grid(dense_until: int, top: int) -> list[int]:
+        """Every point up to dense_until, then doubling, then the top itself."""
+        return sorted(set(list(range(1, min(dense_until, top) + 1)) + doubling(dense_until, top) + [top]))
+
+    def write_1d(name: str, key: str, points: list[int], ops: Callable[[int], dict]) -> None:
+        """One 1-D table (dense by tokens, per_sequence by sequences): layer, <key>, time_us."""
+        with (tdir / f"{name}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["layer", key, "time_us"])
+            for x in points:
+                say(f"{name} {key}={x}")
+                for op, fn in ops(x).items():
+                    w.writerow([op, x, round(measure(fn), 3)])
+
     with torch.inference_mode():
-        with (tdir / "dense.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["layer", "tokens", "time_us"])
-            for t in tokens:
-                say(f"dense tokens={t}")
-                for name, fn in layer.dense_ops(t).items():
-                    w.writerow([name, t, round(measure(fn), 3)])
-        seqs = sorted(set(list(range(1, min(8, max_seqs) + 1)) + doubling(8, max_seqs) + [max_seqs]))
-        with (tdir / "per_sequence.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["layer", "sequences", "time_us"])
-            for s in seqs:
-                say(f"per_sequence sequences={s}")
-                for name, fn in layer.per_sequence_ops(s).items():
-                    w.writerow([name, s, round(measure(fn), 3)])
+        write_1d("dense", "tokens", grid(16, max_tokens), layer.dense_ops)
+        write_1d("per_sequence", "sequences", grid(8, max_seqs), layer.per_sequence_ops)
         chunks = [0] + doubling(16, max_tokens)
         ndec = [0] + doubling(1, max_seqs)
         kvs = [0] + doubling(16, max_kv)
