@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -67,7 +68,8 @@ class ResultCache:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
-        self._store: dict[tuple, IterationResult] = {}
+        # FIFO eviction: OrderedDict pops its head in O(1) (a dict's head pop rescans deleted slots)
+        self._store: OrderedDict[tuple, IterationResult] = OrderedDict()
         self._alive: dict[int, InstanceSystem] = {}
         self.hits = 0
         self.misses = 0
@@ -114,5 +116,5 @@ class ResultCache:
         if self.max_entries <= 0:
             return
         if len(self._store) >= self.max_entries:
-            self._store.pop(next(iter(self._store)))
+            self._store.popitem(last=False)
         self._store[key] = result

@@ -20,7 +20,19 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from chakra_gen.graph import COLL, COMP, EMPTY, MEM_LOAD, MEM_STORE, RECV, SEND, CollectiveType, Graph
+from chakra_gen.graph import (
+    COLL,
+    COMP,
+    EMPTY,
+    MEM_LOAD,
+    MEM_STORE,
+    RECV,
+    SEND,
+    ChainGraph,
+    ChainTemplate,
+    CollectiveType,
+    Graph,
+)
 from frontend.compute.batch import OpCost
 
 ALLREDUCE_AFTER = ("o_proj", "down_proj", "moe")
@@ -158,66 +170,31 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
                                 attrs=g.attrs, mem_shape_hint=g.mem_shape_hint, shared_columns=True))
         return graphs
     if spec.pp == 1 and not spec.loads and not spec.stores:
-        g = _single_stage_fast(spec, mbs[0])
-        graphs = [g]
-        for r in range(1, spec.tp):
-            graphs.append(Graph(rank=r, names=g.names, types=g.types, durations_ns=g.durations_ns, deps=g.deps,
-                                ctrl_deps=g.ctrl_deps, num_ops=g.num_ops, tensor_bytes=g.tensor_bytes,
-                                attrs=g.attrs, chain_hint=True, shared_columns=True, compact_key=g.compact_key))
-        return graphs
+        t = _chain_template(spec, mbs[0])
+        return [ChainGraph(r, t) for r in range(spec.tp)]
     for r in range(spec.num_npus):
         graphs.append(_stage_graph(spec, r, mbs))
     return graphs
 
 
-def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
-    """The common case (no PP, no memory traffic) built column-wise: a chain of nodes."""
-    layer = mb.layer
+def _chain_template(spec: BuildSpec, mb: MicroBatchCost) -> ChainTemplate:
+    """The common case (no PP, no memory traffic): a chain of nodes, held as its layer template."""
     ar = _tp_attrs(spec, 0, mb.num_tokens) if spec.tp > 1 else None
-    if ar is None:
-        t_names = [o.name for o in layer]
-        t_durs = [o.duration_ns for o in layer]
-        t_nops = [o.flops for o in layer]
-        t_bytes = [o.bytes for o in layer]
-        t_types = [COMP] * len(layer)
-        t_attrs: list[dict | None] = [None] * len(layer)
-    else:
-        t_names, t_types, t_durs, t_nops, t_bytes, t_attrs = [], [], [], [], [], []
-        for op in layer:
-            t_names.append(op.name)
-            t_types.append(COMP)
-            t_durs.append(op.duration_ns)
-            t_nops.append(op.flops)
-            t_bytes.append(op.bytes)
-            t_attrs.append(None)
-            if op.name in ALLREDUCE_AFTER:
-                t_names.append(op.name + ".allreduce")
-                t_types.append(COLL)
-                t_durs.append(0)
-                t_nops.append(0)
-                t_bytes.append(0)
-                t_attrs.append(ar)
-    pro, epi = mb.prologue, mb.epilogue
-    n_layers = spec.num_layers
-    edge = pro + epi
-    names = [o.name for o in pro]
-    names.extend(_layer_names(tuple(t_names), n_layers))
-    names.extend([o.name for o in epi])
-    n_pro = len(pro)
-    types = [COMP] * n_pro + t_types * n_layers + [COMP] * len(epi)
-    durs = [o.duration_ns for o in pro] + t_durs * n_layers + [o.duration_ns for o in epi]
-    nops = [o.flops for o in pro] + t_nops * n_layers + [o.flops for o in epi]
-    tbytes = [o.bytes for o in pro] + t_bytes * n_layers + [o.bytes for o in epi]
-    attrs = [None] * n_pro + t_attrs * n_layers + [None] * len(epi)
-    n = len(types)
-    g = Graph(rank=0, names=names, types=types, durations_ns=durs, deps=_chain_deps(n), ctrl_deps=_no_deps(n),
-              num_ops=nops, tensor_bytes=tbytes, attrs=attrs, chain_hint=True, shared_columns=True)
-    g.total_tensor_bytes = n_layers * sum(t_bytes) + sum(o.bytes for o in edge)
+    layer = []
+    for op in mb.layer:
+        layer.append((op.name, COMP, op.duration_ns, op.flops, op.bytes, None))
+        if ar is not None and op.name in ALLREDUCE_AFTER:
+            layer.append((op.name + ".allreduce", COLL, 0, 0, 0, ar))
+    pro = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.prologue]
+    epi = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.epilogue]
     # the chain is fully determined by its template, layer count and per-op values
-    g.compact_key = ("chain", tuple(t_names), n_layers, tuple(t_durs), tuple(t_nops), tuple(t_bytes),
-                     tuple((o.name, o.duration_ns, o.flops, o.bytes) for o in edge), n_pro,
-                     tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in ar.items())) if ar else None)
-    return g
+    key = ("chain", tuple(n[:5] for n in layer), spec.num_layers, tuple(n[:5] for n in pro + epi), len(pro),
+           tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in ar.items())) if ar else None)
+    return ChainTemplate(pro, layer, spec.num_layers, epi, key)
+
+
+def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
+    return ChainGraph(0, _chain_template(spec, mb))
 
 
 def _single_stage_with_memory(spec: BuildSpec, mb: MicroBatchCost) -> Graph:

@@ -86,6 +86,9 @@ class Graph:
     def __len__(self) -> int:
         return len(self.types)
 
+    def has_memory_nodes(self) -> bool:
+        return MEM_LOAD in self.types or MEM_STORE in self.types
+
     def add(
         self,
         name: str,
@@ -205,3 +208,81 @@ class Graph:
                     break
         self.chain_hint = ok
         return ok
+
+
+_COLUMNS = frozenset(("names", "types", "durations_ns", "deps", "ctrl_deps", "num_ops", "tensor_bytes", "attrs"))
+
+
+@dataclass(eq=False)
+class ChainTemplate:
+    """A chain of nodes: prologue, a per-layer template repeated num_layers times, epilogue.
+
+    This is what a pipeline stage without memory traffic executes each
+    iteration. Executing it needs only the template (the chain's time is a sum),
+    so columns are built only when something reads them (a dump, the event loop).
+    Per-node values are (name, type, duration_ns, num_ops, tensor_bytes, attrs);
+    layer nodes are named L<layer>.<name>.
+    """
+
+    prologue: list[tuple[str, int, int, int, int, dict | None]]
+    layer: list[tuple[str, int, int, int, int, dict | None]]
+    num_layers: int
+    epilogue: list[tuple[str, int, int, int, int, dict | None]]
+    key: tuple | None = None  # determines the chain entirely (for result caches)
+    _columns: dict | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.prologue) + self.num_layers * len(self.layer) + len(self.epilogue)
+
+    def node_types(self) -> set[int]:
+        return {n[1] for n in self.prologue} | {n[1] for n in self.layer} | {n[1] for n in self.epilogue}
+
+    def total_tensor_bytes(self) -> int:
+        return self.num_layers * sum(n[4] for n in self.layer) + sum(n[4] for n in self.prologue + self.epilogue)
+
+    def columns(self) -> dict[str, list]:
+        """The graph's columns (built once, shared by every rank holding this chain: read-only)."""
+        if self._columns is None:
+            edge_pro, lay, edge_epi, nl = self.prologue, self.layer, self.epilogue, self.num_layers
+            cols: dict[str, list] = {}
+            for k, name in enumerate(("names", "types", "durations_ns", "num_ops", "tensor_bytes", "attrs")):
+                if k == 0:
+                    col = [n[0] for n in edge_pro]
+                    col.extend(f"L{li}.{n[0]}" for li in range(nl) for n in lay)
+                    col.extend(n[0] for n in edge_epi)
+                else:
+                    col = [n[k] for n in edge_pro] + [n[k] for n in lay] * nl + [n[k] for n in edge_epi]
+                cols[name] = col
+            n = len(cols["types"])
+            cols["deps"] = [EMPTY] + [(i - 1,) for i in range(1, n)] if n else []
+            cols["ctrl_deps"] = [EMPTY] * n
+            self._columns = cols
+        return self._columns
+
+
+class ChainGraph(Graph):
+    """A Graph stored as its ChainTemplate; the columns appear on first access."""
+
+    def __init__(self, rank: int, template: ChainTemplate) -> None:  # no dataclass init: columns stay unset
+        self.rank = rank
+        self.template = template
+        self._digest = None
+        self.chain_hint = True
+        self.mem_shape_hint = None
+        self.compact_key = template.key
+        self.total_tensor_bytes = template.total_tensor_bytes()
+        self.shared_columns = True
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _COLUMNS:
+            cols = self.template.columns()
+            for k, v in cols.items():
+                setattr(self, k, v)
+            return cols[name]
+        raise AttributeError(name)
+
+    def __len__(self) -> int:
+        return len(self.template)
+
+    def has_memory_nodes(self) -> bool:
+        return bool(self.template.node_types() & {MEM_LOAD, MEM_STORE})

@@ -111,11 +111,7 @@ class RetentionPolicy:
             self.timer(deadline, lambda p=pin: self._expire(p))
 
     def _release(self, pin: Pin) -> None:
-        pool = pin.inst.pool
-        for b in reversed(pin.blocks):
-            pool.ref[b] -= 1
-            if pool.ref[b] == 0:
-                pool.free_queue[b] = None
+        pin.inst.pool.release(pin.blocks)
         self.pins.pop(pin.req.program_id, None)
         pin.inst.pins.pop(pin.req.program_id, None)
 
@@ -257,7 +253,7 @@ class RetentionPolicy:
                 b = pool._pop_free()
                 pool.block_hash[b] = h
                 pool.cached[h] = b
-                pool.free_queue[b] = None  # cached, unreferenced, at the tail: evicted last
+                pool.free_queue.append(b)  # cached, unreferenced, at the tail: evicted last
             tm._moves[(tm.tiers[0].name, "load", "prefetch")] += len(missing)
             tm.tiers[0].stats.loaded_blocks += len(missing)
             tm.tiers[0].stats.loaded_bytes += len(missing) * tm.block_bytes

@@ -103,3 +103,36 @@ def test_builder_layerwise_loads_gate_attention():
     attn = [i for i, n in enumerate(g.names) if n.endswith("attention")]
     for li, a in enumerate(attn):
         assert loads[li] in g.deps[a]
+
+
+def test_chain_graph_columns_and_fast_time_match_the_explicit_graph():
+    """Builder chains are held as templates; their columns and their closed-form time equal those of
+    the same chain written node by node and run through the general event loop."""
+    from astra_bridge.embedded.executor import Executor, NetworkContext
+    from astra_bridge.embedded.network import Dimension
+    from chakra_gen.graph import ChainGraph
+
+    mb = MicroBatchCost(_ops(["embedding"]), [OpCost(n, 0 if n == "act_fn" else 100 + i, 10, 10)
+                                              for i, n in enumerate(LAYER)], _ops(["lm_head"]), 12)
+    for tp in (1, 4):
+        gs = build_graphs(BuildSpec(num_layers=5, tp=tp, hidden_size=1024, act_dtype_bytes=2), [mb])
+        assert all(isinstance(g, ChainGraph) for g in gs) and len(gs) == tp
+        explicit = []
+        for g in gs:
+            e = Graph(rank=g.rank)
+            for i in range(len(g)):  # node by node, through the public column accessors
+                e.add(g.names[i], g.types[i], duration_ns=g.durations_ns[i], deps=g.deps[i], num_ops=g.num_ops[i],
+                      tensor_bytes=g.tensor_bytes[i], attrs=g.attrs[i])
+            explicit.append(e)
+        assert len(gs[0]) == len(explicit[0]) == 1 + 5 * (9 + (2 if tp > 1 else 0)) + 1
+        assert gs[0].names[1] == "L0.layernorm" and gs[0].names[-2].startswith("L4.down_proj")
+        assert gs[0].tensor_bytes_total() == sum(explicit[0].tensor_bytes)
+        dims = (Dimension("Switch", tp, 100.0, 500.0),) if tp > 1 else ()
+        ex = Executor(NetworkContext(dims))
+        fresh = build_graphs(BuildSpec(num_layers=5, tp=tp, hidden_size=1024, act_dtype_bytes=2), [mb])
+        assert ex._can_fast_template(fresh)  # the closed form on the template, columns never built
+        fast = ex.run(fresh)
+        assert "types" not in vars(fresh[0])
+        slow = ex.run(explicit, force_event_loop=True)
+        assert fast.duration_ns == slow.duration_ns and fast.comm_ns == slow.comm_ns
+        assert fast.compute_ns == slow.compute_ns and fast.comm_bytes == slow.comm_bytes

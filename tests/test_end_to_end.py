@@ -42,8 +42,9 @@ def test_outputs_and_columns(tmp_path: Path):
 def test_deterministic(tmp_path: Path):
     a = _run(tmp_path, small_run_dict(), "a")
     b = _run(tmp_path, small_run_dict(), "b")
-    for f in ("requests.csv", "iterations.csv"):
+    for f in ("requests.csv", "iterations.csv", "summary.json"):
         assert (a / f).read_bytes() == (b / f).read_bytes()
+    assert json.loads((a / "run_info.json").read_text())["wall_s"] >= 0
     c = _run(tmp_path, small_run_dict(seed=2), "c")
     assert (a / "requests.csv").read_bytes() != (c / "requests.csv").read_bytes()
 

@@ -126,3 +126,41 @@ def test_lru_eviction_order():
     assert set(evicted) == set(reqs[0].block_ids or evicted) and len(evicted) == 2
     assert pool.find_cached_prefix(_req(5, 40, 1, list(range(100, 132)) + [1] * 8)) != []
     assert pool.find_cached_prefix(_req(6, 40, 1, list(range(0, 32)) + [1] * 8)) == []
+
+
+def test_free_queue_matches_a_linked_list_under_random_operations():
+    """FreeQueue (lazy deletion) keeps exactly the order an OrderedDict-based LRU list would."""
+    from collections import OrderedDict
+
+    from frontend.instance.kv import FreeQueue
+
+    n = 300
+    rng = random.Random(5)
+    fq = FreeQueue(n)
+    ref: OrderedDict[int, None] = OrderedDict((i, None) for i in range(n))
+    held: set[int] = set()
+    for step in range(20000):
+        op = rng.random()
+        if op < 0.3 and ref:
+            b = fq.popleft()
+            assert b == ref.popitem(last=False)[0]
+            held.add(b)
+        elif op < 0.55 and held:
+            blocks = rng.sample(sorted(held), min(len(held), rng.randint(1, 40)))
+            fq.extend(blocks)
+            ref.update(dict.fromkeys(blocks))
+            held.difference_update(blocks)
+        elif op < 0.85 and ref:
+            blocks = rng.sample(list(ref), min(len(ref), rng.randint(1, 40)))
+            fq.discard_many(blocks)
+            for b in blocks:
+                del ref[b]
+            held.update(blocks)
+        elif ref:
+            b = rng.choice(list(ref))
+            fq.move_to_front(b)
+            ref.move_to_end(b, last=False)
+        if step % 997 == 0:
+            assert list(fq) == list(ref) and len(fq) == len(ref)
+            assert all((b in fq) == (b in ref) for b in range(n))
+    assert list(fq) == list(ref)

@@ -6,7 +6,7 @@ from astra_bridge.backend import InstanceSystem, ResultCache, backend_stats
 from astra_bridge.embedded.executor import Executor, NetworkContext
 from astra_bridge.embedded.memory import MemorySystem
 from astra_bridge.result import IterationResult
-from chakra_gen.graph import MEM_LOAD, MEM_STORE, Graph
+from chakra_gen.graph import Graph
 
 
 def make_executor(system: InstanceSystem) -> Executor:
@@ -51,7 +51,7 @@ class EmbeddedBackend:
             return ex.run(graphs)
 
         # memory traffic is not cached: a shared pool's state makes its timing history-dependent
-        if self.cache is None or MEM_LOAD in graphs[0].types or MEM_STORE in graphs[0].types:
+        if self.cache is None or graphs[0].has_memory_nodes():
             return simulate()
         return self.cache.run(system, graphs, simulate)
 

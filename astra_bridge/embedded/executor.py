@@ -25,7 +25,7 @@ from itertools import accumulate, compress
 from astra_bridge.embedded.memory import MemorySystem
 from astra_bridge.embedded.network import Dimension, SystemKnobs, collective_time_ns, p2p_time_ns
 from astra_bridge.result import IterationResult
-from chakra_gen.graph import COLL, COMP, MEM_LOAD, MEM_STORE, RECV, SEND, Graph
+from chakra_gen.graph import COLL, COMP, MEM_LOAD, MEM_STORE, RECV, SEND, ChainGraph, ChainTemplate, Graph
 
 _COMM_TYPES = (COLL, SEND, MEM_LOAD, MEM_STORE)
 
@@ -93,6 +93,30 @@ class Executor:
         self.memory = memory
 
     # ---------------- fast path ----------------
+    def _template_time(self, t: ChainTemplate) -> IterationResult:
+        """_chain_time of a compute/collective chain, summed per template node times its repeat count."""
+        comp = comm = comm_bytes = 0
+        coll_ns: dict[int, int] = {}  # a template's collectives usually share one attribute dict
+        for nodes, reps in ((t.prologue, 1), (t.layer, t.num_layers), (t.epilogue, 1)):
+            c = 0
+            for name, typ, dur, _, _, a in nodes:
+                if typ == COMP:
+                    c += dur or 1  # COMP nodes of 0 ns take 1 ns (as in ASTRA-sim)
+                elif dur:
+                    raise ValueError(f"node {name}: only compute nodes may carry a duration")
+                elif typ == COLL:
+                    ct = coll_ns.get(id(a))
+                    if ct is None:
+                        ct = coll_ns[id(a)] = self.network.coll_time(a)
+                    comm += reps * ct
+                    comm_bytes += reps * int(a["comm_size"])
+                else:
+                    raise ValueError(f"node {name}: chain templates hold compute and collective nodes only")
+            comp += reps * c
+        return IterationResult(duration_ns=comp + comm, per_rank_finish_ns=[], compute_ns=comp, comm_ns=comm,
+                               mem_ns=0, exposed_comm_ns=comm, exposed_mem_ns=0, comm_bytes=comm_bytes,
+                               mem_bytes_by_tier={})
+
     def _chain_time(self, g: Graph) -> IterationResult:
         types = g.types
         durs = g.durations_ns
@@ -276,6 +300,21 @@ class Executor:
                                exposed_mem_ns=stall + max(0, mem_end - now), comm_bytes=comm_bytes,
                                mem_bytes_by_tier=dict(mem_bytes))
 
+    def _can_fast_template(self, graphs: list[Graph]) -> bool:
+        """All ranks hold the same chain template of compute and collective nodes whose collectives span
+        every rank (or one rank alone): then every rank finishes at the template's time."""
+        t = graphs[0].template  # type: ignore[attr-defined]
+        if any(getattr(g, "template", None) is not t for g in graphs):
+            return False
+        if not t.node_types() <= {COMP, COLL}:
+            return False
+        if len(graphs) > 1:
+            for _, typ, _, _, _, a in t.layer + t.prologue + t.epilogue:
+                pg = a.get("pg_name", "") if (typ == COLL and a) else ""
+                if pg and len(self.network.group(pg, len(graphs))) != len(graphs):
+                    return False
+        return True
+
     def _can_fast(self, graphs: list[Graph]) -> bool:
         g0 = graphs[0]
         if not g0.is_chain():
@@ -307,6 +346,10 @@ class Executor:
             raise ValueError("no graphs to execute")
         if self.memory is not None:
             self.memory.reset()
+        if not force_event_loop and isinstance(graphs[0], ChainGraph) and self._can_fast_template(graphs):
+            r = self._template_time(graphs[0].template)
+            r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
+            return r
         if not force_event_loop and self._can_fast(graphs):
             r = self._chain_time(graphs[0])
             r.per_rank_finish_ns = [r.duration_ns] * len(graphs)

@@ -47,6 +47,9 @@ class ProgramSpec:
             raise WorkloadError(f"program {self.program_id}: duplicate turn ids")
         seen: set[str] = set()
         for t in self.turns:  # turns are listed in a topological order
+            if t.output_tokens < 1 or t.new_tokens < 0:
+                raise WorkloadError(f"program {self.program_id}: turn {t.turn_id} needs output_tokens >= 1 and "
+                                    f"new_tokens >= 0 (got {t.output_tokens}, {t.new_tokens})")
             for e in t.parents:
                 if e.parent not in seen:
                     raise WorkloadError(f"program {self.program_id}: turn {t.turn_id} depends on {e.parent}, "

@@ -91,8 +91,7 @@ class InstanceRuntime:
     def _apply_evict_first(self) -> None:
         fq = self.pool.free_queue
         for b in reversed(self.evict_first):
-            if b in fq:
-                fq.move_to_end(b, last=False)
+            fq.move_to_front(b)
         self.evict_first.clear()
 
     def estimate_prefill_ns(self, tokens: int) -> int:

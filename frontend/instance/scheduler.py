@@ -44,6 +44,8 @@ class Scheduler:
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
+        if req.output_tokens < 1:
+            return "a request must generate at least one token"
         total = req.input_tokens + req.output_tokens
         if total > self.max_model_len:
             return f"prompt+output {total} tokens exceed max_model_len {self.max_model_len}"
@@ -220,17 +222,19 @@ class Scheduler:
         for req, n in zip(plan.requests, plan.num_new_tokens, strict=True):
             if req.status != "running":
                 continue  # preempted later in the same step cannot happen, kept for safety
-            req.num_computed_tokens += n
-            if req.num_computed_tokens >= req.input_tokens + req.num_output_done:
-                req.num_output_done += 1
+            c = req.num_computed_tokens + n
+            req.num_computed_tokens = c
+            if req.hashes and c // bs > req.num_hashed_blocks:
+                pool.cache_full_blocks(req, c)
+            if c >= req.input_tokens + req.num_output_done:
+                d = req.num_output_done + 1
+                req.num_output_done = d
                 if req.first_token_ns < 0:
                     req.first_token_ns = end_ns
-            if req.hashes and req.num_computed_tokens // bs > req.num_hashed_blocks:
-                pool.cache_full_blocks(req, req.num_computed_tokens)
-            if req.num_output_done >= req.output_tokens:
-                req.status = "finished"
-                req.finish_ns = end_ns
-                finished.append(req)
+                if d >= req.output_tokens:  # output_tokens >= 1: only a step that emits can finish
+                    req.status = "finished"
+                    req.finish_ns = end_ns
+                    finished.append(req)
         if finished:
             done = set(map(id, finished))
             self.running = [r for r in self.running if id(r) not in done]

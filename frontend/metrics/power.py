@@ -54,18 +54,23 @@ class InstancePower:
         """Account one iteration (and the idle gap before it); return its energy in joules."""
         hw = self.hw
         n = self.npus
-        e = EnergyBreakdown()
-        gap = max(0, start_ns - self.last_end_ns)
-        e.idle_j = n * hw.idle_w * gap * 1e-9
+        pw = hw.power
+        idle = n * hw.idle_w * max(0, start_ns - self.last_end_ns) * 1e-9
         busy = min(compute_ns, duration_ns)
-        e.compute_j = n * hw.compute_w * busy * 1e-9
-        e.standby_j = n * hw.standby_w * (duration_ns - busy) * 1e-9
-        e.hbm_j = n * hbm_bytes_per_npu * 8 * hw.power.dram_pj_per_bit * 1e-12
-        e.link_j = comm_bytes * 8 * hw.power.link_pj_per_bit * 1e-12
-        e.host_j = host_bytes * 8 * hw.power.host_dram_pj_per_bit * 1e-12
+        comp = n * hw.compute_w * busy * 1e-9
+        standby = n * hw.standby_w * (duration_ns - busy) * 1e-9
+        hbm = n * hbm_bytes_per_npu * 8 * pw.dram_pj_per_bit * 1e-12
+        link = comm_bytes * 8 * pw.link_pj_per_bit * 1e-12
+        host = host_bytes * 8 * pw.host_dram_pj_per_bit * 1e-12
         self.last_end_ns = start_ns + duration_ns
-        self.energy.add(e)
-        return e.total_j - e.idle_j
+        e = self.energy  # plain floats, no per-iteration breakdown object: this runs every iteration
+        e.compute_j += comp
+        e.standby_j += standby
+        e.idle_j += idle
+        e.hbm_j += hbm
+        e.link_j += link
+        e.host_j += host
+        return comp + standby + idle + hbm + link + host - idle  # same summation order as total_j
 
     def finish(self, end_ns: int) -> None:
         gap = max(0, end_ns - self.last_end_ns)
