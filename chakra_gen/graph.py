@@ -230,15 +230,22 @@ class ChainTemplate:
     epilogue: list[tuple[str, int, int, int, int, dict | None]]
     key: tuple | None = None  # determines the chain entirely (for result caches)
     _columns: dict | None = field(default=None, repr=False)
+    _types: frozenset[int] | None = field(default=None, repr=False)
+    _bytes: int | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.prologue) + self.num_layers * len(self.layer) + len(self.epilogue)
 
-    def node_types(self) -> set[int]:
-        return {n[1] for n in self.prologue} | {n[1] for n in self.layer} | {n[1] for n in self.epilogue}
+    def node_types(self) -> frozenset[int]:
+        if self._types is None:
+            self._types = frozenset(n[1] for n in self.prologue + self.layer + self.epilogue)
+        return self._types
 
     def total_tensor_bytes(self) -> int:
-        return self.num_layers * sum(n[4] for n in self.layer) + sum(n[4] for n in self.prologue + self.epilogue)
+        if self._bytes is None:
+            self._bytes = self.num_layers * sum(n[4] for n in self.layer) + \
+                sum(n[4] for n in self.prologue + self.epilogue)
+        return self._bytes
 
     def columns(self) -> dict[str, list]:
         """The graph's columns (built once, shared by every rank holding this chain: read-only)."""

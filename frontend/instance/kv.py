@@ -42,7 +42,7 @@ class FreeQueue:
     the linked list.
     """
 
-    __slots__ = ("_dq", "_pos", "_head", "_tail", "_n")
+    __slots__ = ("_dq", "_pos", "_head", "_tail", "_n", "_max_len")
 
     def __init__(self, num_blocks: int) -> None:
         self._dq: deque[int] = deque(range(num_blocks))
@@ -50,6 +50,7 @@ class FreeQueue:
         self._head = _START  # position of _dq[0]
         self._tail = _START + num_blocks  # position the next appended entry gets
         self._n = num_blocks
+        self._max_len = 4 * num_blocks + 4096  # stale entries are dropped when the deque grows past this
 
     def __len__(self) -> int:
         return self._n
@@ -89,7 +90,7 @@ class FreeQueue:
             pos[b] = _OUT
             n += 1
         self._n -= n
-        if len(self._dq) > 2 * self._n + 4096:
+        if len(self._dq) > self._max_len:
             self._compact()
 
     def popleft(self) -> int:
@@ -111,7 +112,8 @@ class FreeQueue:
             self._pos[b] = self._head
 
     def _compact(self) -> None:
-        live = list(self)
+        pos = self._pos
+        live = [b for i, b in enumerate(self._dq, self._head) if pos[b] == i]
         self._dq = deque(live)
         self._head = _START
         self._tail = _START + len(live)
