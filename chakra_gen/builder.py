@@ -181,16 +181,22 @@ def _chain_template(spec: BuildSpec, mb: MicroBatchCost) -> ChainTemplate:
     """The common case (no PP, no memory traffic): a chain of nodes, held as its layer template."""
     ar = _tp_attrs(spec, 0, mb.num_tokens) if spec.tp > 1 else None
     layer = []
+    layer_bytes = 0
     for op in mb.layer:
         layer.append((op.name, COMP, op.duration_ns, op.flops, op.bytes, None))
+        layer_bytes += op.bytes
         if ar is not None and op.name in ALLREDUCE_AFTER:
             layer.append((op.name + ".allreduce", COLL, 0, 0, 0, ar))
     pro = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.prologue]
     epi = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.epilogue]
-    # the chain is fully determined by its template, layer count and per-op values
-    key = ("chain", tuple(n[:5] for n in layer), spec.num_layers, tuple(n[:5] for n in pro + epi), len(pro),
-           tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in ar.items())) if ar else None)
-    return ChainTemplate(pro, layer, spec.num_layers, epi, key)
+    t = ChainTemplate(pro, layer, spec.num_layers, epi)
+    t._types = _COMP_COLL if ar is not None and len(layer) > len(mb.layer) else _COMP_ONLY
+    t._bytes = spec.num_layers * layer_bytes + sum(n[4] for n in pro) + sum(n[4] for n in epi)
+    return t
+
+
+_COMP_ONLY = frozenset((COMP,))
+_COMP_COLL = frozenset((COMP, COLL))
 
 
 def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:

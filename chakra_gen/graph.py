@@ -228,13 +228,25 @@ class ChainTemplate:
     layer: list[tuple[str, int, int, int, int, dict | None]]
     num_layers: int
     epilogue: list[tuple[str, int, int, int, int, dict | None]]
-    key: tuple | None = None  # determines the chain entirely (for result caches)
     _columns: dict | None = field(default=None, repr=False)
     _types: frozenset[int] | None = field(default=None, repr=False)
     _bytes: int | None = field(default=None, repr=False)
+    _key: tuple | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.prologue) + self.num_layers * len(self.layer) + len(self.epilogue)
+
+    def key(self) -> tuple:
+        """A tuple that determines the chain entirely (for result caches; one object for all ranks)."""
+        if self._key is not None:
+            return self._key
+
+        def attrs(a: dict | None) -> tuple | None:
+            return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in a.items())) if a else None
+
+        self._key = ("chain", tuple(n[:5] + (attrs(n[5]),) for n in self.layer), self.num_layers,
+                     tuple(n[:5] + (attrs(n[5]),) for n in self.prologue + self.epilogue), len(self.prologue))
+        return self._key
 
     def node_types(self) -> frozenset[int]:
         if self._types is None:
@@ -270,15 +282,28 @@ class ChainTemplate:
 class ChainGraph(Graph):
     """A Graph stored as its ChainTemplate; the columns appear on first access."""
 
+    template: ChainTemplate | None
+
     def __init__(self, rank: int, template: ChainTemplate) -> None:  # no dataclass init: columns stay unset
         self.rank = rank
         self.template = template
         self._digest = None
         self.chain_hint = True
         self.mem_shape_hint = None
-        self.compact_key = template.key
+        self._key_valid = True
         self.total_tensor_bytes = template.total_tensor_bytes()
         self.shared_columns = True
+
+    @property  # type: ignore[override]
+    def compact_key(self) -> tuple | None:
+        """Built only when a result cache asks; None once the graph was edited."""
+        return self.template.key() if self._key_valid and self.template is not None else None
+
+    @compact_key.setter
+    def compact_key(self, value: tuple | None) -> None:
+        if value is not None:
+            raise ValueError("a chain graph's key comes from its template")
+        self._key_valid = False
 
     def __getattr__(self, name: str) -> Any:
         if name in _COLUMNS:
@@ -288,8 +313,16 @@ class ChainGraph(Graph):
             return cols[name]
         raise AttributeError(name)
 
+    def _unshare(self) -> None:
+        """Editing a chain graph turns it into a plain one: the template no longer describes it."""
+        super()._unshare()
+        self.template = None
+        self.total_tensor_bytes = None
+
     def __len__(self) -> int:
-        return len(self.template)
+        return len(self.template) if self.template is not None else len(self.types)
 
     def has_memory_nodes(self) -> bool:
+        if self.template is None:
+            return super().has_memory_nodes()
         return bool(self.template.node_types() & {MEM_LOAD, MEM_STORE})

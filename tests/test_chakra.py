@@ -136,3 +136,32 @@ def test_chain_graph_columns_and_fast_time_match_the_explicit_graph():
         slow = ex.run(explicit, force_event_loop=True)
         assert fast.duration_ns == slow.duration_ns and fast.comm_ns == slow.comm_ns
         assert fast.compute_ns == slow.compute_ns and fast.comm_bytes == slow.comm_bytes
+
+
+def test_chain_graph_cache_key_shared_by_ranks_and_distinguishes_values():
+    mb = MicroBatchCost(_ops(["embedding"]), _ops(LAYER), _ops(["lm_head"]), 12)
+    spec = BuildSpec(num_layers=3, tp=2, hidden_size=1024, act_dtype_bytes=2)
+    gs = build_graphs(spec, [mb])
+    assert gs[0].compact_key is gs[1].compact_key
+    assert build_graphs(spec, [mb])[0].compact_key == gs[0].compact_key
+    other = MicroBatchCost(_ops(["embedding"]), _ops(LAYER, d=6), _ops(["lm_head"]), 12)
+    assert build_graphs(spec, [other])[0].compact_key != gs[0].compact_key
+    bigger = MicroBatchCost(_ops(["embedding"]), _ops(LAYER), _ops(["lm_head"]), 13)  # all-reduce size differs
+    assert build_graphs(spec, [bigger])[0].compact_key != gs[0].compact_key
+
+
+def test_editing_a_chain_graph_makes_it_a_plain_graph():
+    from astra_bridge.embedded.executor import Executor, NetworkContext
+
+    mb = MicroBatchCost(_ops(["embedding"]), _ops(LAYER), _ops(["lm_head"]), 12)
+    g, twin = build_graphs(BuildSpec(num_layers=2, tp=2, hidden_size=64, act_dtype_bytes=2), [mb])
+    n = len(g)
+    before = Executor(NetworkContext(())).run([build_graphs(BuildSpec(num_layers=2), [mb])[0]]).duration_ns
+    solo = build_graphs(BuildSpec(num_layers=2), [mb])[0]
+    m = len(solo)
+    solo.add("extra", COMP, duration_ns=500, deps=(m - 1,))
+    assert len(solo) == m + 1 and solo.template is None and solo.compact_key is None
+    assert solo.tensor_bytes_total() == sum(solo.tensor_bytes)
+    assert Executor(NetworkContext(())).run([solo]).duration_ns == before + 500
+    g.add("extra", COMP, duration_ns=500, deps=(n - 1,))
+    assert len(twin) == n and len(twin.types) == n  # the rank sharing the template is untouched

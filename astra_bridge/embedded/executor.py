@@ -304,6 +304,8 @@ class Executor:
         """All ranks hold the same chain template of compute and collective nodes whose collectives span
         every rank (or one rank alone): then every rank finishes at the template's time."""
         t = graphs[0].template  # type: ignore[attr-defined]
+        if t is None:
+            return False
         if any(getattr(g, "template", None) is not t for g in graphs):
             return False
         if not t.node_types() <= {COMP, COLL}:

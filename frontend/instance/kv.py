@@ -200,14 +200,28 @@ class BlockPool:
     def touch(self, blocks: list[int]) -> None:
         """Take a reference on each of `blocks` (distinct ids); free ones leave the free queue."""
         refs = self.ref
-        taken = []
+        fq = self.free_queue
+        pos = fq._pos  # the queue's removal inlined: this loop runs over every hit block of every turn
+        taken = 0
         for b in blocks:
             r = refs[b]
             if not r:
-                taken.append(b)
+                pos[b] = _OUT
+                taken += 1
             refs[b] = r + 1
         if taken:
-            self.free_queue.discard_many(taken)
+            fq._n -= taken
+            if len(fq._dq) > fq._max_len:
+                fq._compact()
+
+    def count_free(self, blocks: list[int]) -> int:
+        """How many of `blocks` sit unreferenced in the free queue (hits that would otherwise be evictable)."""
+        refs = self.ref
+        n = 0
+        for b in blocks:
+            if not refs[b]:
+                n += 1
+        return n
 
     def blocks_needed(self, req: Request, num_new_tokens: int, num_hit_blocks: int = 0,
                       computed: int | None = None) -> int:
@@ -221,28 +235,26 @@ class BlockPool:
         return max(0, need - len(req.block_ids) - num_hit_blocks)
 
     def can_allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None,
-                     computed: int | None = None) -> bool:
+                     computed: int | None = None, free_hits: int | None = None) -> bool:
+        """`free_hits` = count_free(hit_blocks) when the caller has it already."""
         hb = hit_blocks or []
         need = self.blocks_needed(req, num_new_tokens, len(hb), computed)
         if need > self.num_free:
             return False
         if not hb:
             return True
-        refs = self.ref
-        free_hits = 0  # hit blocks sitting in the free queue
-        for b in hb:
-            if not refs[b]:
-                free_hits += 1
+        if free_hits is None:
+            free_hits = self.count_free(hb)
         return need <= self.num_free - free_hits
 
     def allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None,
-                 computed: int | None = None) -> bool:
+                 computed: int | None = None, free_hits: int | None = None) -> bool:
         """Give req room for num_new_tokens more tokens (after any prefix hits). False if no room."""
         done = req.num_computed_tokens if computed is None else computed
         if not hit_blocks and done + num_new_tokens <= len(req.block_ids) * self.block_size:
             return True  # fits in the blocks it holds (most decode steps)
         hb = hit_blocks or []
-        if not self.can_allocate(req, num_new_tokens, hb, done):
+        if not self.can_allocate(req, num_new_tokens, hb, done, free_hits):
             return False
         if hb:
             self.touch(hb)
@@ -284,16 +296,23 @@ class BlockPool:
         """Drop one reference on each of `blocks` (distinct ids); unreferenced ones join the free
         queue tail first, so a request's tail is evicted before its head."""
         refs = self.ref
+        fq = self.free_queue
+        pos = fq._pos  # the queue's append inlined: this loop runs over every block of every finished turn
+        t = fq._tail
         released = []
         for b in reversed(blocks):
             r = refs[b] - 1
             refs[b] = r
             if not r:
                 released.append(b)
+                pos[b] = t
+                t += 1
             elif r < 0:
                 raise AssertionError(f"block {b} freed twice")
         if released:
-            self.free_queue.extend(released)
+            fq._tail = t
+            fq._dq.extend(released)
+            fq._n += len(released)
 
     def check_invariants(self, live: list[Request]) -> None:
         """Every block is either referenced by exactly ref live requests or free (tests)."""
