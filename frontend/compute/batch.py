@@ -12,10 +12,13 @@ class BatchShape:
     q: list[int] = field(default_factory=list)
     ctx: list[int] = field(default_factory=list)
     num_sampled: int = 0
+    _tokens: int = field(default=-1, repr=False, compare=False)  # sum(q), once: every op model asks for it
 
     @property
     def num_tokens(self) -> int:
-        return sum(self.q)
+        if self._tokens < 0:
+            self._tokens = sum(self.q)
+        return self._tokens
 
     @property
     def num_seqs(self) -> int:
@@ -31,7 +34,7 @@ class BatchShape:
         share = self.num_sampled / max(1, self.num_seqs)
         for i in order:
             k = loads.index(min(loads))
-            bins[k].q.append(self.q[i])
+            bins[k].q.append(self.q[i])  # (num_tokens is first read after the bins are filled)
             bins[k].ctx.append(self.ctx[i])
             loads[k] += self.q[i]
         for b in bins:

@@ -241,8 +241,8 @@ class BlockPool:
         need = self.blocks_needed(req, num_new_tokens, len(hb), computed)
         if need > self.num_free:
             return False
-        if not hb:
-            return True
+        if not hb or need <= self.num_free - len(hb):
+            return True  # fits even if every hit block sat in the free queue: no need to count them
         if free_hits is None:
             free_hits = self.count_free(hb)
         return need <= self.num_free - free_hits

@@ -159,7 +159,9 @@ class Scheduler:
                 # lower-tier hits and this step's tokens need fresh blocks alike, so the full-prompt
                 # gate does not depend on where the rest comes from
                 rest = req.num_tokens - in_hbm
-                free_hits = pool.count_free(hits) if hits else 0
+                free_hits = None  # counted at most once, and only when the pool is tight
+                if hits and pool.num_free - len(hits) < pool.blocks_needed(req, rest, len(hits), in_hbm):
+                    free_hits = pool.count_free(hits)
                 if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, rest, hits, in_hbm, free_hits):
                     if not running and self.on_pressure is not None and self.on_pressure(
                             pool.blocks_needed(req, rest, len(hits), in_hbm)):
