@@ -32,6 +32,8 @@ from chakra_gen.graph import (
     ChainTemplate,
     CollectiveType,
     Graph,
+    MemChainGraph,
+    MemChainTemplate,
 )
 from frontend.compute.batch import OpCost
 
@@ -162,13 +164,13 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
         raise ValueError("micro-batching is only used with pipeline parallelism")
     graphs = []
     if spec.pp == 1 and (spec.loads or spec.stores):
-        g = _single_stage_with_memory(spec, mbs[0])
-        graphs = [g]
-        for r in range(1, spec.tp):
-            graphs.append(Graph(rank=r, names=g.names, types=g.types, durations_ns=g.durations_ns, deps=g.deps,
-                                ctrl_deps=g.ctrl_deps, num_ops=g.num_ops, tensor_bytes=g.tensor_bytes,
-                                attrs=g.attrs, mem_shape_hint=g.mem_shape_hint, shared_columns=True))
-        return graphs
+        chain = _chain_template(spec, mbs[0])
+        names = [n[0] for n in chain.layer]
+        mt = MemChainTemplate(chain, tuple((t.tier, t.bytes_per_layer) for t in spec.loads),
+                              tuple((t.tier, t.bytes_per_layer) for t in spec.stores),
+                              names.index("attention") if "attention" in names else None,
+                              lambda: _single_stage_with_memory(spec, mbs[0], chain))
+        return [MemChainGraph(r, mt) for r in range(spec.tp)]
     if spec.pp == 1 and not spec.loads and not spec.stores:
         t = _chain_template(spec, mbs[0])
         return [ChainGraph(r, t) for r in range(spec.tp)]
@@ -203,13 +205,13 @@ def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
     return ChainGraph(0, _chain_template(spec, mb))
 
 
-def _single_stage_with_memory(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
+def _single_stage_with_memory(spec: BuildSpec, mb: MicroBatchCost, chain: ChainTemplate | None = None) -> Graph:
     """Column-wise: layer-wise KV loads (chained), stores (chained), then the compute chain.
 
     Loads come first in id order so they win the NPU's memory/communication
     resource over stores, and each layer's attention waits for its layer's loads.
     """
-    base = _single_stage_fast(spec, mb)
+    base = ChainGraph(0, chain or _chain_template(spec, mb))
     n_layers = spec.num_layers
     per_layer_loads = len(spec.loads)
     mem_names, mem_types, mem_bytes, mem_attrs, deps = _mem_columns(
@@ -258,11 +260,6 @@ def _mem_columns(n_layers: int, loads: tuple, stores: tuple) -> tuple:
     n_loads = n_layers * len(loads)
     deps = [EMPTY if (i == 0 or i == n_loads) else (i - 1,) for i in range(len(types))]
     return names, types, nbytes, attrs, deps
-
-
-@lru_cache(maxsize=64)
-def _layer_names(template: tuple[str, ...], n_layers: int) -> tuple[str, ...]:
-    return tuple(f"L{li}.{nm}" for li in range(n_layers) for nm in template)
 
 
 @lru_cache(maxsize=64)

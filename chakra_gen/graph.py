@@ -9,8 +9,10 @@ nanoseconds; the `.et` writer rounds them to Chakra's microseconds.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any
 
 
@@ -210,6 +212,11 @@ class Graph:
         return ok
 
 
+@lru_cache(maxsize=256)
+def _layer_names(template: tuple[str, ...], n_layers: int) -> tuple[str, ...]:
+    return tuple(f"L{li}.{nm}" for li in range(n_layers) for nm in template)
+
+
 _COLUMNS = frozenset(("names", "types", "durations_ns", "deps", "ctrl_deps", "num_ops", "tensor_bytes", "attrs"))
 
 
@@ -267,7 +274,7 @@ class ChainTemplate:
             for k, name in enumerate(("names", "types", "durations_ns", "num_ops", "tensor_bytes", "attrs")):
                 if k == 0:
                     col = [n[0] for n in edge_pro]
-                    col.extend(f"L{li}.{n[0]}" for li in range(nl) for n in lay)
+                    col.extend(_layer_names(tuple(n[0] for n in lay), nl))
                     col.extend(n[0] for n in edge_epi)
                 else:
                     col = [n[k] for n in edge_pro] + [n[k] for n in lay] * nl + [n[k] for n in edge_epi]
@@ -326,3 +333,83 @@ class ChainGraph(Graph):
         if self.template is None:
             return super().has_memory_nodes()
         return bool(self.template.node_types() & {MEM_LOAD, MEM_STORE})
+
+
+@dataclass(eq=False)
+class MemChainTemplate:
+    """A compute chain with layer-wise KV transfers, held as its parts.
+
+    Per layer, `loads` (tier, bytes) run chained on the NPU's memory resource
+    and the layer's attention (node `attention_k` of the layer template) waits
+    for that layer's last load; `stores` run chained after every load. `build`
+    writes the explicit graph, used only when something reads the columns.
+    """
+
+    chain: ChainTemplate
+    loads: tuple[tuple[str, int], ...]
+    stores: tuple[tuple[str, int], ...]
+    attention_k: int | None
+    build: Callable[[], Graph]
+    _graph: Graph | None = field(default=None, repr=False)
+
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = self.build()
+        return self._graph
+
+    def __len__(self) -> int:
+        return len(self.chain) + self.chain.num_layers * (len(self.loads) + len(self.stores))
+
+    def total_tensor_bytes(self) -> int:
+        return self.chain.total_tensor_bytes() + self.chain.num_layers * (
+            sum(b for _, b in self.loads) + sum(b for _, b in self.stores))
+
+
+class MemChainGraph(Graph):
+    """A Graph stored as its MemChainTemplate; the columns appear on first access."""
+
+    mtemplate: MemChainTemplate | None
+
+    def __init__(self, rank: int, template: MemChainTemplate) -> None:  # no dataclass init: columns stay unset
+        self.rank = rank
+        self.mtemplate = template
+        self._digest = None
+        self.chain_hint = False  # a load chain beside the compute chain
+        self.compact_key = None
+        self.total_tensor_bytes = template.total_tensor_bytes()
+        self.shared_columns = True
+        self._hint_override: tuple | None = None
+        self._hint_set = False
+
+    @property  # type: ignore[override]
+    def mem_shape_hint(self) -> tuple | None:
+        if self._hint_set or self.mtemplate is None:
+            return self._hint_override
+        return self.mtemplate.graph().mem_shape_hint
+
+    @mem_shape_hint.setter
+    def mem_shape_hint(self, value: tuple | None) -> None:
+        self._hint_override = value
+        self._hint_set = True
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _COLUMNS:
+            g = self.mtemplate.graph()  # type: ignore[union-attr]
+            for k in _COLUMNS:
+                setattr(self, k, getattr(g, k))
+            return getattr(g, name)
+        raise AttributeError(name)
+
+    def _unshare(self) -> None:
+        """Editing turns it into a plain graph: the template no longer describes it."""
+        super()._unshare()
+        self.mtemplate = None
+        self.total_tensor_bytes = None
+
+    def __len__(self) -> int:
+        return len(self.mtemplate) if self.mtemplate is not None else len(self.types)
+
+    def has_memory_nodes(self) -> bool:
+        if self.mtemplate is None:
+            return super().has_memory_nodes()
+        return bool(self.mtemplate.loads or self.mtemplate.stores)

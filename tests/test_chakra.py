@@ -165,3 +165,45 @@ def test_editing_a_chain_graph_makes_it_a_plain_graph():
     assert Executor(NetworkContext(())).run([solo]).duration_ns == before + 500
     g.add("extra", COMP, duration_ns=500, deps=(n - 1,))
     assert len(twin) == n and len(twin.types) == n  # the rank sharing the template is untouched
+
+
+def test_mem_chain_template_time_matches_the_explicit_graph():
+    """Layer-wise loads/stores held as a template: the closed form equals the explicit graph through the
+    general event loop, and the shared-pool closed form equals the node-by-node memory walk."""
+    from astra_bridge.embedded.executor import Executor, NetworkContext
+    from astra_bridge.embedded.memory import MemorySystem, MemoryTierModel
+    from chakra_gen.builder import MemTransfer
+    from chakra_gen.graph import MemChainGraph
+
+    layer = [OpCost(n, 0 if n == "rotary_emb" else 50 + 30 * i, 10, 10) for i, n in enumerate(LAYER)]
+    mb = MicroBatchCost(_ops(["embedding"]), layer, _ops(["lm_head"]), 12)
+    tiers = {"dram": MemoryTierModel("dram", "PER_NPU_MEMORY_EXPANSION", 20.0, 700),
+             "cxl": MemoryTierModel("cxl", "MEMORY_POOL", 10.0, 1500)}
+    cases = [([MemTransfer("dram", 40_000)], []), ([], [MemTransfer("dram", 9_000)]),
+             ([MemTransfer("cxl", 3_000), MemTransfer("dram", 500)], [MemTransfer("cxl", 70_000)])]
+    for loads, stores in cases:
+        spec = BuildSpec(num_layers=4, loads=loads, stores=stores)
+        g = build_graphs(spec, [mb])[0]
+        assert isinstance(g, MemChainGraph)
+        explicit = Graph(rank=0)
+        ref = build_graphs(spec, [mb])[0]
+        explicit.extend_columns(list(ref.names), list(ref.types), list(ref.durations_ns), list(ref.deps),
+                                list(ref.num_ops), list(ref.tensor_bytes), list(ref.attrs))
+        assert len(g) == len(explicit) and g.tensor_bytes_total() == sum(explicit.tensor_bytes)
+        ex = Executor(NetworkContext(()), MemorySystem(dict(tiers), "dram"))
+        assert ex._mem_template_ok([g])
+        fast = ex.run([g])
+        slow = Executor(NetworkContext(()), MemorySystem(dict(tiers), "dram")).run([explicit], force_event_loop=True)
+        for f in ("duration_ns", "compute_ns", "mem_ns", "exposed_mem_ns", "mem_bytes_by_tier"):
+            assert getattr(fast, f) == getattr(slow, f), (loads, stores, f)
+        # a pool shared with another instance that is busy until 5 us into this iteration
+        runs = []
+        for graph in (build_graphs(spec, [mb])[0], explicit):
+            mem = MemorySystem(dict(tiers), "dram", shared_pools={"cxl": 105_000}, t0=100_000)
+            ex2 = Executor(NetworkContext(()), mem)
+            if isinstance(graph, MemChainGraph):
+                r = ex2.run([graph])
+            else:
+                r = ex2._mem_chain_time(graph, graph.mem_shape_hint or ex2._mem_chain_shape(graph))
+            runs.append((r.duration_ns, r.exposed_mem_ns, r.mem_ns, dict(mem.shared_pools)))
+        assert runs[0] == runs[1], (loads, stores)

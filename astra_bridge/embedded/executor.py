@@ -25,7 +25,19 @@ from itertools import accumulate, compress
 from astra_bridge.embedded.memory import MemorySystem
 from astra_bridge.embedded.network import Dimension, SystemKnobs, collective_time_ns, p2p_time_ns
 from astra_bridge.result import IterationResult
-from chakra_gen.graph import COLL, COMP, MEM_LOAD, MEM_STORE, RECV, SEND, ChainGraph, ChainTemplate, Graph
+from chakra_gen.graph import (
+    COLL,
+    COMP,
+    MEM_LOAD,
+    MEM_STORE,
+    RECV,
+    SEND,
+    ChainGraph,
+    ChainTemplate,
+    Graph,
+    MemChainGraph,
+    MemChainTemplate,
+)
 
 _COMM_TYPES = (COLL, SEND, MEM_LOAD, MEM_STORE)
 
@@ -116,6 +128,74 @@ class Executor:
         return IterationResult(duration_ns=comp + comm, per_rank_finish_ns=[], compute_ns=comp, comm_ns=comm,
                                mem_ns=0, exposed_comm_ns=comm, exposed_mem_ns=0, comm_bytes=comm_bytes,
                                mem_bytes_by_tier={})
+
+    def _mem_template_ok(self, graphs: list[Graph]) -> bool:
+        """_mem_fast_ok for graphs sharing one memory template whose compute chain has no collectives."""
+        mt = graphs[0].mtemplate  # type: ignore[attr-defined]
+        if mt is None or any(getattr(g, "mtemplate", None) is not mt for g in graphs):
+            return False
+        if mt.chain.node_types() != {COMP}:
+            return False
+        return len(graphs) == 1 or all(t.kind == "PER_NPU_MEMORY_EXPANSION" for t in self.memory.tiers.values())
+
+    def _mem_template_time(self, mt: MemChainTemplate) -> IterationResult:
+        """_mem_chain_time on the template: loads back to back (layer-major), then stores; each layer's
+        attention starts no earlier than that layer's last load ends; COMP nodes of 0 ns take 1 ns."""
+        mem = self.memory
+        assert mem is not None
+        shared = mem.shared_pools
+        memo: dict[tuple[str, int], tuple] = {}
+        pools_used: set[str] = set()
+        mem_bytes: dict[str, int] = defaultdict(int)
+        t = 0
+        n_layers = mt.chain.num_layers
+        load_end: list[int] = []
+        for transfers, is_load in ((mt.loads, True), (mt.stores, False)):
+            if not transfers or not n_layers:
+                continue
+            # the first layer's transfers one by one (a shared pool may delay its first use), then
+            # every further layer repeats them back to back
+            per_layer = 0
+            for name, b in transfers:
+                hit = memo.get((name, b))
+                if hit is None:
+                    tier = mem.tier(name)
+                    hit = memo[(name, b)] = (tier, tier.transfer_ns(b))
+                tier, d = hit
+                if shared is not None and tier.kind == "MEMORY_POOL" and tier.name not in pools_used:
+                    pools_used.add(tier.name)  # wait for other instances' transfers on the shared pool
+                    t = max(t, shared.get(tier.name, 0) - mem.t0)
+                t += d
+                per_layer += d
+                mem_bytes[tier.name] += n_layers * b
+            if is_load:
+                load_end = list(range(t, t + n_layers * per_layer, per_layer)) if per_layer else [t] * n_layers
+            t += (n_layers - 1) * per_layer
+        for name in pools_used:
+            shared[name] = max(shared.get(name, 0), t + mem.t0)
+        mem_end = t
+        c = mt.chain
+        layer = [n[2] or 1 for n in c.layer]
+        k = mt.attention_k if (mt.loads and mt.attention_k is not None) else None
+        pre = sum(layer[:k]) if k is not None else 0
+        post = sum(layer) - pre
+        now = sum(n[2] or 1 for n in c.prologue)
+        stall = 0
+        if k is None:
+            now += n_layers * (pre + post)
+        else:
+            for ready in load_end:
+                now += pre
+                if ready > now:
+                    stall += ready - now
+                    now = ready
+                now += post
+        epi = sum(n[2] or 1 for n in c.epilogue)
+        now += epi
+        comp = sum(n[2] or 1 for n in c.prologue) + n_layers * sum(layer) + epi
+        return IterationResult(duration_ns=max(now, mem_end), per_rank_finish_ns=[], compute_ns=comp, comm_ns=0,
+                               mem_ns=mem_end, exposed_comm_ns=0, exposed_mem_ns=stall + max(0, mem_end - now),
+                               comm_bytes=0, mem_bytes_by_tier=dict(mem_bytes))
 
     def _chain_time(self, g: Graph) -> IterationResult:
         types = g.types
@@ -351,6 +431,12 @@ class Executor:
         if not force_event_loop and isinstance(graphs[0], ChainGraph) and self._can_fast_template(graphs):
             r = self._template_time(graphs[0].template)
             r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
+            return r
+        if not force_event_loop and self.memory is not None and isinstance(graphs[0], MemChainGraph) \
+                and self._mem_template_ok(graphs):
+            r = self._mem_template_time(graphs[0].mtemplate)
+            r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
+            r.mem_bytes_by_tier = {k: v * len(graphs) for k, v in r.mem_bytes_by_tier.items()}
             return r
         if not force_event_loop and self._can_fast(graphs):
             r = self._chain_time(graphs[0])
