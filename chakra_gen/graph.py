@@ -286,25 +286,60 @@ class ChainTemplate:
         return self._columns
 
 
-class ChainGraph(Graph):
-    """A Graph stored as its ChainTemplate; the columns appear on first access."""
+class _TemplateGraph(Graph):
+    """A Graph held as a template: columns are built on first access; editing drops the template."""
 
-    template: ChainTemplate | None
+    _tmpl: Any
 
-    def __init__(self, rank: int, template: ChainTemplate) -> None:  # no dataclass init: columns stay unset
+    def _init_from(self, rank: int, template: Any, chain: bool) -> None:  # no dataclass init: columns unset
         self.rank = rank
-        self.template = template
+        self._tmpl = template
         self._digest = None
-        self.chain_hint = True
-        self.mem_shape_hint = None
-        self._key_valid = True
+        self.chain_hint = chain
         self.total_tensor_bytes = template.total_tensor_bytes()
         self.shared_columns = True
+
+    def _template_columns(self) -> dict[str, list]:
+        raise NotImplementedError
+
+    def _template_has_memory(self) -> bool:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _COLUMNS:
+            cols = self._template_columns()
+            for k in _COLUMNS:
+                setattr(self, k, cols[k])
+            return cols[name]
+        raise AttributeError(name)
+
+    def _unshare(self) -> None:
+        super()._unshare()
+        self._tmpl = None
+        self.total_tensor_bytes = None
+
+    def __len__(self) -> int:
+        return len(self._tmpl) if self._tmpl is not None else len(self.types)
+
+    def has_memory_nodes(self) -> bool:
+        return super().has_memory_nodes() if self._tmpl is None else self._template_has_memory()
+
+
+class ChainGraph(_TemplateGraph):
+    """A Graph stored as its ChainTemplate; the columns appear on first access."""
+
+    def __init__(self, rank: int, template: ChainTemplate) -> None:
+        self._init_from(rank, template, True)
+        self._key_valid = True
+
+    @property
+    def template(self) -> ChainTemplate | None:
+        return self._tmpl
 
     @property  # type: ignore[override]
     def compact_key(self) -> tuple | None:
         """Built only when a result cache asks; None once the graph was edited."""
-        return self.template.key() if self._key_valid and self.template is not None else None
+        return self._tmpl.key() if self._key_valid and self._tmpl is not None else None
 
     @compact_key.setter
     def compact_key(self, value: tuple | None) -> None:
@@ -312,27 +347,11 @@ class ChainGraph(Graph):
             raise ValueError("a chain graph's key comes from its template")
         self._key_valid = False
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _COLUMNS:
-            cols = self.template.columns()
-            for k, v in cols.items():
-                setattr(self, k, v)
-            return cols[name]
-        raise AttributeError(name)
+    def _template_columns(self) -> dict[str, list]:
+        return self._tmpl.columns()
 
-    def _unshare(self) -> None:
-        """Editing a chain graph turns it into a plain one: the template no longer describes it."""
-        super()._unshare()
-        self.template = None
-        self.total_tensor_bytes = None
-
-    def __len__(self) -> int:
-        return len(self.template) if self.template is not None else len(self.types)
-
-    def has_memory_nodes(self) -> bool:
-        if self.template is None:
-            return super().has_memory_nodes()
-        return bool(self.template.node_types() & {MEM_LOAD, MEM_STORE})
+    def _template_has_memory(self) -> bool:
+        return bool(self._tmpl.node_types() & {MEM_LOAD, MEM_STORE})
 
 
 @dataclass(eq=False)
@@ -365,51 +384,33 @@ class MemChainTemplate:
             sum(b for _, b in self.loads) + sum(b for _, b in self.stores))
 
 
-class MemChainGraph(Graph):
+class MemChainGraph(_TemplateGraph):
     """A Graph stored as its MemChainTemplate; the columns appear on first access."""
 
-    mtemplate: MemChainTemplate | None
-
-    def __init__(self, rank: int, template: MemChainTemplate) -> None:  # no dataclass init: columns stay unset
-        self.rank = rank
-        self.mtemplate = template
-        self._digest = None
-        self.chain_hint = False  # a load chain beside the compute chain
+    def __init__(self, rank: int, template: MemChainTemplate) -> None:
+        self._init_from(rank, template, False)  # a load chain beside the compute chain: not one chain
         self.compact_key = None
-        self.total_tensor_bytes = template.total_tensor_bytes()
-        self.shared_columns = True
         self._hint_override: tuple | None = None
         self._hint_set = False
 
+    @property
+    def mtemplate(self) -> MemChainTemplate | None:
+        return self._tmpl
+
     @property  # type: ignore[override]
     def mem_shape_hint(self) -> tuple | None:
-        if self._hint_set or self.mtemplate is None:
+        if self._hint_set or self._tmpl is None:
             return self._hint_override
-        return self.mtemplate.graph().mem_shape_hint
+        return self._tmpl.graph().mem_shape_hint
 
     @mem_shape_hint.setter
     def mem_shape_hint(self, value: tuple | None) -> None:
         self._hint_override = value
         self._hint_set = True
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _COLUMNS:
-            g = self.mtemplate.graph()  # type: ignore[union-attr]
-            for k in _COLUMNS:
-                setattr(self, k, getattr(g, k))
-            return getattr(g, name)
-        raise AttributeError(name)
+    def _template_columns(self) -> dict[str, list]:
+        g = self._tmpl.graph()
+        return {k: getattr(g, k) for k in _COLUMNS}
 
-    def _unshare(self) -> None:
-        """Editing turns it into a plain graph: the template no longer describes it."""
-        super()._unshare()
-        self.mtemplate = None
-        self.total_tensor_bytes = None
-
-    def __len__(self) -> int:
-        return len(self.mtemplate) if self.mtemplate is not None else len(self.types)
-
-    def has_memory_nodes(self) -> bool:
-        if self.mtemplate is None:
-            return super().has_memory_nodes()
-        return bool(self.mtemplate.loads or self.mtemplate.stores)
+    def _template_has_memory(self) -> bool:
+        return bool(self._tmpl.loads or self._tmpl.stores)
