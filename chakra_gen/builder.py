@@ -34,6 +34,7 @@ from chakra_gen.graph import (
     Graph,
     MemChainGraph,
     MemChainTemplate,
+    no_deps,
 )
 from frontend.compute.batch import OpCost
 
@@ -201,10 +202,6 @@ _COMP_ONLY = frozenset((COMP,))
 _COMP_COLL = frozenset((COMP, COLL))
 
 
-def _single_stage_fast(spec: BuildSpec, mb: MicroBatchCost) -> Graph:
-    return ChainGraph(0, _chain_template(spec, mb))
-
-
 def _single_stage_with_memory(spec: BuildSpec, mb: MicroBatchCost, chain: ChainTemplate | None = None) -> Graph:
     """Column-wise: layer-wise KV loads (chained), stores (chained), then the compute chain.
 
@@ -226,7 +223,7 @@ def _single_stage_with_memory(spec: BuildSpec, mb: MicroBatchCost, chain: ChainT
     attn_pos = [] if attn_k is None else [n_pro + li * t_len + attn_k for li in range(n_layers)]
     chain_deps = _gated_chain_deps(len(base), m, per_layer_loads, tuple(attn_pos[:n_layers]))
     g = Graph(rank=0, names=mem_names + list(base.names), types=mem_types + base.types,
-              durations_ns=[0] * m + base.durations_ns, deps=deps + chain_deps, ctrl_deps=_no_deps(m + len(base)),
+              durations_ns=[0] * m + base.durations_ns, deps=deps + chain_deps, ctrl_deps=no_deps(m + len(base)),
               num_ops=[0] * m + base.num_ops, tensor_bytes=mem_bytes + base.tensor_bytes, attrs=mem_attrs + base.attrs)
     gates = [(pos, pos + m) for pos in attn_pos[:n_layers]] if per_layer_loads else []
     g.mem_shape_hint = (range(m, m + len(base)), list(range(n_loads)), list(range(n_loads, m)), gates)
@@ -260,14 +257,3 @@ def _mem_columns(n_layers: int, loads: tuple, stores: tuple) -> tuple:
     n_loads = n_layers * len(loads)
     deps = [EMPTY if (i == 0 or i == n_loads) else (i - 1,) for i in range(len(types))]
     return names, types, nbytes, attrs, deps
-
-
-@lru_cache(maxsize=64)
-def _chain_deps(n: int) -> list[tuple[int, ...]]:
-    """Shared (read-only) dependency column of an n-node chain."""
-    return [EMPTY] + [(i - 1,) for i in range(1, n)]
-
-
-@lru_cache(maxsize=64)
-def _no_deps(n: int) -> list[tuple[int, ...]]:
-    return [EMPTY] * n

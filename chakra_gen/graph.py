@@ -212,6 +212,18 @@ class Graph:
         return ok
 
 
+@lru_cache(maxsize=64)
+def chain_deps(n: int) -> list[tuple[int, ...]]:
+    """Shared (read-only) dependency column of an n-node chain."""
+    return [EMPTY] + [(i - 1,) for i in range(1, n)] if n else []
+
+
+@lru_cache(maxsize=64)
+def no_deps(n: int) -> list[tuple[int, ...]]:
+    """Shared (read-only) column of n nodes without dependencies."""
+    return [EMPTY] * n
+
+
 @lru_cache(maxsize=256)
 def _layer_names(template: tuple[str, ...], n_layers: int) -> tuple[str, ...]:
     return tuple(f"L{li}.{nm}" for li in range(n_layers) for nm in template)
@@ -280,8 +292,8 @@ class ChainTemplate:
                     col = [n[k] for n in edge_pro] + [n[k] for n in lay] * nl + [n[k] for n in edge_epi]
                 cols[name] = col
             n = len(cols["types"])
-            cols["deps"] = [EMPTY] + [(i - 1,) for i in range(1, n)] if n else []
-            cols["ctrl_deps"] = [EMPTY] * n
+            cols["deps"] = chain_deps(n)
+            cols["ctrl_deps"] = no_deps(n)
             self._columns = cols
         return self._columns
 

@@ -129,7 +129,8 @@ def test_lru_eviction_order():
 
 
 def test_free_queue_matches_a_linked_list_under_random_operations():
-    """FreeQueue (lazy deletion) keeps exactly the order an OrderedDict-based LRU list would."""
+    """FreeQueue (lazy deletion, driven by reference counts) keeps exactly the order and contents an
+    OrderedDict-based LRU list of unreferenced blocks would."""
     from collections import OrderedDict
 
     from frontend.instance.kv import FreeQueue
@@ -137,30 +138,35 @@ def test_free_queue_matches_a_linked_list_under_random_operations():
     n = 300
     rng = random.Random(5)
     fq = FreeQueue(n)
+    refs = [0] * n
+    ref_refs = [0] * n
     ref: OrderedDict[int, None] = OrderedDict((i, None) for i in range(n))
-    held: set[int] = set()
     for step in range(20000):
         op = rng.random()
-        if op < 0.3 and ref:
+        if op < 0.25 and ref:
             b = fq.popleft()
             assert b == ref.popitem(last=False)[0]
-            held.add(b)
-        elif op < 0.55 and held:
-            blocks = rng.sample(sorted(held), min(len(held), rng.randint(1, 40)))
-            fq.extend(blocks)
-            ref.update(dict.fromkeys(blocks))
-            held.difference_update(blocks)
-        elif op < 0.85 and ref:
-            blocks = rng.sample(list(ref), min(len(ref), rng.randint(1, 40)))
-            fq.discard_many(blocks)
+            refs[b] = ref_refs[b] = 1
+        elif op < 0.5:
+            held = [b for b in range(n) if ref_refs[b]]
+            blocks = rng.sample(held, min(len(held), rng.randint(1, 40)))
+            fq.release(refs, blocks)
+            for b in reversed(blocks):
+                ref_refs[b] -= 1
+                if not ref_refs[b]:
+                    ref[b] = None
+        elif op < 0.85:
+            blocks = rng.sample(range(n), rng.randint(1, 40))  # free and held blocks alike
+            fq.acquire(refs, blocks)
             for b in blocks:
-                del ref[b]
-            held.update(blocks)
+                if not ref_refs[b]:
+                    del ref[b]
+                ref_refs[b] += 1
         elif ref:
             b = rng.choice(list(ref))
             fq.move_to_front(b)
             ref.move_to_end(b, last=False)
         if step % 997 == 0:
-            assert list(fq) == list(ref) and len(fq) == len(ref)
+            assert list(fq) == list(ref) and len(fq) == len(ref) and refs == ref_refs
             assert all((b in fq) == (b in ref) for b in range(n))
-    assert list(fq) == list(ref)
+    assert list(fq) == list(ref) and refs == ref_refs

@@ -179,7 +179,8 @@ class Executor:
         k = mt.attention_k if (mt.loads and mt.attention_k is not None) else None
         pre = sum(layer[:k]) if k is not None else 0
         post = sum(layer) - pre
-        now = sum(n[2] or 1 for n in c.prologue)
+        pro = sum(n[2] or 1 for n in c.prologue)
+        now = pro
         stall = 0
         if k is None:
             now += n_layers * (pre + post)
@@ -192,7 +193,7 @@ class Executor:
                 now += post
         epi = sum(n[2] or 1 for n in c.epilogue)
         now += epi
-        comp = sum(n[2] or 1 for n in c.prologue) + n_layers * sum(layer) + epi
+        comp = pro + n_layers * (pre + post) + epi
         return IterationResult(duration_ns=max(now, mem_end), per_rank_finish_ns=[], compute_ns=comp, comm_ns=0,
                                mem_ns=mem_end, exposed_comm_ns=0, exposed_mem_ns=stall + max(0, mem_end - now),
                                comm_bytes=0, mem_bytes_by_tier=dict(mem_bytes))
@@ -380,6 +381,20 @@ class Executor:
                                exposed_mem_ns=stall + max(0, mem_end - now), comm_bytes=comm_bytes,
                                mem_bytes_by_tier=dict(mem_bytes))
 
+    def template_result(self, graphs: list[Graph]) -> IterationResult | None:
+        """The closed-form timing of builder templates (ChainGraph / MemChainGraph ranks), or None when
+        the graphs are not templates of a shape the closed forms cover."""
+        g0 = graphs[0]
+        if isinstance(g0, ChainGraph) and self._can_fast_template(graphs):
+            r = self._template_time(g0.template)  # type: ignore[arg-type]
+        elif self.memory is not None and isinstance(g0, MemChainGraph) and self._mem_template_ok(graphs):
+            r = self._mem_template_time(g0.mtemplate)  # type: ignore[arg-type]
+            r.mem_bytes_by_tier = {k: v * len(graphs) for k, v in r.mem_bytes_by_tier.items()}
+        else:
+            return None
+        r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
+        return r
+
     def _can_fast_template(self, graphs: list[Graph]) -> bool:
         """All ranks hold the same chain template of compute and collective nodes whose collectives span
         every rank (or one rank alone): then every rank finishes at the template's time."""
@@ -428,16 +443,10 @@ class Executor:
             raise ValueError("no graphs to execute")
         if self.memory is not None:
             self.memory.reset()
-        if not force_event_loop and isinstance(graphs[0], ChainGraph) and self._can_fast_template(graphs):
-            r = self._template_time(graphs[0].template)
-            r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
-            return r
-        if not force_event_loop and self.memory is not None and isinstance(graphs[0], MemChainGraph) \
-                and self._mem_template_ok(graphs):
-            r = self._mem_template_time(graphs[0].mtemplate)
-            r.per_rank_finish_ns = [r.duration_ns] * len(graphs)
-            r.mem_bytes_by_tier = {k: v * len(graphs) for k, v in r.mem_bytes_by_tier.items()}
-            return r
+        if not force_event_loop:
+            r = self.template_result(graphs)
+            if r is not None:
+                return r
         if not force_event_loop and self._can_fast(graphs):
             r = self._chain_time(graphs[0])
             r.per_rank_finish_ns = [r.duration_ns] * len(graphs)

@@ -11,7 +11,7 @@ is evicted before its head.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from frontend.workload.request import Request, TokenContent
@@ -64,34 +64,50 @@ class FreeQueue:
             if pos[b] == i:
                 yield b
 
-    # plain loops: on CPython 3.11 they beat map() over list.__setitem__ several times over
-    def extend(self, blocks: list[int]) -> None:
-        """Append blocks (none of them in the queue) at the tail, in order."""
+    # The queue holds exactly the blocks whose reference count is 0, so it is driven by the pool's
+    # counts. Plain loops: on CPython 3.11 they beat map() over list.__setitem__ several times over,
+    # and these run over every block of every turn.
+    def acquire(self, refs: list[int], blocks: list[int]) -> None:
+        """Take a reference on each of `blocks` (distinct ids); free ones leave the queue."""
+        pos = self._pos
+        taken = 0
+        for b in blocks:
+            r = refs[b]
+            if not r:
+                pos[b] = _OUT
+                taken += 1
+            refs[b] = r + 1
+        if taken:
+            self._n -= taken
+            if len(self._dq) > self._max_len:
+                self._compact()
+
+    def release(self, refs: list[int], blocks: list[int]) -> None:
+        """Drop one reference on each of `blocks` (distinct ids); unreferenced ones join the tail,
+        last block first, so a request's tail is evicted before its head."""
         pos = self._pos
         t = self._tail
-        for b in blocks:
-            pos[b] = t
-            t += 1
-        self._tail = t
-        self._dq.extend(blocks)
-        self._n += len(blocks)
+        released = []
+        for b in reversed(blocks):
+            r = refs[b] - 1
+            refs[b] = r
+            if not r:
+                released.append(b)
+                pos[b] = t
+                t += 1
+            elif r < 0:
+                raise AssertionError(f"block {b} freed twice")
+        if released:
+            self._tail = t
+            self._dq.extend(released)
+            self._n += len(released)
 
     def append(self, b: int) -> None:
+        """Put an unreferenced block (not in the queue) at the tail."""
         self._pos[b] = self._tail
         self._tail += 1
         self._dq.append(b)
         self._n += 1
-
-    def discard_many(self, blocks: Iterable[int]) -> None:
-        """Remove blocks, all in the queue, wherever they are."""
-        pos = self._pos
-        n = 0
-        for b in blocks:
-            pos[b] = _OUT
-            n += 1
-        self._n -= n
-        if len(self._dq) > self._max_len:
-            self._compact()
 
     def popleft(self) -> int:
         pos = self._pos
@@ -199,20 +215,7 @@ class BlockPool:
 
     def touch(self, blocks: list[int]) -> None:
         """Take a reference on each of `blocks` (distinct ids); free ones leave the free queue."""
-        refs = self.ref
-        fq = self.free_queue
-        pos = fq._pos  # the queue's removal inlined: this loop runs over every hit block of every turn
-        taken = 0
-        for b in blocks:
-            r = refs[b]
-            if not r:
-                pos[b] = _OUT
-                taken += 1
-            refs[b] = r + 1
-        if taken:
-            fq._n -= taken
-            if len(fq._dq) > fq._max_len:
-                fq._compact()
+        self.free_queue.acquire(self.ref, blocks)
 
     def count_free(self, blocks: list[int]) -> int:
         """How many of `blocks` sit unreferenced in the free queue (hits that would otherwise be evictable)."""
@@ -235,26 +238,23 @@ class BlockPool:
         return max(0, need - len(req.block_ids) - num_hit_blocks)
 
     def can_allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None,
-                     computed: int | None = None, free_hits: int | None = None) -> bool:
-        """`free_hits` = count_free(hit_blocks) when the caller has it already."""
+                     computed: int | None = None) -> bool:
         hb = hit_blocks or []
         need = self.blocks_needed(req, num_new_tokens, len(hb), computed)
         if need > self.num_free:
             return False
         if not hb or need <= self.num_free - len(hb):
             return True  # fits even if every hit block sat in the free queue: no need to count them
-        if free_hits is None:
-            free_hits = self.count_free(hb)
-        return need <= self.num_free - free_hits
+        return need <= self.num_free - self.count_free(hb)
 
     def allocate(self, req: Request, num_new_tokens: int, hit_blocks: list[int] | None = None,
-                 computed: int | None = None, free_hits: int | None = None) -> bool:
+                 computed: int | None = None) -> bool:
         """Give req room for num_new_tokens more tokens (after any prefix hits). False if no room."""
         done = req.num_computed_tokens if computed is None else computed
         if not hit_blocks and done + num_new_tokens <= len(req.block_ids) * self.block_size:
             return True  # fits in the blocks it holds (most decode steps)
         hb = hit_blocks or []
-        if not self.can_allocate(req, num_new_tokens, hb, done, free_hits):
+        if not self.can_allocate(req, num_new_tokens, hb, done):
             return False
         if hb:
             self.touch(hb)
@@ -293,26 +293,8 @@ class BlockPool:
         req.num_hashed_blocks = 0
 
     def release(self, blocks: list[int]) -> None:
-        """Drop one reference on each of `blocks` (distinct ids); unreferenced ones join the free
-        queue tail first, so a request's tail is evicted before its head."""
-        refs = self.ref
-        fq = self.free_queue
-        pos = fq._pos  # the queue's append inlined: this loop runs over every block of every finished turn
-        t = fq._tail
-        released = []
-        for b in reversed(blocks):
-            r = refs[b] - 1
-            refs[b] = r
-            if not r:
-                released.append(b)
-                pos[b] = t
-                t += 1
-            elif r < 0:
-                raise AssertionError(f"block {b} freed twice")
-        if released:
-            fq._tail = t
-            fq._dq.extend(released)
-            fq._n += len(released)
+        """Drop one reference on each of `blocks` (distinct ids); unreferenced ones join the free queue."""
+        self.free_queue.release(self.ref, blocks)
 
     def check_invariants(self, live: list[Request]) -> None:
         """Every block is either referenced by exactly ref live requests or free (tests)."""

@@ -159,10 +159,7 @@ class Scheduler:
                 # lower-tier hits and this step's tokens need fresh blocks alike, so the full-prompt
                 # gate does not depend on where the rest comes from
                 rest = req.num_tokens - in_hbm
-                free_hits = None  # counted at most once, and only when the pool is tight
-                if hits and pool.num_free - len(hits) < pool.blocks_needed(req, rest, len(hits), in_hbm):
-                    free_hits = pool.count_free(hits)
-                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, rest, hits, in_hbm, free_hits):
+                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, rest, hits, in_hbm):
                     if not running and self.on_pressure is not None and self.on_pressure(
                             pool.blocks_needed(req, rest, len(hits), in_hbm)):
                         continue  # pinned KV of idle programs yielded to a request that could not otherwise run
@@ -179,7 +176,7 @@ class Scheduler:
                 if req.swapped_blocks:  # swapped KV needs its blocks back too
                     ok = pool.allocate(req, in_hbm + num_new, computed=0)
                 else:
-                    ok = pool.allocate(req, num_lower + num_new, hits, in_hbm, free_hits)
+                    ok = pool.allocate(req, num_lower + num_new, hits, in_hbm)
                 if not ok:
                     if not running and self.on_pressure is not None and self.on_pressure(
                             pool.blocks_needed(req, num_lower + num_new, len(hits), in_hbm)):

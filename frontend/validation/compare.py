@@ -91,12 +91,7 @@ def write_plots(run_dir: Path, ref_dir: Path, out_dir: Path) -> list[Path]:
         ax.set_xlabel(label)
         ax.set_ylabel("CDF")
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    p = out_dir / "validate_cdf.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, axes, out_dir / "validate_cdf.png"))
     ref_ts = load_timeseries(ref_dir)
     sim_ts = sim_timeseries(run_dir)
     if ref_ts:
@@ -108,13 +103,17 @@ def write_plots(run_dir: Path, ref_dir: Path, out_dir: Path) -> list[Path]:
             ax.set_xlabel("time (s)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
-        axes[0].legend()
-        fig.tight_layout()
-        p = out_dir / "validate_timeseries.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(plt, fig, axes, out_dir / "validate_timeseries.png"))
     return paths
+
+
+def _save(plt, fig, axes, path: Path) -> Path:
+    """Legend on the first panel, tight layout, write, release the figure."""
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def save(result: dict[str, Any], out_dir: Path) -> Path:
