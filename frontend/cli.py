@@ -238,8 +238,8 @@ def validate(
 
 @app.command("profile")
 def profile_cmd(
-    model: Annotated[str, typer.Option(help="model catalog name or HF config.json path")],
     out: Annotated[Path, typer.Option(help="bundle model folder to write")],
+    model: Annotated[str | None, typer.Option(help="model catalog name or HF config.json path")] = None,
     device: Annotated[str, typer.Option(help="cuda | cpu")] = "cuda",
     dtype: Annotated[str, typer.Option(help="bf16 | fp16 | fp32")] = "bf16",
     tp: Annotated[int, typer.Option(help="profile one TP shard of the layer")] = 1,
@@ -248,8 +248,14 @@ def profile_cmd(
     max_kv: Annotated[int, typer.Option()] = 16384,
     iters: Annotated[int, typer.Option()] = 3,
     hardware: Annotated[str, typer.Option(help="hardware name recorded in meta.yaml")] = "unknown",
+    collectives: Annotated[bool, typer.Option("--collectives", help="measure collectives by size and rank count "
+                                              "(torch.distributed) into <out>/<dtype>/collectives.csv")] = False,
+    sizes: Annotated[str, typer.Option(help="--collectives: sizes, e.g. 1K-256M (doubling) or 4K,64K,1M")] = "1K-256M",
+    ranks: Annotated[str | None, typer.Option(help="--collectives: rank counts, e.g. 2,4 (default 2..GPUs)")] = None,
+    collective_iters: Annotated[int, typer.Option(help="--collectives: timed samples per size")] = 50,
 ) -> None:
-    """Measure dense / per-sequence / attention latency tables with PyTorch and write a bundle."""
+    """Measure dense / per-sequence / attention latency tables (or, with --collectives, collective
+    latencies) with PyTorch and write a bundle."""
     from frontend.config.loader import find_catalog_file
     from frontend.config.models import load_model_spec
     from frontend.profiler.run import profile
@@ -258,6 +264,21 @@ def profile_cmd(
         fail(f"--device: expected cuda or cpu, got {device!r}")
     if dtype not in ("bf16", "fp16", "fp32"):
         fail(f"--dtype: expected bf16, fp16 or fp32, got {dtype!r}")
+    if collectives:
+        from frontend.profiler.collectives import parse_sizes, profile_collectives
+
+        try:
+            table = profile_collectives(out, device, dtype, [int(x) for x in ranks.split(",")] if ranks else None,
+                                        parse_sizes(sizes), iters=collective_iters, hardware=hardware,
+                                        progress=err.print)
+        except (RuntimeError, ValueError) as e:
+            fail(str(e))
+            return
+        Console().print(f"wrote {table} (method in {table.parent / 'meta.yaml'}; fitted presets network-fit-n*.yaml)")
+        return
+    if model is None:
+        fail("--model is required (unless --collectives)")
+        return
     try:
         spec = load_model_spec(find_catalog_file(model, "models", None))
         show = sys.stderr.isatty()
