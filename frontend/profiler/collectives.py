@@ -19,8 +19,10 @@ collective node carries.
 
 Method, per (collective, size): `warmup` untimed calls, then `iters` samples.
 Each sample: all ranks synchronise (device sync + barrier, device sync), then
-each rank times one call: CUDA events around the call on CUDA (device time),
-perf_counter around the call plus the wait on CPU. A rank that arrives early
+each rank times one call: CUDA events around the call on CUDA (device time from
+an idle stream, so the host launch gap of an eager-mode call is included, as in
+an eager serving step; a CUDA-graph replay does not pay it), perf_counter around
+the call on CPU. A rank that arrives early
 waits inside the collective for the last one, so a sample's collective time is
 the minimum over ranks (the last arriver's start to its completion, ranks
 finishing together); `time_us` is the median and `min_us` the minimum of those
@@ -190,9 +192,9 @@ def _worker(rank: int, n: int, port: int, backend: str, device: str, dtype_name:
                         t0 = time.perf_counter()
                         fn()
                         samples.append((time.perf_counter() - t0) * 1e6)
-                mine = torch.tensor(samples, dtype=torch.float64)
+                mine = torch.tensor(samples, dtype=torch.float64, device=dev)  # NCCL gathers device tensors
                 gathered = [torch.zeros_like(mine) for _ in range(n)]
-                dist.all_gather(gathered, mine.to(dev) if device == "cuda" else mine)
+                dist.all_gather(gathered, mine)
                 if rank == 0:
                     per = torch.stack([g.cpu() for g in gathered])  # ranks x samples
                     lo = per.min(dim=0).values.tolist()
@@ -286,6 +288,16 @@ def table_path(bundle: Path, dtype: str | None = None) -> Path:
     raise FileNotFoundError(f"no collectives.csv in {bundle} (looked at {', '.join(str(c) for c in cands[:3])})")
 
 
+def _nccl_version() -> str | None:
+    import torch
+
+    try:
+        v = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(str(x) for x in v) if isinstance(v, tuple) else str(v)
+
+
 def profile_collectives(out: Path, device: str = "cuda", dtype: str = "bf16", world_sizes: Sequence[int] | None = None,
                         sizes: Sequence[int] | None = None, collectives: Sequence[str] = COLLECTIVES,
                         iters: int = 50, warmup: int = 5, hardware: str = "unknown",
@@ -315,8 +327,7 @@ def profile_collectives(out: Path, device: str = "cuda", dtype: str = "bf16", wo
         "profiled_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "torch_version": str(torch.__version__),
         "backend": "nccl" if device == "cuda" else "gloo",
-        "nccl_version": (".".join(str(v) for v in torch.cuda.nccl.version())
-                         if device == "cuda" and torch.cuda.is_available() else None),
+        "nccl_version": _nccl_version() if device == "cuda" else None,
         "device": device,
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else "cpu",
         "hardware": hardware,
@@ -330,7 +341,8 @@ def profile_collectives(out: Path, device: str = "cuda", dtype: str = "bf16", wo
                            "(N x output); ALL_TO_ALL per-rank buffer",
         "method": "one process per rank (torch.multiprocessing spawn), one GPU per rank; per sample all ranks sync "
                   "(device sync + barrier) then time one call ("
-                  + ("CUDA events" if device == "cuda" else "perf_counter") + "); sample = min over ranks (the "
+                  + ("CUDA events from an idle stream, host launch gap included" if device == "cuda" else "perf_counter")
+                  + "); sample = min over ranks (the "
                   "last arriver's time); time_us = median, min_us = min over samples; max_rank_us = median of the "
                   "per-sample max over ranks",
         "env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_")},
