@@ -3,8 +3,11 @@
 Per iteration: write the .et files and network/system/memory/comm-group files
 into a work directory, run the binary, parse every rank's
 `sys[r] finished, N cycles, exposed communication M cycles.` line (1 cycle =
-1 ns). A missing rank, a non-zero exit or a timeout is an error, never a
-silent zero. Identical iterations hit a result cache; independent iterations
+1 ns). Never a silent success: a missing rank, a rank the network does not have,
+a rank reported twice with different times, a non-zero exit, an exit by signal,
+a timeout, or an implausible time (0 cycles for a rank with work, or less than
+the sum of the rank's compute nodes, which run one at a time) is an error.
+Identical iterations hit a result cache; independent iterations
 (compare runs) go through a pool of worker processes.
 """
 
@@ -20,8 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from astra_bridge.backend import InstanceSystem, ResultCache, backend_stats
-from astra_bridge.inputs import write_input_set
+from astra_bridge.inputs import network_npus, write_input_set
 from astra_bridge.result import IterationResult
+from chakra_gen.et_io import DEFAULT_COMPUTE_TIME, with_micro_durations
 from chakra_gen.graph import COMP, Graph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,13 +64,35 @@ def parse_finished(stdout: str, num_ranks: int) -> tuple[list[int], list[int]]:
     exposed: dict[int, int] = {}
     for m in FINISHED.finditer(stdout):
         r = int(m.group(1))
-        finish[r] = int(m.group(2))
-        exposed[r] = int(m.group(3) or 0)
+        f, e = int(m.group(2)), int(m.group(3) or 0)
+        if r in finish and (finish[r], exposed[r]) != (f, e):
+            raise AstraSimError(f"ASTRA-sim reported rank {r} finished twice ({finish[r]} and {f} cycles)")
+        finish[r] = f
+        exposed[r] = e
     missing = [r for r in range(num_ranks) if r not in finish]
     if missing:
         raise AstraSimError(f"ASTRA-sim printed no 'finished' line for ranks {missing[:16]} "
                             f"(mismatched send/recv or collectives hang silently)")
+    extra = sorted(r for r in finish if r >= num_ranks)
+    if extra:
+        raise AstraSimError(f"ASTRA-sim reported ranks {extra[:16]} that the {num_ranks}-NPU trace set does not have")
     return [finish[r] for r in range(num_ranks)], [exposed[r] for r in range(num_ranks)]
+
+
+def compute_floor_ns(g: Graph) -> int:
+    """A rank's compute nodes run one at a time: their sum (0 ns → 1 ns) bounds its finish from below."""
+    return sum(max(1, x) for t, x in zip(g.types, g.durations_ns, strict=True) if t == COMP)
+
+
+def check_plausible(graphs: list[Graph], finish: list[int], compute_time: str) -> None:
+    """Reject results that cannot be right (a rank with work at 0 cycles, or faster than its compute)."""
+    for g, f in zip(graphs, finish, strict=True):
+        if len(g) and f <= 0:
+            raise AstraSimError(f"ASTRA-sim reported rank {g.rank} finished at {f} cycles but it has {len(g)} nodes")
+        floor = compute_floor_ns(with_micro_durations(g, compute_time))
+        if f < floor:
+            raise AstraSimError(f"ASTRA-sim reported rank {g.rank} finished at {f} ns, before its compute alone "
+                                f"({floor} ns) could")
 
 
 def _digest(system: InstanceSystem, graphs: list[Graph]) -> str:
@@ -92,12 +118,14 @@ class AstraSimBackend:
         wd = getattr(cfg, "work_dir", None) if cfg is not None else None
         self.work_dir = Path(wd) if wd else Path(tempfile.mkdtemp(prefix="astraserve-astrasim-"))
         self.cache = ResultCache() if cache else None
+        self.compute_time = str(getattr(cfg, "compute_time", DEFAULT_COMPUTE_TIME) if cfg is not None
+                                else DEFAULT_COMPUTE_TIME)
         self.runs = 0
 
     def _run_one(self, system: InstanceSystem, graphs: list[Graph]) -> IterationResult:
         key = _digest(system, graphs)
         d = self.work_dir / key
-        paths = write_input_set(d, system, graphs)
+        paths = write_input_set(d, system, graphs, compute_time=self.compute_time)
         cmd = [str(self.binary), f"--workload-configuration={paths['workload']}",
                f"--system-configuration={paths['system']}", f"--network-configuration={paths['network']}",
                f"--remote-memory-configuration={paths['memory']}", f"--logging-folder={d / 'log'}"]
@@ -107,14 +135,22 @@ class AstraSimBackend:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, cwd=d)
         except subprocess.TimeoutExpired:
             raise AstraSimError(f"ASTRA-sim timed out after {self.timeout_s:.0f} s on {d}") from None
+        if p.returncode < 0:
+            tail = (p.stdout + p.stderr)[-800:]
+            raise AstraSimError(f"ASTRA-sim was ended by signal {-p.returncode} on {d}:\n{tail}")
         if p.returncode != 0:
             tail = (p.stdout + p.stderr)[-800:]
             raise AstraSimError(f"ASTRA-sim exited with {p.returncode} on {d}:\n{tail}")
-        n_ranks = 2 if (not system.dims and len(graphs) == 1) else len(graphs)
+        n_ranks = network_npus(system)
         finish, exposed = parse_finished(p.stdout, n_ranks)
-        finish, exposed = finish[:len(graphs)], exposed[:len(graphs)]
+        by_rank = {g.rank: i for i, g in enumerate(graphs)}
+        order = sorted(by_rank)
+        finish = [finish[r] for r in order]
+        exposed = [exposed[r] for r in order]
+        ordered = [graphs[by_rank[r]] for r in order]
+        check_plausible(ordered, finish, self.compute_time)
         slow = max(range(len(finish)), key=lambda r: finish[r])
-        comp = sum(max(1, x) for t, x in zip(graphs[slow].types, graphs[slow].durations_ns, strict=True) if t == COMP)
+        comp = compute_floor_ns(with_micro_durations(ordered[slow], self.compute_time))
         shutil.rmtree(d / "log", ignore_errors=True)
         return IterationResult(duration_ns=finish[slow], per_rank_finish_ns=finish, compute_ns=comp,
                                exposed_comm_ns=exposed[slow])

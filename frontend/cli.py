@@ -1,11 +1,19 @@
-"""`astraserve` command line."""
+"""`astraserve` command line.
+
+Every command runs under one error path: a UserError (bad run file, catalog entry, workload, reference
+set, bundle, flag or output path; ProfileError and AstraSimError count as such) is printed as one line
+naming where, exit 2. Anything else is an internal invariant broken, reported as a bug (exit 3).
+"""
 
 from __future__ import annotations
 
-import json
+import functools
+import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,37 +22,98 @@ from rich.table import Table
 from astra_bridge.astrasim import AstraSimError
 from frontend.compute.profile import ProfileError
 from frontend.config.loader import ConfigError, load_and_resolve
+from frontend.errors import EXIT_BUG, EXIT_USER, UserError, bug_message, one_line
 from frontend.workload.jsonl import WorkloadError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AstraServe: simulate LLM serving clusters.")
 backends_app = typer.Typer(no_args_is_help=True, help="Inspect timing backends.")
 app.add_typer(backends_app, name="backends")
 err = Console(stderr=True)
+USER_ERRORS = (UserError, ProfileError, AstraSimError)
+F = TypeVar("F", bound=Callable[..., Any])
+# progress lines when stderr is not a terminal (logs, CI): one every PROGRESS_INTERVAL_S seconds of wall time
+PROGRESS_INTERVAL_S = float(os.environ.get("ASTRASERVE_PROGRESS_S", "10"))
 
 
-def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+def fail(msg: str, code: int = EXIT_USER) -> None:
+    err.print(f"[bold red]error:[/] {one_line(msg)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
+def guarded(fn: F) -> F:
+    """One error path for a command: user errors exit 2 with one line, bugs exit 3 with a short report."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except USER_ERRORS as e:
+            fail(str(e))
+        except OSError as e:  # a file the user named could not be read or written
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}")
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except RecursionError as e:
+            _bug(e)
+        except Exception as e:  # noqa: BLE001 - the last resort: report a bug, never a traceback or exit 0
+            _bug(e)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _bug(e: BaseException) -> None:
+    if os.environ.get("ASTRASERVE_DEBUG"):
+        import traceback
+
+        traceback.print_exception(e)
+    err.print(f"[bold red]bug:[/] {bug_message(e)}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(EXIT_BUG)
+
+
 def _overrides(workload: Path | None, num_requests: int | None, backend: str | None, profile: Path | None,
-               engine_meta: Path | None) -> dict[str, Any]:
+               engine_meta: Path | None, compute: str | None = None, seed: int | None = None) -> dict[str, Any]:
     ov: dict[str, Any] = {}
+    if num_requests is not None and not 1 <= num_requests <= 100_000_000:
+        raise ConfigError(f"--num-requests: expected 1..100000000, got {num_requests}")
     if workload is not None:
+        if not workload.is_file():
+            raise WorkloadError(f"--workload {workload}: no such file")
         ov["workload"] = {"kind": "jsonl", "path": str(workload.resolve())}
         if num_requests is not None:
             ov["workload"]["num_requests"] = num_requests
     elif num_requests is not None:
         ov["workload"] = {"num_requests": num_requests}
     if backend is not None:
+        if backend not in ("embedded", "astra-sim"):
+            raise ConfigError(f"--backend: expected 'embedded' or 'astra-sim', got {backend!r}")
         ov["backend"] = {"kind": backend}
+    if compute is not None and compute not in ("roofline", "profile"):
+        raise ConfigError(f"--compute: expected 'roofline' or 'profile', got {compute!r}")
     if profile is not None:
+        if compute == "roofline":
+            raise ConfigError("--compute roofline and --profile contradict each other; drop one")
+        if not profile.is_dir():
+            raise ConfigError(f"--profile {profile}: not a directory (a bundle's model folder)")
         ov["compute"] = {"kind": "profile", "profile": str(profile.resolve())}
+    elif compute == "roofline":
+        ov["compute"] = {"kind": "roofline", "profile": None}
+    elif compute == "profile":
+        ov["compute"] = {"kind": "profile"}
+    if seed is not None:
+        ov["seed"] = seed
     if engine_meta is not None:
         from frontend.validation.reference import engine_from_meta
 
         ov["engine"] = engine_from_meta(engine_meta)
     return ov
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def print_summary(s: dict[str, Any]) -> None:
@@ -56,7 +125,7 @@ def print_summary(s: dict[str, Any]) -> None:
     for c in ("mean", "p50", "p90", "p99"):
         t.add_column(c, justify="right")
     for key, label in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("e2e_ms", "E2E (ms)")):
-        t.add_row(label, *(f"{s[key][c]:.2f}" for c in ("mean", "p50", "p90", "p99")))
+        t.add_row(label, *(_fmt(s[key][c], ".2f") for c in ("mean", "p50", "p90", "p99")))
     out.print(t)
     thr = s["throughput"]
     out.print(f"throughput: {thr['requests_per_s']:.3f} req/s, {thr['output_tokens_per_s']:.1f} output tok/s; "
@@ -66,7 +135,29 @@ def print_summary(s: dict[str, Any]) -> None:
         out.print(f"[yellow]note:[/] {pc['warning']}")
 
 
+def _rejection_line(s: dict[str, Any]) -> str:
+    parts = [f"{code} x{v['count']} (e.g. {v['example']})" for code, v in s["rejections"].items()]
+    return "; ".join(parts)
+
+
+class ProgressLines:
+    """Progress for logs: one plain line to stderr every `interval` seconds of wall time."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL_S) -> None:
+        self.interval = interval
+        self.t0 = time.perf_counter()
+        self.last = self.t0
+
+    def __call__(self, now_ns: int, done: int, total: int) -> None:
+        w = time.perf_counter()
+        if w - self.last >= self.interval:
+            self.last = w
+            print(f"progress: {done}/{total} requests done, simulated {now_ns / 1e9:.2f} s, wall {w - self.t0:.0f} s",
+                  file=sys.stderr, flush=True)
+
+
 @app.command()
+@guarded
 def run(
     config: Annotated[Path, typer.Argument(help="run file (YAML)")],
     out: Annotated[Path | None, typer.Option(help="output directory (default: the config's output.dir)")] = None,
@@ -74,6 +165,8 @@ def run(
     workload: Annotated[Path | None, typer.Option(help="JSONL workload replacing the config's")] = None,
     num_requests: Annotated[int | None, typer.Option(help="limit/override the number of requests")] = None,
     backend: Annotated[str | None, typer.Option(help="embedded | astra-sim")] = None,
+    compute: Annotated[str | None, typer.Option(help="roofline | profile: the compute model (roofline ignores a "
+                                                "bundle the config names)")] = None,
     profile: Annotated[Path | None, typer.Option(help="profile bundle model folder")] = None,
     engine_meta: Annotated[Path | None, typer.Option(help="take engine settings from a vLLM run's meta.json")] = None,
     dump_chakra: Annotated[Path | None, typer.Option(help="write ASTRA-sim input sets of chosen iterations here")] = None,
@@ -84,34 +177,42 @@ def run(
     retention: Annotated[str | None, typer.Option(help="lru | ttl_pin | min_waste | invocation_distance")] = None,
     prefetch: Annotated[str | None, typer.Option(help="none | invocation_distance")] = None,
 ) -> None:
-    """Simulate a serving run and write requests.csv, iterations.csv and summary.json."""
-    from frontend.metrics.report import write_outputs
+    """Simulate a serving run and write requests.csv, iterations.csv, summary.json and run_info.json."""
+    from frontend.metrics.output import StagedDir, check_writable_dir
+    from frontend.metrics.report import write_summary
     from frontend.session import ChakraDumper, parse_iteration_spec, simulate
 
-    try:
-        if backend is not None and backend not in ("embedded", "astra-sim"):
-            raise ConfigError(f"--backend: expected 'embedded' or 'astra-sim', got {backend!r}")
-        ov = _overrides(workload, num_requests, backend, profile, engine_meta)
-        pol = {k: v for k, v in (("scheduling", scheduling), ("retention", retention), ("prefetch", prefetch)) if v}
-        if pol:
-            ov["policy"] = pol
-        if router:
-            ov["router"] = {"policy": router}
-        resolved = load_and_resolve(config, ov)
-        dump = ChakraDumper(parse_iteration_spec(dump_iterations), dump_chakra) if dump_chakra else None
-    except (ConfigError, WorkloadError, ValueError) as e:
-        fail(str(e))
-        return
-    out_dir = out or Path(resolved.config.output.dir)
+    ov = _overrides(workload, num_requests, backend, profile, engine_meta, compute, seed)
+    pol = {k: v for k, v in (("scheduling", scheduling), ("retention", retention), ("prefetch", prefetch)) if v}
+    if pol:
+        ov["policy"] = pol
+    if router:
+        ov["router"] = {"policy": router}
+    resolved = load_and_resolve(config, ov)
+    cfg = resolved.config
+    if pol and cfg.workload.kind != "agents" and not _is_session_trace(resolved):
+        flags = ", ".join(f"--{k}" for k in pol)
+        raise ConfigError(f"{flags}: agent-program policies; this run's workload ({cfg.workload.kind}) has no programs")
+    if compute == "profile" and cfg.compute.profile is None and not any(
+            i.hardware.profiles.get(f"{i.model.name}/{i.engine.dtype}/tp{i.tp}") or i.hardware.profiles.get(i.model.name)
+            for i in resolved.instances):
+        raise ConfigError("--compute profile: no profile bundle: give --profile DIR, compute.profile in the run file, "
+                          "or a hardware entry's profiles: for this model")
+    dump = None
+    if dump_chakra:
+        check_writable_dir(dump_chakra, "--dump-chakra")
+        dump = ChakraDumper(parse_iteration_spec(dump_iterations), dump_chakra)
+    out_dir = out or (Path(cfg.output.dir) if Path(cfg.output.dir).is_absolute() else Path(cfg.output.dir))
     show = not quiet and sys.stderr.isatty()
-    warned: set[str] = set()
+    warned: list[str] = []
 
     def warn(msg: str) -> None:
         if msg not in warned:
-            warned.add(msg)
-            err.print(f"[yellow]warning:[/] {msg}", highlight=False)
+            warned.append(msg)
+            if not quiet:
+                err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
-    try:
+    with StagedDir(out_dir, "--out" if out else "output.dir") as stage:
         if show:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -123,13 +224,14 @@ def run(
                     prog.update(task, completed=done, total=total,
                                 description=f"simulated {now_ns / 1e9:8.2f} s")
 
-                result, extra = simulate(resolved, seed, progress=progress, dump=dump, warn=warn)
+                result, extra = simulate(resolved, None, progress=progress, dump=dump, warn=warn,
+                                         stream_dir=stage.path)
         else:
-            result, extra = simulate(resolved, seed, dump=dump, warn=warn)
-    except (ConfigError, WorkloadError, ProfileError, AstraSimError) as e:
-        fail(str(e))
-        return
-    summary = write_outputs(result, out_dir, extra)
+            result, extra = simulate(resolved, None, progress=None if quiet else ProgressLines(), dump=dump,
+                                     warn=warn, stream_dir=stage.path)
+        info = {**result.info, "warnings": warned, "command": ["astraserve", *sys.argv[1:]] if sys.argv else []}
+        summary = write_summary(result, stage.path, extra, info)
+        stage.commit()
     if dump is not None:
         missing = sorted(dump.wanted - set(dump.written))
         if missing:
@@ -137,9 +239,26 @@ def run(
     if not quiet:
         print_summary(summary)
         Console().print(f"outputs in {out_dir}/")
+    if summary["rejected"]:
+        line = _rejection_line(summary)
+        if summary["completed"] == 0:
+            fail(f"all {summary['rejected']} requests were rejected, no latency to report (outputs in {out_dir}/): "
+                 f"{line}")
+        warn(f"{summary['rejected']} of {summary['requests']} requests rejected: {line}")
+
+
+def _is_session_trace(resolved) -> bool:
+    """A JSONL workload holding agentic session lines runs through the orchestrator."""
+    wl = resolved.config.workload
+    if wl.kind != "jsonl":
+        return False
+    from frontend.session import _first_line, _resolve_path
+
+    return '"sub_requests"' in _first_line(_resolve_path(resolved, wl.path))
 
 
 @backends_app.command("check")
+@guarded
 def backends_check(config: Annotated[Path | None, typer.Argument(help="run file naming a binary")] = None) -> None:
     """Report which backends are usable here and why not."""
     from astra_bridge.astrasim import find_binary, probe_binary
@@ -151,10 +270,7 @@ def backends_check(config: Annotated[Path | None, typer.Argument(help="run file 
     t.add_row("embedded", "yes", "pure Python analytical engine (default)")
     cfg_bin = None
     if config is not None:
-        try:
-            cfg_bin = load_and_resolve(config).config.backend.astra_sim.binary
-        except ConfigError as e:
-            fail(str(e))
+        cfg_bin = load_and_resolve(config).config.backend.astra_sim.binary
     path, why = find_binary(cfg_bin)
     if path is None:
         t.add_row("astra-sim", "no", why)
@@ -165,6 +281,7 @@ def backends_check(config: Annotated[Path | None, typer.Argument(help="run file 
 
 
 @app.command()
+@guarded
 def compare(
     config: Annotated[Path, typer.Argument(help="run file")],
     iterations: Annotated[str, typer.Option(help="iterations to compare, e.g. 0-20")] = "0-9",
@@ -174,15 +291,21 @@ def compare(
 ) -> None:
     """Run chosen iterations through the embedded and the upstream ASTRA-sim backend and diff them."""
     from astra_bridge.compare import compare_backends
+    from frontend.metrics.output import check_writable_dir, dumps_json
+    from frontend.session import parse_iteration_spec
 
+    if out is not None:
+        if out.is_dir():
+            raise ConfigError(f"--out {out}: is a directory (expected a JSON file path)")
+        check_writable_dir(out.parent if str(out.parent) else Path("."), "--out")
+    resolved = load_and_resolve(config, _overrides(workload, num_requests, None, None, None))
+    wanted = parse_iteration_spec(iterations, "--iterations")
     try:
-        resolved = load_and_resolve(config, _overrides(workload, num_requests, None, None, None))
-        from frontend.session import parse_iteration_spec
-
-        rows = compare_backends(resolved, parse_iteration_spec(iterations))
-    except (ConfigError, WorkloadError, ValueError, RuntimeError) as e:
-        fail(str(e))
-        return
+        rows = compare_backends(resolved, wanted)
+    except RuntimeError as e:
+        if isinstance(e, AstraSimError):
+            raise
+        raise AstraSimError(str(e)) from None
     t = Table(title="embedded vs astra-sim per iteration")
     for c in ("iteration", "instance", "embedded_ns", "astrasim_ns", "diff_%"):
         t.add_column(c, justify="right")
@@ -191,52 +314,62 @@ def compare(
                   f"{r['diff_pct']:+.3f}")
     Console().print(t)
     if out:
-        out.write_text(json.dumps(rows, indent=2) + "\n")
+        out.write_text(dumps_json(rows))
 
 
 @app.command()
+@guarded
 def validate(
     run: Annotated[Path, typer.Option(help="a simulation's output directory (requests.csv, iterations.csv)")],
-    reference: Annotated[Path, typer.Option(help="a real vLLM run: requests.jsonl, timeseries.csv, meta.json")],
+    reference: Annotated[Path, typer.Option(help="a real vLLM run (requests.jsonl, timeseries.csv, meta.json) or a "
+                                            "reference set directory holding one in vllm/")],
     out: Annotated[Path | None, typer.Option(help="where validate.json and the plots go (default: --run)")] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots")] = False,
+    partial: Annotated[bool, typer.Option("--partial", help="the run replayed only the reference's first N requests: "
+                                          "compare with those N (default: the counts must match)")] = False,
 ) -> None:
     """Compare TTFT/TPOT/E2E, throughput and KV usage of a simulated run with a real vLLM run."""
+    from frontend.metrics.output import VALIDATE_OUTPUTS, StagedDir
     from frontend.validation.compare import STATS, compare, save, write_plots
+    from frontend.validation.reference import resolve_reference_dir
 
-    try:
-        res = compare(run, reference)
-    except (OSError, ValueError, KeyError) as e:
-        fail(f"validate: {e}")
-        return
+    reference = resolve_reference_dir(reference)
     out_dir = out or run
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t = Table(title=f"{run} vs {reference} ({res['requests']['sim']} / {res['requests']['real']} requests)")
-    t.add_column("metric")
-    t.add_column("stat")
-    t.add_column("real (ms)", justify="right")
-    t.add_column("sim (ms)", justify="right")
-    t.add_column("error", justify="right")
-    for key in ("ttft", "tpot", "e2e"):
-        for st in STATS:
-            c = res["latency"][key][st]
-            t.add_row(key.upper(), st, f"{c['real_ms']:.2f}", f"{c['sim_ms']:.2f}", f"{c['error_pct']:+.2f}%")
-    con = Console()
-    con.print(t)
-    thr = res["throughput"]
-    con.print(f"output throughput: real {thr['real_output_tok_s']:.1f} tok/s, sim {thr['sim_output_tok_s']:.1f} tok/s "
-              f"({thr['error_pct']:+.2f}%)")
-    for key in ("timeseries_kv_cache_pct", "timeseries_gen_throughput"):
-        if key in res:
-            v = res[key]
-            con.print(f"{key}: mean abs error {v['mae']:.2f} (real mean {v['real_mean']:.2f}, sim mean {v['sim_mean']:.2f})")
-    save(res, out_dir)
-    if not no_plots:
-        for p in write_plots(run, reference, out_dir):
-            con.print(f"wrote {p}")
+    with StagedDir(out_dir, "--out" if out else "--run", owned=VALIDATE_OUTPUTS) as stage:
+        res = compare(run, reference, partial)
+        t = Table(title=f"{run} vs {reference} ({res['requests']['sim']} / {res['requests']['real']} requests)")
+        t.add_column("metric")
+        t.add_column("stat")
+        t.add_column("real (ms)", justify="right")
+        t.add_column("sim (ms)", justify="right")
+        t.add_column("error", justify="right")
+        for key in ("ttft", "tpot", "e2e"):
+            for st in STATS:
+                c = res["latency"][key][st]
+                t.add_row(key.upper(), st, _fmt(c["real_ms"], ".2f"), _fmt(c["sim_ms"], ".2f"),
+                          "-" if c["error_pct"] is None else f"{c['error_pct']:+.2f}%")
+        con = Console()
+        con.print(t)
+        thr = res["throughput"]
+        con.print(f"output throughput: real {_fmt(thr['real_output_tok_s'], '.1f')} tok/s, sim "
+                  f"{_fmt(thr['sim_output_tok_s'], '.1f')} tok/s "
+                  f"({'-' if thr['error_pct'] is None else format(thr['error_pct'], '+.2f')}%)")
+        for key in ("timeseries_kv_cache_pct", "timeseries_gen_throughput"):
+            if key in res:
+                v = res[key]
+                con.print(f"{key}: mean abs error {v['mae']:.2f} (real mean {v['real_mean']:.2f}, "
+                          f"sim mean {v['sim_mean']:.2f})")
+        for note in res.get("notes", []):
+            err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        save(res, stage.path)
+        written = [] if no_plots else write_plots(run, reference, stage.path, partial)
+        stage.commit()
+    for p in written:
+        con.print(f"wrote {out_dir / p.name}")
 
 
 @app.command("profile")
+@guarded
 def profile_cmd(
     out: Annotated[Path, typer.Option(help="bundle model folder to write")],
     model: Annotated[str | None, typer.Option(help="model catalog name or HF config.json path")] = None,
@@ -258,8 +391,14 @@ def profile_cmd(
     latencies) with PyTorch and write a bundle."""
     from frontend.config.loader import find_catalog_file
     from frontend.config.models import load_model_spec
+    from frontend.metrics.output import check_writable_dir
     from frontend.profiler.run import profile
 
+    for flag, v in (("--tp", tp), ("--max-tokens", max_tokens), ("--max-seqs", max_seqs), ("--max-kv", max_kv),
+                    ("--iters", iters)):
+        if v < 1:
+            fail(f"{flag}: must be >= 1, got {v}")
+    check_writable_dir(out, "--out")
     if device not in ("cuda", "cpu"):
         fail(f"--device: expected cuda or cpu, got {device!r}")
     if dtype not in ("bf16", "fp16", "fp32"):

@@ -10,25 +10,31 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from astra_bridge.backend import Backend
 from frontend.config.loader import ResolvedRun
+from frontend.errors import InternalError
 from frontend.instance.runtime import InstanceRuntime, StepOutcome
-from frontend.metrics.collector import IterationLog
+from frontend.metrics.collector import IterationLog, RequestLog
 from frontend.router import Router
 from frontend.workload.request import Request
 
 ITER_DONE = 0
 ARRIVAL = 1
 TIMER = 2
+# Event order at one instant is (kind, seq). Requests of the workload get seq = their index; everything pushed
+# while running (iteration ends, timers, agent turns released later) gets seq above them, so workload requests
+# can be fed lazily, one ahead of the clock, in the same order an up-front heap would give.
+LATER_SEQ = 1 << 62
 
 
 @dataclass
 class RunResult:
-    requests: list[Request]
+    requests: list[Request]  # every request, in the order they left the system (empty when not kept)
     iterations: IterationLog
+    request_log: RequestLog
     sim_end_ns: int
     wall_s: float
     instances: list[InstanceRuntime]
@@ -37,13 +43,14 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     orchestrator: object | None = None
     retention: object | None = None
+    info: dict = field(default_factory=dict)  # what ran: resolved config, backend, compute model, bundles
 
 
 class Engine:
     def __init__(self, run: ResolvedRun, instances: list[InstanceRuntime], backend: Backend,
                  progress: Callable[[int, int, int], None] | None = None,
                  on_step: Callable[[InstanceRuntime, StepOutcome, int], None] | None = None,
-                 orchestrator=None) -> None:
+                 orchestrator=None, keep_records: bool = True) -> None:
         self.run_cfg = run
         self.instances = instances
         self.backend = backend
@@ -51,7 +58,7 @@ class Engine:
         self.orch = orchestrator
         self.retention = None
         self._events: list[tuple[int, int, int, object]] = []
-        self._seq = 0
+        self._seq = LATER_SEQ
         if orchestrator is not None:
             from frontend.policies import RetentionPolicy, priority_key
 
@@ -69,25 +76,47 @@ class Engine:
                     inst.scheduler.on_pressure = lambda need, i=inst: self.retention.break_one_pin(i)
         self.progress = progress
         self.on_step = on_step
-        self.log = IterationLog(tier_names=sorted({t.name for i in instances for t in i.lower_tiers}))
+        tiers = sorted({t.name for i in instances for t in i.lower_tiers})
+        self.log = IterationLog(tier_names=tiers, keep=keep_records)
+        self.request_log = RequestLog(tier_names=tiers, keep=keep_records)
 
     def schedule_timer(self, t: int, fn: Callable[[], None]) -> None:
         heapq.heappush(self._events, (t, TIMER, self._seq, fn))
         self._seq += 1
 
-    def run(self, requests: list[Request]) -> RunResult:
+    def run(self, requests: Iterable[Request], total: int | None = None) -> RunResult:
+        """Simulate `requests` (any iterable in arrival order: a generator is consumed lazily, one request
+        ahead of the clock). `total` is the number of workload requests, for progress reports."""
         t0 = time.perf_counter()
-        requests = list(requests)
-        if self.orch is not None:
-            requests.extend(self.orch.initial())
         events = self._events
-        for r in requests:
-            events.append((r.arrival_ns, ARRIVAL, self._seq, r))
-            self._seq += 1
-        heapq.heapify(events)
+        log = self.request_log
+        src = iter(requests)
+        fed = 0
+        last_arrival = 0
+        if self.orch is not None:  # agent programs: every initial turn goes in up front, in list order
+            initial = [*src, *self.orch.initial()]
+            src = iter(())
+            for i, r in enumerate(initial):
+                events.append((r.arrival_ns, ARRIVAL, i, r))
+            fed = len(initial)
+            heapq.heapify(events)
+            if total is None:
+                total = sum(1 for r in initial if not r.program_id) + self.orch.num_turns
+
+        def feed() -> None:
+            nonlocal fed, last_arrival
+            r = next(src, None)
+            if r is None:
+                return
+            if r.arrival_ns < last_arrival:
+                raise InternalError(f"workload requests out of arrival order at {r.request_id}")
+            last_arrival = r.arrival_ns
+            heapq.heappush(events, (r.arrival_ns, ARRIVAL, fed, r))
+            fed += 1
+
+        feed()
         inflight: dict[str, StepOutcome] = {}
         by_name = {i.name: i for i in self.instances}
-        total = sum(1 for r in requests if not r.program_id) + (self.orch.num_turns if self.orch is not None else 0)
         done = 0
         now = 0
         last_report = 0.0
@@ -95,18 +124,21 @@ class Engine:
             now = events[0][0]
             touched: list[InstanceRuntime] = []
             while events and events[0][0] == now:
-                _, kind, _, payload = heapq.heappop(events)
+                _, kind, seq, payload = heapq.heappop(events)
                 if kind == TIMER:
                     payload()  # type: ignore[operator]
                     continue
                 if kind == ARRIVAL:
                     req = payload  # type: ignore[assignment]
+                    if seq < LATER_SEQ:
+                        feed()
                     inst = self.router.choose(req)
                     reason = inst.scheduler.rejection_reason(req)
                     if reason:
                         req.status = "rejected"
                         req.reject_reason = reason
                         req.instance = inst.name
+                        log.add(req)
                         done += 1
                         continue
                     if self.retention is not None and req.program_id:
@@ -118,11 +150,13 @@ class Engine:
                     out = inflight.pop(inst.name)
                     finished = inst.scheduler.complete(out.plan, now)
                     done += len(finished)
+                    for r in finished:
+                        log.add(r)
                     if self.orch is not None:
                         for r in finished:
                             if r.program_id:
                                 for child in self.orch.on_finish(r, now):
-                                    requests.append(child)
+                                    fed += 1
                                     heapq.heappush(events, (child.arrival_ns, ARRIVAL, self._seq, child))
                                     self._seq += 1
                     inst.busy = False
@@ -135,6 +169,8 @@ class Engine:
                 out = inst.step(now)
                 if out is None:
                     continue
+                if type(out.duration_ns) is not int or out.duration_ns <= 0:
+                    raise InternalError(f"{inst.name}: iteration at {now} ns has duration {out.duration_ns!r}")
                 inst.busy = True
                 plan = out.plan
                 for r in plan.requests[plan.first_admitted:]:
@@ -152,13 +188,15 @@ class Engine:
                 w = time.perf_counter()
                 if w - last_report > 0.1:
                     last_report = w
-                    self.progress(now, done, total)
+                    self.progress(now, done, total if total is not None else fed)
         if self.progress is not None:
-            self.progress(now, done, total)
+            self.progress(now, done, total if total is not None else fed)
         for inst in self.instances:
             inst.power.finish(now)
-        stuck = [r for r in requests if r.status not in ("finished", "rejected")]
-        if stuck:
-            raise RuntimeError(f"{len(stuck)} requests neither finished nor rejected (first: {stuck[0].request_id})")
-        return RunResult(requests=requests, iterations=self.log, sim_end_ns=now, wall_s=time.perf_counter() - t0,
-                         instances=self.instances, backend_stats=self.backend.stats(), router=self.router)
+        if log.total != fed or inflight:
+            stuck = [r.request_id for i in self.instances for r in (*i.scheduler.running, *i.scheduler.waiting)]
+            raise InternalError(f"{fed - log.total} of {fed} requests neither finished nor rejected when the event "
+                                f"queue ran dry (first: {stuck[0] if stuck else '?'})")
+        return RunResult(requests=log.requests, iterations=self.log, request_log=log, sim_end_ns=now,
+                         wall_s=time.perf_counter() - t0, instances=self.instances, backend_stats=self.backend.stats(),
+                         router=self.router)

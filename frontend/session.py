@@ -15,31 +15,48 @@ from astra_bridge.embedded.backend import EmbeddedBackend
 from astra_bridge.inputs import write_input_set
 from chakra_gen.et_io import with_micro_durations
 from frontend.compute.factory import make_compute_model
+from frontend.compute.roofline import Roofline
 from frontend.config.loader import ResolvedRun
 from frontend.engine import Engine, RunResult
 from frontend.instance.runtime import InstanceRuntime, StepOutcome
 from frontend.workload.jsonl import read_jsonl
 from frontend.workload.request import Request
-from frontend.workload.synthetic import synthetic_requests
+from frontend.workload.synthetic import iter_synthetic_requests, synthetic_requests
+
+MAX_DUMP_ITERATIONS = 100_000
 
 
-def parse_iteration_spec(spec: str) -> set[int]:
-    """'0,10,100-110' -> {0, 10, 100..110}."""
+def parse_iteration_spec(spec: str, flag: str = "--dump-iterations") -> set[int]:
+    """'0,10,100-110' -> {0, 10, 100..110}; ConfigError naming `flag` for anything else."""
+    from frontend.config.loader import ConfigError
+
     out: set[int] = set()
     for part in spec.split(","):
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            lo, hi = int(a), int(b)
-            if hi < lo:
-                raise ValueError(f"iteration range {part!r} is reversed")
-            out.update(range(lo, hi + 1))
-        else:
-            out.add(int(part))
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0],
+                                                                             part[1:].split("-", 1)[1])
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ConfigError(f"{flag}: iteration range {part!r} is reversed")
+                if lo < 0:
+                    raise ConfigError(f"{flag}: iteration indices must be >= 0 (got {part!r})")
+                if hi - lo + 1 + len(out) > MAX_DUMP_ITERATIONS:
+                    raise ConfigError(f"{flag}: more than {MAX_DUMP_ITERATIONS:,} iterations asked for")
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{flag}: {part!r} is not an iteration index or range (e.g. 0,10,100-110)") from None
     if any(i < 0 for i in out):
-        raise ValueError("iteration indices must be >= 0")
+        raise ConfigError(f"{flag}: iteration indices must be >= 0")
+    if not out:
+        raise ConfigError(f"{flag}: no iterations given")
     return out
 
 
@@ -60,7 +77,7 @@ def load_workload(run: ResolvedRun, seed: int):
     if wl.kind == "agents":
         if wl.trace:
             path = _resolve_path(run, wl.trace)
-            first = path.read_text().split("\n", 1)[0] if path.is_file() else ""
+            first = _first_line(path)
             if '"turns"' in first:
                 progs = read_dag_jsonl(path)
                 return [], progs, dict(wl.tools), []
@@ -72,6 +89,54 @@ def load_workload(run: ResolvedRun, seed: int):
         progs = sessions_to_programs(sessions) if sessions else None
         return reqs, progs, {}, []
     return synthetic_requests(wl, seed), None, {}, []
+
+
+def _first_line(path: Path) -> str:
+    from frontend.workload.jsonl import WorkloadError
+
+    if not path.is_file():
+        return ""
+    try:
+        with path.open("rb") as f:
+            return f.readline(1 << 20).decode("utf-8", errors="replace")
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def bundle_path(inst, cfg, base_dir: Path | None) -> Path | None:
+    """The profile bundle an instance uses (compute.profile / --profile, else its hardware entry), if any."""
+    if cfg.kind != "profile":
+        return None
+    path = cfg.profile
+    if path is None:
+        key = f"{inst.model.name}/{inst.engine.dtype}/tp{inst.tp}"
+        path = inst.hardware.profiles.get(key) or inst.hardware.profiles.get(inst.model.name)
+        if path is None:
+            return None
+    p = Path(path)
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p
+    return p
+
+
+def check_bundles(run: ResolvedRun, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Check every bundle the run will read (BundleError naming the file); per instance what it uses."""
+    from frontend.compute.bundle_check import check_bundle, read_meta
+
+    used = []
+    for ri in run.instances:
+        p = bundle_path(ri, run.config.compute, run.config.base_dir)
+        entry: dict[str, Any] = {"instance": ri.name, "configured": run.config.compute.kind}
+        if p is not None:
+            for w in check_bundle(p, ri.engine.dtype, ri.tp, ri.hardware.name):
+                if warn is not None:
+                    warn(w)
+            meta = read_meta(p / ri.engine.dtype)
+            entry["bundle"] = {"path": str(p.resolve()), "dtype": ri.engine.dtype, "tp": ri.tp,
+                               **{k: str(meta[k]) for k in ("hardware", "gpu", "model", "vllm_version",
+                                                             "profiled_at") if k in meta}}
+        used.append(entry)
+    return used
 
 
 def load_requests(run: ResolvedRun, seed: int) -> tuple[list[Request], list[str]]:
@@ -174,21 +239,35 @@ def _few_gc_passes() -> Iterator[None]:
 
 
 def simulate(run: ResolvedRun, seed: int | None = None, progress=None, dump: ChakraDumper | None = None,
-             requests: list[Request] | None = None, warn: Callable[[str], None] | None = None
-             ) -> tuple[RunResult, dict[str, Any]]:
+             requests: list[Request] | None = None, warn: Callable[[str], None] | None = None,
+             stream_dir: Path | None = None) -> tuple[RunResult, dict[str, Any]]:
+    """Run the simulation. With `stream_dir`, requests.csv and iterations.csv are written there while the
+    run goes and no per-request record is kept (memory flat in the number of requests); without it, the
+    result keeps every request and iteration row (result.requests, result.iterations.rows)."""
     with _few_gc_passes():
-        return _simulate(run, seed, progress, dump, requests, warn)
+        if stream_dir is None:
+            return _simulate(run, seed, progress, dump, requests, warn, None)
+        with (Path(stream_dir) / "requests.csv").open("w", newline="") as rf, \
+                (Path(stream_dir) / "iterations.csv").open("w", newline="") as itf:
+            return _simulate(run, seed, progress, dump, requests, warn, (rf, itf))
 
 
 def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper | None,
-              requests: list[Request] | None, warn: Callable[[str], None] | None
+              requests: list[Request] | None, warn: Callable[[str], None] | None, files
               ) -> tuple[RunResult, dict[str, Any]]:
     seed = run.config.seed if seed is None else seed
     notes: list[str] = []
     programs = None
     tools: dict = {}
+    total = None
+    bundles = check_bundles(run, warn)
+    wl = run.config.workload
     if requests is None:
-        requests, programs, tools, notes = load_workload(run, seed)
+        if files is not None and wl.kind == "synthetic":
+            requests = iter_synthetic_requests(wl, seed)  # type: ignore[assignment]
+            total = wl.num_requests
+        else:
+            requests, programs, tools, notes = load_workload(run, seed)
     backend = make_backend(run)
     insts = build_instances(run, backend, warn)
     orch = None
@@ -200,20 +279,32 @@ def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper |
         sys_tokens = wl.system_prompt_tokens if wl.kind == "agents" and not wl.trace else 0
         orch = Orchestrator(programs, ToolSimulator(tools, seed, run.config.base_dir), insts[0].pool.block_size,
                             system_prompt_tokens=sys_tokens)
-    engine = Engine(run, insts, backend, progress=progress, on_step=dump, orchestrator=orch)
-    result = engine.run(requests)
+    engine = Engine(run, insts, backend, progress=progress, on_step=dump, orchestrator=orch,
+                    keep_records=files is None)
+    if files is not None:
+        engine.request_log.attach(files[0])
+        engine.log.attach(files[1])
+    result = engine.run(requests, total=total)
     result.orchestrator = orch
     result.retention = engine.retention
     result.notes.extend(notes)
-    requests = result.requests
-    no_ids = sum(1 for r in requests if not r.content.has_content)
+    log = result.request_log
+    no_ids = log.without_content
+    result.info = {
+        "seed": seed,
+        "backend": run.config.backend.kind,
+        "compute": [{**b, "used": "roofline" if isinstance(i.compute, Roofline) else "profile"}
+                    for b, i in zip(bundles, insts, strict=True)],
+        "config": run.config.model_dump(mode="json"),
+        "source": run.source,
+    }
     extra: dict[str, Any] = {
         "name": run.config.name,
         "seed": seed,
         "instances": [{"name": i.name, "hardware": i.inst.hardware.name, "model": i.inst.model.name,
                        "tp": i.inst.tp, "pp": i.inst.pp, "kv_blocks": i.inst.num_gpu_blocks,
                        "iterations": i.iterations} for i in insts],
-        "prefix_cache": _prefix_summary(insts, no_ids, len(requests)),
+        "prefix_cache": _prefix_summary(insts, no_ids, log.total),
         "notes": result.notes,
     }
     return result, extra

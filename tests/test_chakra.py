@@ -53,7 +53,21 @@ def test_round_trip_lossless(tmp_path: Path):
     assert node.duration_micros == 12 and node.type == pb.COMP_NODE
     attrs = {x.name: x for x in node.attr}
     assert attrs["num_ops"].WhichOneof("value") == "int64_val"
-    assert attrs["tensor_size"].uint64_val == 5 << 20
+    # exact compute time (default): ASTRA-sim's roofline at 2e9 FLOP/s times 2*12345+1 ops as 12345 ns
+    assert attrs["num_ops"].int64_val == 2 * 12345 + 1 and attrs["tensor_size"].uint64_val == 0
+    assert attrs["model_num_ops"].int64_val == 10**12 and attrs["model_tensor_size"].int64_val == 5 << 20
+    # the plain replay form keeps the model's figures in num_ops / tensor_size
+    write_et(g, p, compute_time="micros")
+    raw = p.read_bytes()
+    n, pos = _DecodeVarint32(raw, 0)
+    pos += n
+    n, pos = _DecodeVarint32(raw, pos)
+    node = pb.Node()
+    node.ParseFromString(raw[pos:pos + n])
+    attrs = {x.name: x for x in node.attr}
+    assert attrs["num_ops"].int64_val == 10**12 and attrs["tensor_size"].uint64_val == 5 << 20
+    h, _ = read_et(p, rank=3)
+    assert h.digest() == g.digest()
 
 
 def _ops(names, d=1000):

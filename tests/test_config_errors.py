@@ -111,7 +111,7 @@ def test_cli_bad_inputs_exit_2_with_a_message(tmp_path: Path, monkeypatch):
         (["run", str(cfg), "--backend", "astra-sim"], "astra-sim backend unusable"),
         (["run", str(cfg), "--dump-chakra", str(tmp_path / "d"), "--dump-iterations", "5-2"], "reversed"),
         (["run", str(agents)], "dag.jsonl:1: bad program line (missing field 'new_tokens')"),
-        (["validate", "--run", str(tmp_path), "--reference", str(tmp_path)], "no requests.csv"),
+        (["validate", "--run", str(tmp_path), "--reference", str(tmp_path)], "no requests.jsonl"),
     ]
     for args, msg in cases:
         r = runner.invoke(app, [*args[:2], *(["--quiet"] if args[0] == "run" else []), *args[2:]])

@@ -92,6 +92,8 @@ def test_run_with_profile_and_validate(tmp_path: Path, repo: Path):
                             "--engine-meta", str(VLLM_REF / "meta.json")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["validate", "--run", str(out), "--reference", str(VLLM_REF)])
+    assert r.exit_code == 2 and "40 requests but the reference" in r.output  # a 40-request run is not the 300
+    r = runner.invoke(app, ["validate", "--run", str(out), "--reference", str(VLLM_REF), "--partial"])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "validate.json").read_text())
     assert set(res["latency"]) == {"ttft", "tpot", "e2e"}

@@ -17,13 +17,20 @@ sends/receives (tests check it against the event loop).
 from __future__ import annotations
 
 import heapq
+import math
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate, compress
 
 from astra_bridge.embedded.memory import MemorySystem
-from astra_bridge.embedded.network import Dimension, SystemKnobs, collective_time_ns, p2p_time_ns
+from astra_bridge.embedded.network import (
+    Dimension,
+    SystemKnobs,
+    collective_time_ns,
+    group_ring_time_ns,
+    p2p_time_ns,
+)
 from astra_bridge.result import IterationResult
 from chakra_gen.graph import (
     COLL,
@@ -62,15 +69,63 @@ class NetworkContext:
         return tuple(bool(x) for x in inv)
 
     @cached_property
-    def ring_dims(self) -> tuple[Dimension, ...]:
-        return tuple(replace(d, algorithm="ring") for d in self.dims)
+    def total_npus(self) -> int:
+        return math.prod(d.npus for d in self.dims) if self.dims else 1
 
     def coll_time(self, attrs: dict) -> int:
-        """Collectives on a named comm group run ASTRA-sim's group plan: one ring over the group's
-        NPUs, whatever algorithms the dimensions are configured with (checked against the binary)."""
-        dims = self.ring_dims if attrs.get("pg_name") else self.dims
-        return collective_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), dims,
+        """A collective on a named comm group smaller than the system runs ASTRA-sim's group plan: one
+        ring over the group's NPUs, whatever algorithms the dimensions are configured with; a group
+        of every NPU (and a collective without a group) runs the configured per-dimension algorithms
+        (a group of every NPU on all dimensions)."""
+        pg = attrs.get("pg_name")
+        if pg:
+            members = self.comm_groups.get(pg)
+            if members is None:
+                raise ValueError(f"collective names comm group {pg!r}, which is not defined")
+            if len(members) != self.total_npus:
+                return group_ring_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), tuple(members),
+                                          self.dims, self.knobs)
+            return collective_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), self.dims,
+                                      tuple(True for _ in self.dims), self.knobs)
+        return collective_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), self.dims,
                                   self.involved(attrs), self.knobs)
+
+    def resolved(self, graphs: list[Graph]) -> NetworkContext:
+        """This context with split_mode "auto" resolved for these graphs (one chunk count per iteration,
+        from its largest collective), or itself."""
+        if self.knobs.split_mode == "fixed":
+            return self
+        k = self.knobs.resolved(max_collective_bytes(graphs))
+        ctx = self._resolved.get(k)
+        if ctx is None:
+            ctx = self._resolved[k] = NetworkContext(self.dims, k, self.comm_groups)
+        return ctx
+
+    @cached_property
+    def _resolved(self) -> dict[SystemKnobs, NetworkContext]:
+        return {}
+
+
+def max_collective_bytes(graphs: list[Graph]) -> int:
+    """The largest collective's comm_size over all ranks' graphs (0 without collectives)."""
+    best = 0
+    seen: set[int] = set()
+    for g in graphs:
+        t = getattr(g, "template", None) or getattr(getattr(g, "mtemplate", None), "chain", None)
+        if t is not None:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            for _, typ, _, _, _, a in t.prologue + t.layer + t.epilogue:
+                if typ == COLL:
+                    best = max(best, int(a["comm_size"]))
+            continue
+        if id(g.attrs) in seen:
+            continue
+        seen.add(id(g.attrs))
+        for i in compress(range(len(g)), map(COLL.__eq__, g.types)):
+            best = max(best, int(g.attrs[i]["comm_size"]))
+    return best
 
 
 def _union_minus(intervals: list[tuple[int, int]], cover: list[tuple[int, int]]) -> int:
@@ -134,8 +189,14 @@ class Executor:
         mt = graphs[0].mtemplate  # type: ignore[attr-defined]
         if mt is None or any(getattr(g, "mtemplate", None) is not mt for g in graphs):
             return False
-        if mt.chain.node_types() != {COMP}:
+        types = mt.chain.node_types()
+        if not types <= {COMP, COLL}:
             return False
+        if COLL in types and len(graphs) > 1:
+            for _, typ, _, _, _, a in mt.chain.prologue + mt.chain.layer + mt.chain.epilogue:
+                pg = a.get("pg_name", "") if (typ == COLL and a) else ""
+                if pg and len(self.network.group(pg, len(graphs))) != len(graphs):
+                    return False
         return len(graphs) == 1 or all(t.kind == "PER_NPU_MEMORY_EXPANSION" for t in self.memory.tiers.values())
 
     def _mem_template_time(self, mt: MemChainTemplate) -> IterationResult:
@@ -175,8 +236,10 @@ class Executor:
             shared[name] = max(shared.get(name, 0), t + mem.t0)
         mem_end = t
         c = mt.chain
-        layer = [n[2] or 1 for n in c.layer]
         k = mt.attention_k if (mt.loads and mt.attention_k is not None) else None
+        if COLL in c.node_types():
+            return self._mem_template_walk(c, k, load_end, mem_end, dict(mem_bytes))
+        layer = [n[2] or 1 for n in c.layer]
         pre = sum(layer[:k]) if k is not None else 0
         post = sum(layer) - pre
         pro = sum(n[2] or 1 for n in c.prologue)
@@ -197,6 +260,49 @@ class Executor:
         return IterationResult(duration_ns=max(now, mem_end), per_rank_finish_ns=[], compute_ns=comp, comm_ns=0,
                                mem_ns=mem_end, exposed_comm_ns=0, exposed_mem_ns=stall + max(0, mem_end - now),
                                comm_bytes=0, mem_bytes_by_tier=dict(mem_bytes))
+
+    def _mem_template_walk(self, c: ChainTemplate, k: int | None, load_end: list[int], mem_end: int,
+                           mem_bytes: dict[str, int]) -> IterationResult:
+        """The chain of a memory template that holds collectives, walked node by node.
+
+        Memory nodes and collectives share the NPU's one communication slot and the memory nodes
+        have the lower ids (the builder writes them first), so ASTRA-sim runs every load and store
+        before any collective: the memory chain is always ready again when its slot frees, and the
+        lowest ready id goes first. A collective therefore starts at max(its predecessor's end,
+        the last memory transfer's end).
+        """
+        now = stall = comp = comm = comm_bytes = wait = 0
+        coll_ns: dict[int, int] = {}
+        net = self.network
+
+        def walk(nodes: list, gate: int) -> None:
+            nonlocal now, stall, comp, comm, comm_bytes, wait
+            for j, (_, typ, dur, _, _, a) in enumerate(nodes):
+                if j == k and gate >= 0 and load_end[gate] > now:
+                    stall += load_end[gate] - now
+                    now = load_end[gate]
+                if typ == COMP:
+                    d = dur or 1
+                    comp += d
+                else:
+                    if mem_end > now:
+                        wait += mem_end - now
+                        now = mem_end
+                    d = coll_ns.get(id(a))
+                    if d is None:
+                        d = coll_ns[id(a)] = net.coll_time(a)
+                    comm += d
+                    comm_bytes += int(a["comm_size"])
+                now += d
+
+        walk(c.prologue, -1)
+        for li in range(c.num_layers):
+            walk(c.layer, li if load_end else -1)
+        walk(c.epilogue, -1)
+        return IterationResult(duration_ns=max(now, mem_end), per_rank_finish_ns=[], compute_ns=comp, comm_ns=comm,
+                               mem_ns=mem_end, exposed_comm_ns=comm,
+                               exposed_mem_ns=stall + wait + max(0, mem_end - now), comm_bytes=comm_bytes,
+                               mem_bytes_by_tier=mem_bytes)
 
     def _chain_time(self, g: Graph) -> IterationResult:
         types = g.types
@@ -284,6 +390,9 @@ class Executor:
                 return None
         if loads and stores and stores[0] < loads[-1]:
             return None  # stores would interleave with loads on the memory resource
+        mem_ids = loads + stores
+        if mem_ids and any(types[i] == COLL and i < max(mem_ids) for i in main):
+            return None  # a collective could win the communication slot between memory transfers
         return main, loads, stores
 
     def _mem_chain_time(self, g: Graph, shape) -> IterationResult:
@@ -368,6 +477,11 @@ class Executor:
                 dur = durs[i] if durs[i] > 0 else 1
                 comp += dur
             else:
+                # memory transfers hold the one communication slot and have the lower ids: a
+                # collective starts only after the last of them (see _mem_template_walk)
+                if mem_end > now:
+                    stall += mem_end - now
+                    now = mem_end
                 a = attrs[i]
                 dur = coll_cache.get(id(a))
                 if dur is None:
@@ -384,6 +498,14 @@ class Executor:
     def template_result(self, graphs: list[Graph]) -> IterationResult | None:
         """The closed-form timing of builder templates (ChainGraph / MemChainGraph ranks), or None when
         the graphs are not templates of a shape the closed forms cover."""
+        base = self.network
+        self.network = base.resolved(graphs)
+        try:
+            return self._template_result(graphs)
+        finally:
+            self.network = base
+
+    def _template_result(self, graphs: list[Graph]) -> IterationResult | None:
         g0 = graphs[0]
         if isinstance(g0, ChainGraph) and self._can_fast_template(graphs):
             r = self._template_time(g0.template)  # type: ignore[arg-type]
@@ -441,10 +563,18 @@ class Executor:
             ) -> IterationResult:
         if not graphs:
             raise ValueError("no graphs to execute")
+        base = self.network
+        self.network = base.resolved(graphs)
+        try:
+            return self._run(graphs, force_event_loop, reduce_symmetry)
+        finally:
+            self.network = base
+
+    def _run(self, graphs: list[Graph], force_event_loop: bool, reduce_symmetry: bool) -> IterationResult:
         if self.memory is not None:
             self.memory.reset()
         if not force_event_loop:
-            r = self.template_result(graphs)
+            r = self._template_result(graphs)
             if r is not None:
                 return r
         if not force_event_loop and self._can_fast(graphs):
@@ -612,7 +742,7 @@ class Executor:
                         raise ValueError(f"rank {g.rank} sends to rank {dst_rank}, which has no graph")
                     dst = pos[dst_rank]
                     size = int(a["comm_size"])
-                    arrive = now + p2p_time_ns(g.rank, dst_rank, size, net.dims)
+                    arrive = now + p2p_time_ns(g.rank, dst_rank, size, net.dims, net.knobs.p2p_route)
                     comm_bytes += size
                     key = (r, dst, int(a.get("comm_tag", 0)))
                     if waiting_recv[key]:

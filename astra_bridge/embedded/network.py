@@ -21,7 +21,9 @@ shared/reference/ASTRA_SIM_INPUTS.md and astra_sim_allreduce_reference.csv
   direct AR: 2 steps, msg = chunk/N, 3 ep, 3 lmem
   halvingDoubling AR: 2 log2 N steps of chunk/2^k, 2 log2 N + 1 ep,
       3 * sum_{k>=2} lmem(chunk/2^k)  (within 1% of the binary)
+  halvingDoubling AG: log2 N steps, msg = chunk * 2^k to the partner at N/2^(k+1), log2 N + 1 ep
   ring A2A: N(N-1)/2 steps, msg = chunk/N, N(N-1)/2 + 1 ep
+  direct A2A: one step (all pieces in parallel), msg = chunk/N, 2 ep
 
 Hops: Ring neighbours 1 (halving-doubling partner at distance 2^k: min(d, N-d));
 FullyConnected 1; Switch 2 (up to the switch and down).
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from chakra_gen.graph import CollectiveType
@@ -62,12 +64,71 @@ class Dimension:
         return min(d, self.npus - d)
 
 
+SPLIT_MODES = ("fixed", "auto")
+P2P_ROUTES = ("lowest_dim", "all_dims")
+SCHEDULING_POLICIES = ("LIFO", "FIFO")
+COLLECTIVE_OPTIMIZATIONS = ("localBWAware", "baseline")
+# NCCL_BUFFSIZE's default (4 MiB, NCCL environment-variable documentation): NCCL moves a message
+# through one buffer per step, so a message below one buffer is not pipelined in further pieces.
+NCCL_BUFFSIZE = 4 << 20
+
+
 @dataclass(frozen=True)
 class SystemKnobs:
+    """ASTRA-sim system.json knobs that change timing (plus two named options of this project).
+
+    split_mode "fixed": every collective is split into preferred_dataset_splits chunks (ASTRA-sim).
+    split_mode "auto": chunks = clamp(ceil(bytes / min_chunk_bytes), 1, preferred_dataset_splits) for
+    the largest collective of the iteration (one value per iteration, because ASTRA-sim reads one
+    preferred-dataset-splits per run and every run is one iteration); min_chunk_bytes defaults to
+    NCCL_BUFFSIZE. p2p_route "lowest_dim": a send between NPUs that differ in several dimensions is
+    charged on the lowest differing dimension only (ASTRA-sim's MultiDimTopology::send);
+    "all_dims": charged on every differing dimension (store-and-forward through each, the physical
+    route; the binary cannot express it).
+    """
+
     preferred_dataset_splits: int = 4
     endpoint_delay_ns: int = 10
     active_chunks_per_dimension: int = 1
     local_mem_bw_gbps: float = 1600.0
+    scheduling_policy: str = "LIFO"
+    collective_optimization: str = "localBWAware"
+    split_mode: str = "fixed"
+    min_chunk_bytes: int = NCCL_BUFFSIZE
+    p2p_route: str = "lowest_dim"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("split_mode", SPLIT_MODES), ("p2p_route", P2P_ROUTES),
+                              ("scheduling_policy", SCHEDULING_POLICIES),
+                              ("collective_optimization", COLLECTIVE_OPTIMIZATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"system knob {name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.preferred_dataset_splits < 1 or self.min_chunk_bytes < 1:
+            raise ValueError("preferred_dataset_splits and min_chunk_bytes must be >= 1")
+
+    @classmethod
+    def from_config(cls, cfg) -> SystemKnobs:
+        """From a frontend SystemConfig (preferred_dataset_splits may be the string "auto")."""
+        splits = getattr(cfg, "preferred_dataset_splits", 4)
+        auto = splits == "auto"
+        return cls(int(getattr(cfg, "max_dataset_splits", 4)) if auto else int(splits),
+                   int(getattr(cfg, "endpoint_delay_ns", 10)), int(getattr(cfg, "active_chunks_per_dimension", 1)),
+                   float(getattr(cfg, "local_mem_bw_gbps", 1600.0)), str(getattr(cfg, "scheduling_policy", "LIFO")),
+                   str(getattr(cfg, "collective_optimization", "localBWAware")), "auto" if auto else "fixed",
+                   int(getattr(cfg, "min_chunk_bytes", NCCL_BUFFSIZE)), str(getattr(cfg, "p2p_route", "lowest_dim")))
+
+    def splits_for(self, max_collective_bytes: int) -> int:
+        """The preferred-dataset-splits value in force for an iteration whose largest collective has
+        max_collective_bytes (split_mode "auto"), or the fixed value."""
+        if self.split_mode == "fixed":
+            return self.preferred_dataset_splits
+        return min(self.preferred_dataset_splits, max(1, -(-max_collective_bytes // self.min_chunk_bytes)))
+
+    def resolved(self, max_collective_bytes: int) -> SystemKnobs:
+        """These knobs with split_mode "fixed" at the iteration's chunk count."""
+        if self.split_mode == "fixed":
+            return self
+        return replace(self, preferred_dataset_splits=self.splits_for(max_collective_bytes), split_mode="fixed")
 
 
 @dataclass(frozen=True)
@@ -94,13 +155,20 @@ def _phase_cost(kind: str, chunk: int, dim: Dimension, knobs: SystemKnobs, ep_ex
         msg = chunk // n
         hop_lat = dim.hops(n // 2 if dim.topology == "Ring" else 1) * lat
         if kind == "AR":
-            return int(2 * (hop_lat + _ser(msg, dim)) + 3 * ep + 3 * _lmem(msg, knobs))
+            t = 2 * (hop_lat + _ser(msg, dim)) + 3 * ep + 3 * _lmem(msg, knobs)
+            if dim.topology == "Ring" and lat > 0:
+                # on a Ring the peers' messages arrive one hop latency apart, and the local
+                # reductions of the nearer ones hide up to N//4 of those hops (fitted to the binary:
+                # exact on N = 4..16, 100..1000 ns, 64 KiB..64 MiB; tests/test_astra_reference.py)
+                t -= lat * min(n // 4, int(3 * _lmem(msg, knobs) // lat))
+            return int(t)
         if kind == "RS":
             return int(hop_lat + _ser(msg, dim) + 2 * ep + 3 * _lmem(msg, knobs))
         if kind == "AG":
             return int(hop_lat + _ser(chunk, dim) + 2 * ep)
         if kind == "A2A":
-            return int(hop_lat + _ser(msg, dim) * (n - 1) + 2 * ep)
+            # every NPU sends its N-1 pieces at once: one message time (measured on the binary)
+            return int(hop_lat + _ser(msg, dim) + 2 * ep)
     if algo == "halvingDoubling" and kind in ("AR", "RS", "AG") and n & (n - 1) == 0:
         steps = int(math.log2(n))
         rs = 0
@@ -114,7 +182,12 @@ def _phase_cost(kind: str, chunk: int, dim: Dimension, knobs: SystemKnobs, ep_ex
             return int(2 * rs + (2 * steps + 1) * ep + 3 * lm)
         if kind == "RS":
             return int(rs + (steps + 1) * ep + 3 * lm)
-        return int(rs + (steps + 1) * ep)
+        # all-gather: partner distance halves (N/2, N/4, ..., 1) while the message doubles from
+        # the per-rank input (HalvingDoubling's All_Gather: rank_offset N/2, multiplier 0.5)
+        ag = 0
+        for k in range(steps):
+            ag += dim.hops(n >> (k + 1)) * lat + _ser(chunk << k, dim)
+        return int(ag + (steps + 1) * ep)
     if algo == "doubleBinaryTree" and kind in ("AR", "RS", "AG"):
         depth = max(1, math.ceil(math.log2(n)))
         msg = chunk // 2  # two trees, each carries half the data
@@ -140,19 +213,43 @@ def _phase_cost(kind: str, chunk: int, dim: Dimension, knobs: SystemKnobs, ep_ex
     raise ValueError(f"unsupported collective phase {kind} with algorithm {algo}")
 
 
-def collective_phases(
-    comm_type: int, size: int, dims: tuple[Dimension, ...], involved: tuple[bool, ...], knobs: SystemKnobs
-) -> list[Phase]:
-    """The ordered phases one chunk goes through."""
-    active = [i for i, d in enumerate(dims) if (i >= len(involved) or involved[i]) and d.npus > 1]
+def chunk_plan(comm_type: int, size: int, dims: tuple[Dimension, ...], knobs: SystemKnobs) -> tuple[int, int]:
+    """(chunk bytes, number of chunks) as ASTRA-sim's Sys::generate_collective splits a collective.
+
+    chunk = size // splits; every collective but ALL_GATHER is raised to at least one byte per NPU
+    of the whole system (chunk = total NPUs, size = splits * chunk). The collective then runs
+    ceil(size / chunk) chunks, each of the full chunk size: when splits does not divide the size,
+    ASTRA-sim runs splits + 1 full chunks (the remainder is charged as a whole chunk, a quirk this
+    model follows so that both backends agree).
+    """
     c = max(1, knobs.preferred_dataset_splits)
     chunk = size // c
+    total = math.prod(d.npus for d in dims) if dims else 1
+    if int(comm_type) != CollectiveType.ALL_GATHER and total > chunk:
+        chunk = total
+        size = c * chunk
+    if chunk <= 0:
+        raise ValueError(f"ALL_GATHER of {size} B split into {c} chunks leaves empty chunks (ASTRA-sim divides "
+                         f"by zero there); use fewer preferred_dataset_splits")
+    return chunk, -(-size // chunk)
+
+
+def collective_phases(
+    comm_type: int, chunk: int, dims: tuple[Dimension, ...], involved: tuple[bool, ...], knobs: SystemKnobs
+) -> list[Phase]:
+    """The ordered phases one chunk of `chunk` bytes goes through (Sys::generate_collective)."""
+    if len(involved) < len(dims):
+        involved = tuple(involved) + (True,) * (len(dims) - len(involved))
+    active = [i for i, d in enumerate(dims) if involved[i] and d.npus > 1]
     phases: list[Phase] = []
     if not active:
         return phases
     ct = int(comm_type)
+    if ct == CollectiveType.ALL_REDUCE and knobs.collective_optimization == "baseline":
+        # baseline: a full all-reduce of the chunk on every involved dimension in turn
+        return [Phase(i, _phase_cost("AR", chunk, dims[i], knobs)) for i in active]
     if ct == CollectiveType.ALL_REDUCE:
-        # reduce-scatter up the dims, all-reduce on the last, all-gather back down
+        # localBWAware: reduce-scatter up the dims, all-reduce on the last, all-gather back down
         sizes = []
         cur = chunk
         for i in active[:-1]:
@@ -170,8 +267,9 @@ def collective_phases(
             cur //= dims[i].npus
         return phases
     if ct == CollectiveType.ALL_GATHER:
+        # ASTRA-sim walks the dimensions of an all-gather from the last to the first
         cur = chunk
-        for i in active:
+        for i in reversed(active):
             phases.append(Phase(i, _phase_cost("AG", cur, dims[i], knobs)))
             cur *= dims[i].npus
         return phases
@@ -207,9 +305,11 @@ def collective_time_ns(
     """Time of one collective issued at the same instant by every member."""
     if size <= 0:
         return 0
-    phases = collective_phases(comm_type, size, dims, involved, knobs)
-    return _pipeline(phases, max(1, knobs.preferred_dataset_splits), len(dims),
-                     max(1, knobs.active_chunks_per_dimension))
+    if knobs.split_mode != "fixed":
+        knobs = knobs.resolved(size)
+    chunk, n_chunks = chunk_plan(comm_type, size, dims, knobs)
+    phases = collective_phases(comm_type, chunk, dims, involved, knobs)
+    return _pipeline(phases, n_chunks, len(dims), max(1, knobs.active_chunks_per_dimension))
 
 
 def rank_coords(rank: int, dims: tuple[Dimension, ...]) -> list[int]:
@@ -220,11 +320,65 @@ def rank_coords(rank: int, dims: tuple[Dimension, ...]) -> list[int]:
     return coords
 
 
-def p2p_time_ns(src: int, dst: int, size: int, dims: tuple[Dimension, ...]) -> int:
-    """Point-to-point: trunc(hops*latency + size/bw) on each dimension the ranks differ in."""
+def p2p_time_ns(src: int, dst: int, size: int, dims: tuple[Dimension, ...], route: str = "lowest_dim") -> int:
+    """Point-to-point: trunc(hops*latency + size/bw) on the lowest dimension the ranks differ in
+    (ASTRA-sim's congestion-unaware MultiDimTopology::send charges only that dimension), or with
+    route "all_dims" summed over every differing dimension (the physical store-and-forward route)."""
     a, b = rank_coords(src, dims), rank_coords(dst, dims)
     total = 0
     for d, x, y in zip(dims, a, b, strict=True):
         if x != y:
             total += int(d.hops(y - x) * d.latency_ns + size / d.bytes_per_ns)
+            if route == "lowest_dim":
+                break
     return total
+
+
+def _link_ns(src: int, dst: int, size: int, dims: tuple[Dimension, ...]) -> tuple[int, int]:
+    """(latency part, serialization part) of one message as ASTRA-sim's unaware send charges it:
+    on the lowest dimension the two NPUs differ in, hops * latency + trunc(size / bw)."""
+    a, b = rank_coords(src, dims), rank_coords(dst, dims)
+    for d, x, y in zip(dims, a, b, strict=True):
+        if x != y:
+            return int(d.hops(y - x) * d.latency_ns), _ser(size, d)
+    raise ValueError(f"NPUs {src} and {dst} have the same address")
+
+
+@lru_cache(maxsize=65536)
+def group_ring_time_ns(comm_type: int, size: int, members: tuple[int, ...], dims: tuple[Dimension, ...],
+                       knobs: SystemKnobs) -> int:
+    """A collective on a comm group smaller than the system: ASTRA-sim's CommunicatorGroup plan is one
+    ring over the group's NPUs in the order listed (ring algorithm whatever the dimensions say);
+    each message is charged on the lowest dimension its two NPUs differ in. A ring step waits for the
+    predecessor's message, so a rank's k steps cost the k links before it; the collective ends when
+    the slowest rank does (the maximum over ranks of k consecutive link costs around the ring).
+    Endpoint-delay and local-memory terms are those of the one-dimensional ring."""
+    if size <= 0:
+        return 0
+    n = len(members)
+    if n < 2:
+        return 0
+    if knobs.split_mode != "fixed":
+        knobs = knobs.resolved(size)
+    chunk, n_chunks = chunk_plan(comm_type, size, dims, knobs)
+    ct = int(comm_type)
+    ep = knobs.endpoint_delay_ns
+    if ct == CollectiveType.ALL_REDUCE:
+        steps, msg, n_ep, n_lmem = 2 * (n - 1), chunk // n, 2 * (n - 1) + 1, 3 * (n - 1)
+    elif ct in (CollectiveType.REDUCE_SCATTER, CollectiveType.REDUCE_SCATTER_BLOCK):
+        steps, msg, n_ep, n_lmem = n - 1, chunk // n, n, 3 * (n - 1)
+    elif ct == CollectiveType.ALL_GATHER:
+        steps, msg, n_ep, n_lmem = n - 1, chunk, n, 0
+    elif ct == CollectiveType.ALL_TO_ALL:
+        steps, msg, n_ep, n_lmem = n * (n - 1) // 2, chunk // n, n * (n - 1) // 2 + 1, 0
+    else:
+        raise ValueError(f"collective type {ct} is not simulated (ASTRA-sim aborts on it too)")
+    links = []
+    for i in range(n):
+        lat, ser = _link_ns(members[i - 1], members[i], msg, dims)  # the message rank i waits for
+        links.append(lat + ser)
+    worst = 0
+    for i in range(n):  # rank i's k-th step waits for the link k-1 positions before it
+        worst = max(worst, sum(links[(i - j) % n] for j in range(steps)))
+    phase = worst + n_ep * ep + n_lmem * _lmem(msg, knobs)
+    return _pipeline([Phase(0, phase)], n_chunks, 1, max(1, knobs.active_chunks_per_dimension))

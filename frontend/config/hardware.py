@@ -5,44 +5,54 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from frontend.errors import ConfigError
 
 
 class Efficiency(BaseModel):
     """Achieved fractions of peak; see each catalog file for where the numbers come from."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     gemm_flops: float = Field(0.7, gt=0, le=1)
     mem_bw: float = Field(0.85, gt=0, le=1)
     attention_flops: float = Field(0.5, gt=0, le=1)
 
 
 class PowerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     dram_pj_per_bit: float = Field(7.0, ge=0)  # HBM access energy (~3.9-7 pJ/bit, O'Connor et al. MICRO'17)
     link_pj_per_bit: float = Field(5.0, ge=0)  # NVLink/PCIe SerDes class
     host_dram_pj_per_bit: float = Field(20.0, ge=0)  # DDR5 through the host (~15-25 pJ/bit)
 
 
 class HardwareSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
     peak_tflops: dict[str, float]
-    hbm_capacity_gib: float = Field(gt=0)
-    hbm_bw_gbps: float = Field(gt=0)
+    hbm_capacity_gib: float = Field(gt=0, le=1e6)
+    hbm_bw_gbps: float = Field(ge=1e-3, le=1e9)
     tdp_w: float = Field(gt=0)
     active_w: float | None = Field(None, gt=0, description="board power while computing, HBM access energy excluded "
                                    "(default 0.8 x TDP)")
     idle_w: float = Field(0, ge=0)
     standby_w: float = Field(0, ge=0)
     efficiency: Efficiency = Field(default_factory=Efficiency)
-    kernel_launch_ns: int = Field(0, ge=0)
-    attention_floor_ns: int = Field(0, ge=0, description="fixed cost of one paged-attention call (cache write, "
+    kernel_launch_ns: int = Field(0, ge=0, le=10**12)
+    attention_floor_ns: int = Field(0, ge=0, le=10**12, description="fixed cost of one paged-attention call (cache write, "
                                     "attention and split-KV reduction kernels) beyond kernel_launch_ns")
-    attention_per_seq_ns: int = Field(0, ge=0, description="per-sequence cost of a paged-attention call "
+    attention_per_seq_ns: int = Field(0, ge=0, le=10**12, description="per-sequence cost of a paged-attention call "
                                       "(block-table walk, per-sequence metadata and reduction)")
     power: PowerSpec = Field(default_factory=PowerSpec)
     profiles: dict[str, str] = Field(default_factory=dict)  # "<model>/<dtype>/tp<N>" -> bundle dir
+
+    @field_validator("peak_tflops")
+    @classmethod
+    def _positive_peaks(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not (0 < x < 1e9)}
+        if bad or not v:
+            raise ValueError(f"every peak must be a positive TFLOP/s figure, got {bad or v}")
+        return v
 
     @property
     def compute_w(self) -> float:
@@ -55,5 +65,17 @@ class HardwareSpec(BaseModel):
 
 
 def load_hardware(path: Path) -> HardwareSpec:
-    raw = yaml.safe_load(Path(path).read_text())
-    return HardwareSpec.model_validate(raw)
+    from frontend.config.loader import _yaml_where, one_line_validation
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read hardware entry ({e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_where(e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a hardware entry must be a YAML mapping")
+    try:
+        return HardwareSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(one_line_validation(e, str(path))) from None

@@ -16,7 +16,10 @@ from pydantic import ValidationError
 
 from frontend.config.hardware import HardwareSpec, load_hardware
 from frontend.config.models import DTYPE_BYTES, ModelSpec, load_model_spec
-from frontend.config.schema import EngineConfig, InstanceConfig, NetworkDim, RunConfig, TierConfig
+from frontend.config.schema import MAX_COUNT, EngineConfig, InstanceConfig, NetworkDim, RunConfig, TierConfig
+from frontend.errors import ConfigError
+
+__all__ = ["ConfigError", "ResolvedInstance", "ResolvedRun", "load_and_resolve", "load_config", "resolve"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
@@ -24,10 +27,6 @@ GIB = 1 << 30
 # CUDA context, cuBLAS/NCCL workspaces and graph pools that vLLM's profiling
 # counts as non-torch memory; ~0.5 GiB on recent drivers.
 NON_TORCH_OVERHEAD_BYTES = 512 * (1 << 20)
-
-
-class ConfigError(ValueError):
-    """A run file is invalid. str() is the user-facing message."""
 
 
 def _fmt_loc(loc: tuple[Any, ...]) -> str:
@@ -138,6 +137,8 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
     base = cfg.base_dir
     hw = load_hardware(find_catalog_file(inst.hardware, "hardware", base))
     model = load_model_spec(find_catalog_file(inst.model or cfg.model, "models", base))
+    if not any(v > 0 for v in hw.peak_tflops.values()):
+        raise ConfigError(f"{prefix}.hardware: {hw.name} has no positive peak_tflops")
     engine = inst.engine or cfg.engine
     _instance_errors(prefix, inst, model, hw, engine)
     npus = inst.tp * inst.pp
@@ -146,8 +147,7 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         if inst.network.preset and inst.network.dims:
             raise ConfigError(f"{prefix}.network: give either 'preset' or 'dims', not both")
         if inst.network.preset:
-            raw = yaml.safe_load(find_catalog_file(inst.network.preset, "networks", base).read_text())
-            dims = [NetworkDim.model_validate(d) for d in raw["dims"]]
+            dims = load_network_preset(find_catalog_file(inst.network.preset, "networks", base))
         else:
             dims = list(inst.network.dims)
     if npus > 1:
@@ -156,6 +156,16 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         prod = math.prod(d.npus for d in dims)
         if prod != npus:
             raise ConfigError(f"{prefix}.network: dimensions hold {prod} NPUs but tp*pp = {npus}")
+        if inst.pp > 1 and inst.tp > 1:
+            inner = 1
+            for d in dims:
+                if inner >= inst.tp:
+                    break
+                inner *= d.npus
+            if inner != inst.tp:
+                raise ConfigError(
+                    f"{prefix}.network.dims: TP groups span the innermost dimensions, so the first dimensions' NPUs "
+                    f"must multiply to tp={inst.tp} (got {[d.npus for d in dims]}); list the TP dimensions first")
     for j, d in enumerate(dims):
         if d.algorithm == "doubleBinaryTree" and cfg.backend.kind == "embedded":
             raise ConfigError(
@@ -178,6 +188,9 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         blocks = engine.num_gpu_blocks_override
     else:
         blocks = int(free // block_bytes)
+    if blocks > MAX_COUNT:
+        raise ConfigError(f"{prefix}: {blocks:,} KV blocks per instance (more than {MAX_COUNT:,}); check the hardware's "
+                          "hbm_capacity_gib and engine.block_size / num_gpu_blocks_override")
     if blocks <= 0:  # without an override, free <= 0 gives blocks <= 0 too
         raise ConfigError(
             f"{prefix}: model {model.name} does not fit: {weights / GIB:.1f} GiB of weights per NPU + "
@@ -198,9 +211,16 @@ def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
     instances: list[ResolvedInstance] = []
     node = 0
     all_names = []
+    owner: dict[str, int] = {}
     for i, inst in enumerate(cfg.instances):
         for r in range(inst.replicas):
             name = inst.name if inst.replicas == 1 else f"{inst.name}{r}"
+            if name in owner:
+                j = owner[name]
+                raise ConfigError(
+                    f"instances[{i}].name: instance name {name!r} (after expanding replicas to <name><index>) is also "
+                    f"the name of an instance of instances[{j}] ({cfg.instances[j].name!r}); rename one of them")
+            owner[name] = i
             all_names.append(name)
             n = inst.node if inst.node is not None else node
             instances.append(resolve_instance(f"instances[{i}]", inst, name, cfg, n))
@@ -212,6 +232,41 @@ def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
         if t.scope != "pool" and t.shared_by:
             raise ConfigError(f"kv.tiers[{j}].shared_by: only a scope='pool' tier is shared")
     return ResolvedRun(config=cfg, instances=instances, source=source)
+
+
+def load_network_preset(path: Path) -> list[NetworkDim]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read network preset ({e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_where(e)}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("dims"), list) or not raw["dims"]:
+        raise ConfigError(f"{path}: a network preset needs 'dims', a non-empty list of dimensions")
+    dims = []
+    for j, d in enumerate(raw["dims"]):
+        try:
+            dims.append(NetworkDim.model_validate(d))
+        except ValidationError as e:
+            raise ConfigError(one_line_validation(e, f"{path}: dims[{j}]")) from None
+    return dims
+
+
+def _yaml_where(e: Exception) -> str:
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else str(what)
+
+
+def one_line_validation(e: ValidationError, source: str) -> str:
+    parts = []
+    for err in e.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check spelling)"
+        loc = _fmt_loc(tuple(err["loc"]))
+        parts.append(f"{loc}: {msg}" if loc != "(top level)" else msg)
+    return f"{source}: " + "; ".join(parts)
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> RunConfig:
@@ -231,6 +286,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(f"{path}: no such run file")
     try:
         raw = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the run file ({e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if overrides:
@@ -260,6 +317,4 @@ def load_and_resolve(path: str | Path, overrides: dict[str, Any] | None = None) 
     try:
         return resolve(cfg, str(path))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    except (ValueError, ValidationError) as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -63,18 +63,50 @@ class ModelSpec:
         return int(2 * self.kv_dim * dtype_bytes * n)
 
 
+def _count(raw: dict, key: str, path: Path, required: bool = True, minimum: int = 1) -> int:
+    """A positive integer field of a model config; ConfigError naming the file and the field otherwise."""
+    from frontend.errors import ConfigError
+
+    v = raw.get(key)
+    if v is None:
+        if required:
+            raise ConfigError(f"{path}: missing required Hugging Face field {key!r}")
+        return 0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or int(v) != v:
+        raise ConfigError(f"{path}: field {key!r} must be an integer, got {v!r}")
+    if not minimum <= v <= 10**9:
+        raise ConfigError(f"{path}: field {key!r} must be in [{minimum}, 1e9], got {v}")
+    return int(v)
+
+
 def load_model_spec(path: Path) -> ModelSpec:
+    from frontend.errors import ConfigError
+
     path = Path(path)
-    text = path.read_text()
-    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: not a mapping of config fields")
     try:
-        hidden = int(raw["hidden_size"])
-        heads = int(raw["num_attention_heads"])
-        layers = int(raw["num_hidden_layers"])
-    except KeyError as e:
-        raise ValueError(f"{path}: missing required Hugging Face field {e.args[0]!r}") from None
+        text = path.read_text()
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read model config ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a mapping of config fields")
+    hidden = _count(raw, "hidden_size", path)
+    heads = _count(raw, "num_attention_heads", path)
+    layers = _count(raw, "num_hidden_layers", path)
+    _count(raw, "vocab_size", path)
+    kvh = _count(raw, "num_key_value_heads", path, required=False)
+    if kvh and heads % kvh:
+        raise ConfigError(f"{path}: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kvh})")
+    for key in ("head_dim", "intermediate_size", "num_experts", "num_local_experts", "n_routed_experts",
+                "num_experts_per_tok", "moe_intermediate_size", "max_position_embeddings"):
+        _count(raw, key, path, required=False, minimum=0)
+    if not raw.get("head_dim") and hidden % heads:
+        raise ConfigError(f"{path}: hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads}) "
+                          "and no head_dim is given")
     n_exp = int(raw.get("num_experts") or raw.get("num_local_experts") or raw.get("n_routed_experts") or 0)
     dtype = _TORCH_DTYPES.get(str(raw.get("torch_dtype", "bfloat16")), "bf16")
     return ModelSpec(

@@ -15,15 +15,21 @@ Topology = Literal["Ring", "FullyConnected", "Switch"]
 Algorithm = Literal["ring", "direct", "halvingDoubling", "doubleBinaryTree"]
 
 
+# Bounds that keep every derived integer far from int64 wrap-around and every loop bounded.
+MAX_TOKENS = 10_000_000  # tokens in one prompt / output
+MAX_COUNT = 100_000_000  # requests, programs, blocks
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities (YAML .nan / .inf) are never valid settings
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NetworkDim(Strict):
     topology: Topology
-    npus: int = Field(ge=2, description="NPUs along this dimension (ASTRA-sim requires > 1)")
-    bw_gbps: float = Field(gt=0, description="per-link bandwidth, GB/s with GB = 2^30 as ASTRA-sim reads it")
-    latency_ns: float = Field(ge=0)
+    npus: int = Field(ge=2, le=1_000_000, description="NPUs along this dimension (ASTRA-sim requires > 1)")
+    bw_gbps: float = Field(ge=1e-3, le=1e9, description="per-link bandwidth, GB/s with GB = 2^30 as ASTRA-sim reads it")
+    latency_ns: float = Field(ge=0, le=1e12)
     algorithm: Algorithm = "ring"
 
 
@@ -35,10 +41,10 @@ class NetworkConfig(Strict):
 class SystemConfig(Strict):
     """ASTRA-sim system knobs that change timing."""
 
-    preferred_dataset_splits: int = Field(4, ge=1)
-    endpoint_delay_ns: int = Field(10, ge=1)
-    active_chunks_per_dimension: int = Field(1, ge=1)
-    local_mem_bw_gbps: float = Field(1600.0, gt=0)
+    preferred_dataset_splits: int = Field(4, ge=1, le=4096)
+    endpoint_delay_ns: int = Field(10, ge=1, le=10**12)
+    active_chunks_per_dimension: int = Field(1, ge=1, le=4096)
+    local_mem_bw_gbps: float = Field(1600.0, ge=1e-3, le=1e9)
     scheduling_policy: Literal["LIFO", "FIFO"] = "LIFO"
     collective_optimization: Literal["baseline", "localBWAware"] = "localBWAware"
 
@@ -48,9 +54,9 @@ class TierConfig(Strict):
 
     name: str
     kind: Literal["dram", "cxl"] = "dram"
-    capacity_gib: float = Field(ge=0)
-    bw_gbps: float = Field(gt=0, description="GB/s (1e9) of the link the tier is reached over")
-    latency_ns: int = Field(ge=0)
+    capacity_gib: float = Field(ge=0, le=1e7)
+    bw_gbps: float = Field(ge=1e-3, le=1e9, description="GB/s (1e9) of the link the tier is reached over")
+    latency_ns: int = Field(ge=0, le=10**12)
     scope: Literal["instance", "node", "pool"] = "node"
     shared_by: list[str] = Field(default_factory=list, description="pool: instance names it serves (empty = all)")
 
@@ -78,16 +84,16 @@ class KVConfig(Strict):
 class EngineConfig(Strict):
     """Serving-engine settings with vLLM's names and meanings."""
 
-    max_num_seqs: int = Field(256, ge=1)
-    max_num_batched_tokens: int = Field(2048, ge=1)
-    block_size: int = Field(16, ge=1)
+    max_num_seqs: int = Field(256, ge=1, le=1_000_000)
+    max_num_batched_tokens: int = Field(2048, ge=1, le=MAX_TOKENS)
+    block_size: int = Field(16, ge=1, le=65536)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     dtype: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     kv_cache_dtype: Literal["auto", "bf16", "fp16", "fp8"] = "auto"
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    max_model_len: int | None = Field(None, ge=1)
-    num_gpu_blocks_override: int | None = Field(None, ge=1)
+    max_model_len: int | None = Field(None, ge=1, le=2 * MAX_TOKENS)
+    num_gpu_blocks_override: int | None = Field(None, ge=1, le=MAX_COUNT)
     activation_reserve_gib: float | None = Field(None, ge=0)
     scheduler_reserve_full_isl: bool = Field(
         True, description="admit a waiting request only if blocks for its whole remaining prompt are free (vLLM >= 0.11)")
@@ -98,9 +104,9 @@ class InstanceConfig(Strict):
     name: str = "inst"
     hardware: str
     model: str | None = None
-    replicas: int = Field(1, ge=1)
-    tp: int = Field(1, ge=1)
-    pp: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, le=4096)
+    tp: int = Field(1, ge=1, le=65536)
+    pp: int = Field(1, ge=1, le=65536)
     node: int | None = Field(None, ge=0, description="node index for node-scoped tiers (default: own node)")
     network: NetworkConfig | None = None
     engine: EngineConfig | None = None
@@ -108,14 +114,14 @@ class InstanceConfig(Strict):
 
 class Dist(Strict):
     dist: Literal["constant", "lognormal", "uniform", "exponential", "empirical"] = "lognormal"
-    mean: float | None = Field(None, gt=0)
-    sigma: float | None = Field(None, ge=0)
-    value: float | None = Field(None, gt=0)
-    low: float | None = Field(None, ge=0)
-    high: float | None = Field(None, gt=0)
-    values: list[float] | None = None
-    min: int = Field(1, ge=1)
-    max: int = Field(32768, ge=1)
+    mean: float | None = Field(None, gt=0, le=1e12)
+    sigma: float | None = Field(None, ge=0, le=20)
+    value: float | None = Field(None, gt=0, le=1e12)
+    low: float | None = Field(None, ge=0, le=1e12)
+    high: float | None = Field(None, gt=0, le=1e12)
+    values: list[Annotated[float, Field(ge=0, le=1e12)]] | None = Field(None, min_length=1)
+    min: int = Field(1, ge=1, le=MAX_TOKENS)
+    max: int = Field(32768, ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _check(self) -> Dist:
@@ -126,35 +132,37 @@ class Dist(Strict):
             raise ValueError(f"dist={self.dist!r} needs {', '.join(missing)}")
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) exceeds max ({self.max})")
+        if self.dist == "uniform" and self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"uniform: low ({self.low:g}) exceeds high ({self.high:g})")
         return self
 
 
 class Arrival(Strict):
     process: Literal["poisson", "gamma", "constant", "burst"] = "poisson"
-    rate_per_s: float = Field(10.0, gt=0)
-    cv: float = Field(1.0, gt=0, description="gamma: coefficient of variation of inter-arrival times")
+    rate_per_s: float = Field(10.0, gt=0, le=1e12)
+    cv: float = Field(1.0, gt=0, le=1000, description="gamma: coefficient of variation of inter-arrival times")
 
 
 class SyntheticWorkload(Strict):
     kind: Literal["synthetic"] = "synthetic"
-    num_requests: int = Field(1000, ge=1)
+    num_requests: int = Field(1000, ge=1, le=MAX_COUNT)
     arrival: Arrival = Field(default_factory=Arrival)
     prompt_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=900, sigma=1.0))
     output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=250, sigma=0.9))
-    shared_prefix_tokens: int = Field(0, ge=0, description="system-prompt tokens shared by every request")
+    shared_prefix_tokens: int = Field(0, ge=0, le=MAX_TOKENS, description="system-prompt tokens shared by every request")
 
 
 class JsonlWorkload(Strict):
     kind: Literal["jsonl"] = "jsonl"
     path: str
-    num_requests: int | None = Field(None, ge=1)
-    time_scale: float = Field(1.0, gt=0, description="multiply arrival times (e.g. 0.5 = twice the rate)")
+    num_requests: int | None = Field(None, ge=1, le=MAX_COUNT)
+    time_scale: float = Field(1.0, gt=0, le=1e6, description="multiply arrival times (e.g. 0.5 = twice the rate)")
 
 
 class ToolDist(Strict):
     dist: Literal["constant", "exponential", "lognormal", "empirical", "trace"] = "trace"
-    mean_ms: float | None = Field(None, ge=0)
-    sigma: float | None = Field(None, ge=0)
+    mean_ms: float | None = Field(None, ge=0, le=1e9)
+    sigma: float | None = Field(None, ge=0, le=20)
     file: str | None = None
 
 
@@ -162,18 +170,30 @@ class AgentWorkload(Strict):
     kind: Literal["agents"] = "agents"
     generator: Literal["coding", "research", "multiagent"] = "coding"
     trace: str | None = Field(None, description="session JSONL (LLMServingSim) or DAG JSONL instead of a generator")
-    num_programs: int = Field(100, ge=1)
-    rate_per_s: float = Field(1.0, gt=0)
-    turns_min: int = Field(5, ge=1)
-    turns_max: int = Field(50, ge=1)
-    system_prompt_tokens: int = Field(2000, ge=0)
+    num_programs: int = Field(100, ge=1, le=10_000_000)
+    rate_per_s: float = Field(1.0, gt=0, le=1e12)
+    turns_min: int = Field(5, ge=1, le=100_000)
+    turns_max: int = Field(50, ge=1, le=100_000)
+    system_prompt_tokens: int = Field(2000, ge=0, le=MAX_TOKENS)
     tool_output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=400, sigma=0.8))
     output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=150, sigma=0.7))
     tools: dict[str, ToolDist] = Field(default_factory=dict)
-    fanout: int = Field(4, ge=1)
-    num_agents: int = Field(5000, ge=1)
-    steps: int = Field(20, ge=1)
+    fanout: int = Field(4, ge=1, le=100_000)
+    num_agents: int = Field(5000, ge=2, le=10_000_000, description="an acting agent messages others: at least 2")
+    steps: int = Field(20, ge=1, le=100_000)
     active_fraction: float = Field(0.05, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentWorkload:
+        if self.turns_min > self.turns_max:
+            raise ValueError(f"turns_min ({self.turns_min}) exceeds turns_max ({self.turns_max})")
+        if self.trace is None:
+            turns = {"coding": self.num_programs * self.turns_max, "research": self.num_programs * (self.fanout + 2),
+                     "multiagent": int(self.num_agents * self.active_fraction * 1.5 + 1) * self.steps}[self.generator]
+            if turns > MAX_COUNT:
+                raise ValueError(f"the {self.generator} generator would create up to {turns:,} turns "
+                                 f"(more than {MAX_COUNT:,}); lower the counts")
+        return self
 
 
 Workload = Annotated[SyntheticWorkload | JsonlWorkload | AgentWorkload, Field(discriminator="kind")]
@@ -193,15 +213,15 @@ class ComputeConfig(Strict):
 
 class AstraSimConfig(Strict):
     binary: str | None = None
-    timeout_s: float = Field(120.0, gt=0)
-    workers: int = Field(1, ge=1)
+    timeout_s: float = Field(120.0, gt=0, le=86400 * 7)
+    workers: int = Field(1, ge=1, le=1024)
     work_dir: str | None = None
 
 
 class BackendConfig(Strict):
     kind: Literal["embedded", "astra-sim"] = "embedded"
     cache: bool = True
-    cache_size: int = Field(4096, ge=0)
+    cache_size: int = Field(4096, ge=0, le=MAX_COUNT)
     system: SystemConfig = Field(default_factory=SystemConfig)
     astra_sim: AstraSimConfig = Field(default_factory=AstraSimConfig)
 
@@ -215,20 +235,29 @@ class RouterConfig(Strict):
 class PolicyConfig(Strict):
     scheduling: Literal["fcfs", "program_fcfs", "plas"] = "fcfs"
     retention: Literal["lru", "ttl_pin", "min_waste", "invocation_distance"] = "lru"
-    ttl_ms: float = Field(2000.0, ge=0)
+    ttl_ms: float = Field(2000.0, ge=0, le=1e12)
     prefetch: Literal["none", "invocation_distance"] = "none"
-    prefetch_lookahead: int = Field(8, ge=0)
+    prefetch_lookahead: int = Field(8, ge=0, le=1_000_000)
 
 
 class OutputConfig(Strict):
     dir: str = "runs/out"
-    timeline: bool = False
-    plots: bool = False
+    timeline: bool = Field(False, description="not implemented: only false is accepted")
+    plots: bool = Field(False, description="not implemented: `astraserve validate` draws the plots")
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputConfig:
+        if self.timeline:
+            raise ValueError("timeline: no timeline output exists yet (iterations.csv holds every iteration's "
+                             "start/end); remove the key or set it false")
+        if self.plots:
+            raise ValueError("plots: a run writes no plots; `astraserve validate` draws them against a reference")
+        return self
 
 
 class RunConfig(Strict):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**62, description="non-negative random seed")
     model: str
     instances: list[InstanceConfig] = Field(min_length=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)

@@ -1,24 +1,62 @@
-"""Per-iteration records, kept as flat tuples (thousands per run)."""
+"""Per-iteration and per-request records, streamed as they complete.
+
+Each finished (or rejected) request and each iteration is written to its CSV
+the moment it is known, when a writer is attached, and folded into running
+aggregates; only what the summary needs is kept (latency samples as packed
+8-byte arrays), so memory stays flat in the number of requests. Runs that ask
+to keep the rows (tests, benches) get them as lists too.
+"""
 
 from __future__ import annotations
 
+import csv
+from array import array
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from frontend.instance.runtime import InstanceRuntime, StepOutcome
+    from frontend.workload.request import Request
 
 ITER_COLUMNS = [
     "instance", "start_ns", "end_ns", "num_seqs", "prefill_tokens", "decode_tokens", "kv_blocks_used",
     "kv_blocks_total", "compute_ns", "comm_ns", "exposed_comm_ns", "mem_ns", "exposed_mem_ns", "comm_bytes",
     "preempted", "cached", "energy_j",
 ]
+REQ_COLUMNS = ["request_id", "arrival_ns", "first_token_ns", "finish_ns", "input_tokens", "output_tokens",
+               "cached_tokens", "preemptions", "instance", "status", "reject_reason"]
+
+# rejection reason codes (requests.csv `reject_reason`, summary `rejections`), from the scheduler's messages
+REASONS = (("must generate at least one token", "no_output_tokens"),
+           ("exceed max_model_len", "exceeds_max_model_len"),
+           ("KV blocks but the instance has", "exceeds_kv_capacity"))
+
+
+def reason_code(msg: str) -> str:
+    for needle, code in REASONS:
+        if needle in msg:
+            return code
+    return "other"
+
+
+@dataclass
+class InstanceIterStats:
+    iterations: int = 0
+    busy_ns: int = 0
 
 
 @dataclass
 class IterationLog:
     rows: list[tuple] = field(default_factory=list)
     tier_names: list[str] = field(default_factory=list)
+    keep: bool = True
+    count: int = 0
+    busy_ns: int = 0
+    exposed_comm_ns: int = 0
+    exposed_mem_ns: int = 0
+    per_instance: dict[str, InstanceIterStats] = field(default_factory=dict)
+    _writer: object | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -28,6 +66,12 @@ class IterationLog:
                      f"{t}_occupancy_blocks"]
         return cols
 
+    def attach(self, f: IO[str]) -> None:
+        """Stream rows into `f` (CSV with a header) from now on."""
+        w = csv.writer(f)
+        w.writerow(self.columns)
+        self._writer = w
+
     def add(self, inst: InstanceRuntime, start: int, end: int, out: StepOutcome) -> None:
         p = out.plan
         r = out.result
@@ -35,10 +79,23 @@ class IterationLog:
         hbm = g0.tensor_bytes_total() - sum(r.mem_bytes_by_tier.values()) // max(1, len(out.graphs))
         energy = inst.power.iteration(start, end - start, r.compute_ns, max(0, hbm), r.comm_bytes,
                                       sum(r.mem_bytes_by_tier.values()))
-        self.rows.append((inst.name, start, end, p.num_seqs, p.num_prefill_tokens, p.num_decode_tokens,
-                          inst.pool.num_used, inst.pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,
-                          r.mem_ns, r.exposed_mem_ns, r.comm_bytes, len(p.preempted), int(r.cached),
-                          round(energy, 6)) + self._tier_cells(inst, p))
+        row = (inst.name, start, end, p.num_seqs, p.num_prefill_tokens, p.num_decode_tokens,
+               inst.pool.num_used, inst.pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,
+               r.mem_ns, r.exposed_mem_ns, r.comm_bytes, len(p.preempted), int(r.cached),
+               round(energy, 6)) + self._tier_cells(inst, p)
+        self.count += 1
+        self.busy_ns += end - start
+        self.exposed_comm_ns += r.exposed_comm_ns
+        self.exposed_mem_ns += r.exposed_mem_ns
+        st = self.per_instance.get(inst.name)
+        if st is None:
+            st = self.per_instance[inst.name] = InstanceIterStats()
+        st.iterations += 1
+        st.busy_ns += end - start
+        if self._writer is not None:
+            self._writer.writerow(row)  # type: ignore[attr-defined]
+        if self.keep:
+            self.rows.append(row)
 
     def _tier_cells(self, inst: InstanceRuntime, plan) -> tuple:
         if not self.tier_names:
@@ -55,4 +112,112 @@ class IterationLog:
         return tuple(cells)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.count
+
+
+@dataclass
+class InstanceReqStats:
+    finished: int = 0
+    preemptions: int = 0
+    ttft_ns: array = field(default_factory=lambda: array("q"))
+
+
+@dataclass
+class ProgramTurns:
+    turns: int = 0
+    queue_ns: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class RequestLog:
+    """Every request that left the system (finished or rejected), folded into the summary's aggregates."""
+
+    tier_names: list[str] = field(default_factory=list)
+    keep: bool = True
+    requests: list[Request] = field(default_factory=list)
+    total: int = 0
+    finished: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    reason_example: dict[str, str] = field(default_factory=dict)
+    output_tokens: int = 0
+    preemptions: int = 0
+    without_content: int = 0
+    ttft_ns: array = field(default_factory=lambda: array("q"))
+    e2e_ns: array = field(default_factory=lambda: array("q"))
+    tpot_ns: array = field(default_factory=lambda: array("d"))
+    per_instance: dict[str, InstanceReqStats] = field(default_factory=dict)
+    looked_up_tokens: int = 0
+    tier_hit_tokens: Counter = field(default_factory=Counter)
+    programs: dict[str, ProgramTurns] = field(default_factory=dict)
+    later_cached: int = 0
+    later_input: int = 0
+    turn_ttft_ns: dict[str, array] = field(default_factory=dict)
+    _writer: object | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return REQ_COLUMNS + ([f"cached_tokens_{t}" for t in ["hbm", *self.tier_names]] if self.tier_names else [])
+
+    def attach(self, f: IO[str]) -> None:
+        w = csv.writer(f)
+        w.writerow(self.columns)
+        self._writer = w
+
+    def add(self, r: Request) -> None:
+        self.total += 1
+        if not r.content.has_content:
+            self.without_content += 1
+        self.preemptions += r.preemptions
+        for t, n in r.cached_tokens_by_tier.items():
+            self.tier_hit_tokens[t] += n
+        code = ""
+        if r.status == "finished":
+            self.finished += 1
+            self.output_tokens += r.output_tokens
+            self.looked_up_tokens += r.input_tokens
+            ttft = r.first_token_ns - r.arrival_ns
+            self.ttft_ns.append(ttft)
+            self.e2e_ns.append(r.finish_ns - r.arrival_ns)
+            if r.output_tokens > 1:
+                self.tpot_ns.append((r.finish_ns - r.first_token_ns) / (r.output_tokens - 1))
+            st = self.per_instance.get(r.instance)
+            if st is None:
+                st = self.per_instance[r.instance] = InstanceReqStats()
+            st.finished += 1
+            st.preemptions += r.preemptions
+            st.ttft_ns.append(ttft)
+            if r.program_id:
+                k = "first" if r.turn_index == 0 else "later"
+                self.turn_ttft_ns.setdefault(k, array("q")).append(ttft)
+                if r.turn_index > 0:
+                    self.later_cached += r.cached_tokens
+                    self.later_input += r.input_tokens
+        elif r.status == "rejected":
+            self.rejected += 1
+            code = reason_code(r.reject_reason)
+            self.reasons[code] += 1
+            self.reason_example.setdefault(code, r.reject_reason)
+        else:
+            from frontend.errors import InternalError
+
+            raise InternalError(f"request {r.request_id} recorded with status {r.status!r}")
+        if r.program_id:
+            pt = self.programs.get(r.program_id)
+            if pt is None:
+                pt = self.programs[r.program_id] = ProgramTurns()
+            pt.turns += 1
+            if r.scheduled_ns >= 0:
+                pt.queue_ns += max(0, r.scheduled_ns - r.arrival_ns)
+            pt.input_tokens += r.input_tokens
+            pt.cached_tokens += r.cached_tokens
+        if self._writer is not None:
+            row = [r.request_id, r.arrival_ns, r.first_token_ns, r.finish_ns, r.input_tokens, r.output_tokens,
+                   r.cached_tokens, r.preemptions, r.instance, r.status, code]
+            if self.tier_names:
+                row += [r.cached_tokens_by_tier.get(t, 0) for t in ["hbm", *self.tier_names]]
+            self._writer.writerow(row)  # type: ignore[attr-defined]
+        if self.keep:
+            self.requests.append(r)

@@ -1,51 +1,47 @@
-"""Write a run's outputs: requests.csv, iterations.csv, summary.json (and run_info.json: wall time)."""
+"""Write a run's outputs: requests.csv, iterations.csv, summary.json and run_info.json.
+
+requests.csv and iterations.csv are streamed while the run goes (frontend/metrics/collector.py); the
+summary is built from the running aggregates. Everything except run_info.json is byte-identical for the
+same config and seed.
+"""
 
 from __future__ import annotations
 
 import csv
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from frontend.engine import RunResult
+from frontend.metrics.collector import REQ_COLUMNS  # noqa: F401  (re-exported)
+from frontend.metrics.output import write_json
 
-REQ_COLUMNS = ["request_id", "arrival_ns", "first_token_ns", "finish_ns", "input_tokens", "output_tokens",
-               "cached_tokens", "preemptions", "instance", "status"]
 
-
-def dist_ms(values_ns: list[float]) -> dict[str, float]:
-    if not values_ns:
-        return {"mean": float("nan"), "p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
+def dist_ms(values_ns: Sequence[float]) -> dict[str, float | None]:
+    """mean/p50/p90/p99 in ms; all null (valid JSON, never NaN) when there are no samples."""
+    if len(values_ns) == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
     a = np.asarray(values_ns, dtype=float) / 1e6
     return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
             "p90": round(float(np.percentile(a, 90)), 4), "p99": round(float(np.percentile(a, 99)), 4)}
 
 
-def latency_samples(result: RunResult) -> dict[str, list[float]]:
-    ttft, tpot, e2e = [], [], []
-    for r in result.requests:
-        if r.status != "finished":
-            continue
-        ttft.append(r.first_token_ns - r.arrival_ns)
-        e2e.append(r.finish_ns - r.arrival_ns)
-        if r.output_tokens > 1:
-            tpot.append((r.finish_ns - r.first_token_ns) / (r.output_tokens - 1))
-    return {"ttft": ttft, "tpot": tpot, "e2e": e2e}
+def latency_samples(result: RunResult) -> dict[str, Sequence[float]]:
+    log = result.request_log
+    return {"ttft": log.ttft_ns, "tpot": log.tpot_ns, "e2e": log.e2e_ns}
 
 
 def write_requests_csv(result: RunResult, path: Path) -> None:
-    tiers = result.iterations.tier_names
+    """requests.csv of a run whose requests were kept in memory (the streaming path writes it as it goes)."""
+    from frontend.metrics.collector import RequestLog
+
+    log = RequestLog(tier_names=result.request_log.tier_names, keep=False)
     with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(REQ_COLUMNS + ([f"cached_tokens_{t}" for t in ["hbm", *tiers]] if tiers else []))
+        log.attach(f)
         for r in result.requests:
-            row = [r.request_id, r.arrival_ns, r.first_token_ns, r.finish_ns, r.input_tokens, r.output_tokens,
-                   r.cached_tokens, r.preemptions, r.instance, r.status]
-            if tiers:
-                row += [r.cached_tokens_by_tier.get(t, 0) for t in ["hbm", *tiers]]
-            w.writerow(row)
+            log.add(r)
 
 
 def write_iterations_csv(result: RunResult, path: Path) -> None:
@@ -55,37 +51,38 @@ def write_iterations_csv(result: RunResult, path: Path) -> None:
         w.writerows(result.iterations.rows)
 
 
+def rejection_summary(result: RunResult) -> dict[str, Any]:
+    log = result.request_log
+    return {code: {"count": n, "example": log.reason_example[code]} for code, n in sorted(log.reasons.items())}
+
+
 def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    fin = [r for r in result.requests if r.status == "finished"]
-    rej = [r for r in result.requests if r.status == "rejected"]
+    log = result.request_log
+    it = result.iterations
     dur_s = result.sim_end_ns / 1e9 if result.sim_end_ns else 0.0
-    out_tokens = sum(r.output_tokens for r in fin)
-    lat = latency_samples(result)
-    rows = result.iterations.rows
-    busy = sum(r[2] - r[1] for r in rows)
-    exposed_comm = sum(r[10] for r in rows)
-    exposed_mem = sum(r[12] for r in rows)
+    out_tokens = log.output_tokens
+    busy = it.busy_ns
     s: dict[str, Any] = {
-        "requests": len(result.requests),
-        "completed": len(fin),
-        "rejected": len(rej),
-        "rejections": sorted({r.reject_reason for r in rej})[:5],
+        "requests": log.total,
+        "completed": log.finished,
+        "rejected": log.rejected,
+        "rejections": rejection_summary(result),
         "simulated_duration_s": round(dur_s, 6),
-        "throughput": {"requests_per_s": round(len(fin) / dur_s, 4) if dur_s else 0.0,
+        "throughput": {"requests_per_s": round(log.finished / dur_s, 4) if dur_s else 0.0,
                        "output_tokens_per_s": round(out_tokens / dur_s, 3) if dur_s else 0.0},
-        "ttft_ms": dist_ms(lat["ttft"]),
-        "tpot_ms": dist_ms(lat["tpot"]),
-        "e2e_ms": dist_ms(lat["e2e"]),
-        "iterations": len(rows),
-        "preemptions": sum(r.preemptions for r in result.requests),
-        "exposed_comm_share": round(exposed_comm / busy, 6) if busy else 0.0,
-        "exposed_mem_share": round(exposed_mem / busy, 6) if busy else 0.0,
+        "ttft_ms": dist_ms(log.ttft_ns),
+        "tpot_ms": dist_ms(log.tpot_ns),
+        "e2e_ms": dist_ms(log.e2e_ns),
+        "iterations": it.count,
+        "preemptions": log.preemptions,
+        "exposed_comm_share": round(it.exposed_comm_ns / busy, 6) if busy else 0.0,
+        "exposed_mem_share": round(it.exposed_mem_ns / busy, 6) if busy else 0.0,
         "backend": result.backend_stats,
         "wall_s": round(result.wall_s, 3),
     }
     from frontend.metrics.power import EnergyBreakdown
 
-    if result.iterations.tier_names:
+    if it.tier_names:
         s["kv_tiers"] = tier_summary(result)
     if result.orchestrator is not None:
         s["agents"] = program_summary(result)
@@ -109,11 +106,11 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
 
 def tier_summary(result: RunResult) -> dict[str, Any]:
     """Hit rate per tier = prompt tokens served from that tier / prompt tokens looked up."""
-    looked_up = sum(r.input_tokens for r in result.requests if r.status == "finished")
+    looked_up = result.request_log.looked_up_tokens
     out: dict[str, Any] = {}
     seen: set[int] = set()
     for name in ["hbm", *result.iterations.tier_names]:
-        hit = sum(r.cached_tokens_by_tier.get(name, 0) for r in result.requests)
+        hit = result.request_log.tier_hit_tokens.get(name, 0)
         entry: dict[str, Any] = {"hit_tokens": hit, "hit_rate": round(hit / looked_up, 6) if looked_up else 0.0}
         for inst in result.instances:
             for t in inst.lower_tiers:
@@ -136,34 +133,27 @@ def program_rows(result: RunResult) -> list[list]:
     orch = result.orchestrator
     if orch is None:
         return []
-    by_prog: dict[str, list] = {}
-    for r in result.requests:
-        if r.program_id:
-            by_prog.setdefault(r.program_id, []).append(r)
+    from frontend.metrics.collector import ProgramTurns
+
     rows = []
+    empty = ProgramTurns()
     for pid, st in orch.programs.items():
-        turns = by_prog.get(pid, [])
-        queue = sum(max(0, r.scheduled_ns - r.arrival_ns) for r in turns if r.scheduled_ns >= 0)
-        rows.append([pid, st.arrival_ns, st.completion_ns, len(turns), st.tool_ns, queue,
-                     sum(r.input_tokens for r in turns), sum(r.cached_tokens for r in turns),
-                     "|".join(sorted(st.instances))])
+        t = result.request_log.programs.get(pid, empty)
+        rows.append([pid, st.arrival_ns, st.completion_ns, t.turns, st.tool_ns, t.queue_ns, t.input_tokens,
+                     t.cached_tokens, "|".join(sorted(st.instances))])
     return rows
 
 
 def program_summary(result: RunResult) -> dict[str, Any]:
     rows = program_rows(result)
     done = [r for r in rows if r[2] >= 0]
-    later = [r for r in result.requests if r.program_id and r.turn_index > 0 and r.status == "finished"]
-    ttft_by_turn: dict[str, list[float]] = {}
-    for r in result.requests:
-        if r.program_id and r.status == "finished":
-            k = "first" if r.turn_index == 0 else "later"
-            ttft_by_turn.setdefault(k, []).append(r.first_token_ns - r.arrival_ns)
+    log = result.request_log
+    ttft_by_turn = log.turn_ttft_ns
     s: dict[str, Any] = {
         "programs": len(rows), "completed": len(done),
         "completion_ms": dist_ms([r[2] - r[1] for r in done]),
         "turn_ttft_ms": {k: dist_ms(v) for k, v in sorted(ttft_by_turn.items())},
-        "cross_turn_hit_rate": round(sum(r.cached_tokens for r in later) / max(1, sum(r.input_tokens for r in later)), 6),
+        "cross_turn_hit_rate": round(log.later_cached / max(1, log.later_input), 6),
         "tool_time_s": round(sum(r[4] for r in rows) / 1e9, 3),
         "queue_time_s": round(sum(r[5] for r in rows) / 1e9, 3),
     }
@@ -179,31 +169,44 @@ def program_summary(result: RunResult) -> dict[str, Any]:
 
 
 def instance_summary(result: RunResult) -> list[dict[str, Any]]:
+    from frontend.metrics.collector import InstanceIterStats, InstanceReqStats
+
     out = []
     for inst in result.instances:
-        reqs = [r for r in result.requests if r.instance == inst.name and r.status == "finished"]
-        rows = [r for r in result.iterations.rows if r[0] == inst.name]
-        busy = sum(r[2] - r[1] for r in rows)
-        out.append({"name": inst.name, "requests": len(reqs), "iterations": len(rows),
-                    "busy_share": round(busy / result.sim_end_ns, 6) if result.sim_end_ns else 0.0,
-                    "ttft_ms": dist_ms([r.first_token_ns - r.arrival_ns for r in reqs]),
-                    "preemptions": sum(r.preemptions for r in reqs), "kv_blocks": inst.pool.num_blocks})
+        rq = result.request_log.per_instance.get(inst.name) or InstanceReqStats()
+        it = result.iterations.per_instance.get(inst.name) or InstanceIterStats()
+        out.append({"name": inst.name, "requests": rq.finished, "iterations": it.iterations,
+                    "busy_share": round(it.busy_ns / result.sim_end_ns, 6) if result.sim_end_ns else 0.0,
+                    "ttft_ms": dist_ms(rq.ttft_ns),
+                    "preemptions": rq.preemptions, "kv_blocks": inst.pool.num_blocks})
     return out
 
 
-def write_outputs(result: RunResult, out_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_requests_csv(result, out_dir / "requests.csv")
+def write_program_csv(result: RunResult, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PROGRAM_COLUMNS)
+        w.writerows(program_rows(result))
+
+
+def write_summary(result: RunResult, out_dir: Path, extra: dict[str, Any] | None = None,
+                  run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """summary.json (+ programs.csv for agent runs) and run_info.json; the CSVs were streamed already."""
     if result.orchestrator is not None:
-        with (out_dir / "programs.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(PROGRAM_COLUMNS)
-            w.writerows(program_rows(result))
-    write_iterations_csv(result, out_dir / "iterations.csv")
+        write_program_csv(result, out_dir / "programs.csv")
     summary = summarize(result, extra)
     # wall time is the only output that differs between identical runs: it goes to its own file so that
     # every other output is byte-identical for the same config and seed
     deterministic = {k: v for k, v in summary.items() if k != "wall_s"}
-    (out_dir / "summary.json").write_text(json.dumps(deterministic, indent=2, sort_keys=False) + "\n")
-    (out_dir / "run_info.json").write_text(json.dumps({"wall_s": summary["wall_s"]}, indent=2) + "\n")
+    write_json(out_dir / "summary.json", deterministic)
+    write_json(out_dir / "run_info.json", {"wall_s": summary["wall_s"], **(run_info or {})})
     return summary
+
+
+def write_outputs(result: RunResult, out_dir: Path, extra: dict[str, Any] | None = None,
+                  run_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All outputs of a run whose rows were kept in memory (benches, tests)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_requests_csv(result, out_dir / "requests.csv")
+    write_iterations_csv(result, out_dir / "iterations.csv")
+    return write_summary(result, out_dir, extra, run_info)

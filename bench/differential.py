@@ -1,0 +1,387 @@
+"""Differential test: the embedded engine against an upstream ASTRA-sim analytical binary.
+
+A seeded grid of cases, each one or more iterations (per-NPU graph sets):
+
+- collective cases: one collective between sub-µs compute on every NPU, over topologies x
+  algorithms x collective types x preferred-dataset-splits (dividing the size or not) x 1-3
+  dimensions (involved_dim subsets) x collective-optimization x scheduling-policy;
+- point-to-point and comm-group cases (sends across two dimensions, groups spanning dimensions);
+- serving runs: models x TP/PP x networks x memory tiers (instance / node / pool scope) x split
+  modes, simulated with the embedded engine and their iterations captured as ASTRA-sim would read
+  them (the CLI's --dump-chakra writes the same input sets).
+
+Every iteration is written with astra_bridge.inputs.write_input_set, run through the binary
+(ASTRA_SIM_BIN) and through the embedded executor on the same graphs; the table gives per case the
+worst per-rank difference. A run the backend rejects (no finish line, missing/extra ranks, signal,
+non-zero exit, implausible time) is flagged FAIL with the reason; a case the embedded engine
+rejects up front is listed as REJECTED with its message.
+
+    ASTRA_SIM_BIN=/path/to/AstraSim_Analytical_Congestion_Unaware python bench/differential.py \
+        [--quick] [--out bench/results/differential.txt] [--csv tests/data/astra_reference.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from astra_bridge.astrasim import AstraSimBackend, AstraSimError  # noqa: E402
+from astra_bridge.backend import InstanceSystem  # noqa: E402
+from astra_bridge.embedded.backend import make_executor  # noqa: E402
+from astra_bridge.embedded.memory import PER_NODE, PER_NPU, POOL, MemoryTierModel  # noqa: E402
+from astra_bridge.embedded.network import Dimension, SystemKnobs  # noqa: E402
+from chakra_gen.et_io import with_micro_durations  # noqa: E402
+from chakra_gen.graph import COLL, COMP, MEM_LOAD, MEM_STORE, RECV, SEND, CollectiveType, Graph  # noqa: E402
+
+CT = {"AR": int(CollectiveType.ALL_REDUCE), "AG": int(CollectiveType.ALL_GATHER),
+      "RS": int(CollectiveType.REDUCE_SCATTER), "A2A": int(CollectiveType.ALL_TO_ALL)}
+
+
+@dataclass
+class Case:
+    name: str
+    row: str  # which issue-12 row / feature it exercises
+    iterations: list[tuple[InstanceSystem, list[Graph]]] = field(default_factory=list)
+    rejected: str = ""
+
+
+def coll_graphs(n: int, ct: int, size: int, comp_ns: tuple[int, int], extra: dict | None = None) -> list[Graph]:
+    gs = []
+    for r in range(n):
+        g = Graph(rank=r)
+        a = g.add("pre", COMP, duration_ns=comp_ns[0])
+        c = g.add("coll", COLL, deps=(a,), attrs={"comm_type": ct, "comm_size": size, **(extra or {})})
+        g.add("post", COMP, duration_ns=comp_ns[1], deps=(c,))
+        gs.append(g)
+    return gs
+
+
+def collective_cases(rng: random.Random, quick: bool) -> list[Case]:
+    cases: list[Case] = []
+    topos = ("Ring", "Switch", "FullyConnected")
+    algos = ("ring", "direct", "halvingDoubling")
+    # one-dimensional: every type x algorithm x topology at 4 and 8 NPUs
+    for ct in ("AR", "AG", "RS", "A2A"):
+        for algo in algos:
+            for topo in topos:
+                for n in ((8,) if quick else (4, 8)):
+                    size = rng.choice((1 << 20, 3 << 20, 12 << 20, 5_000_000, 65536))
+                    splits = rng.choice((1, 3, 4, 7))
+                    d = (Dimension(topo, n, rng.choice((50.0, 100.0, 450.0)), rng.choice((500.0, 700.0)), algo),)
+                    k = SystemKnobs(preferred_dataset_splits=splits)
+                    sysm = InstanceSystem("c", n, d, k)
+                    cases.append(Case(f"1D {ct} {algo} {topo}{n} {size}B /{splits}", "collective",
+                                      [(sysm, coll_graphs(n, CT[ct], size, (1234, 567)))]))
+    # multi-dimensional: 2-D and 3-D, involved subsets, algorithms per dim, both optimizations
+    shapes = [((2, 4), ("Ring", "Switch")), ((4, 2), ("FullyConnected", "Ring")), ((2, 2, 2), ("Ring", "Switch", "Ring")),
+              ((2, 4, 2), ("Switch", "FullyConnected", "Switch"))]
+    for npus, tps in shapes:
+        for ct in ("AR", "AG", "RS", "A2A"):
+            for _ in range(1 if quick else 2):
+                dims = tuple(Dimension(t, n, rng.choice((25.0, 100.0, 200.0)), rng.choice((300.0, 1000.0)),
+                                       rng.choice(algos if ct != "A2A" else ("ring", "direct")))
+                             for t, n in zip(tps, npus, strict=True))
+                inv = [rng.random() < 0.75 for _ in dims]
+                if not any(inv):
+                    inv[0] = True
+                opt = rng.choice(("localBWAware", "baseline"))
+                pol = rng.choice(("LIFO", "FIFO"))
+                splits = rng.choice((1, 2, 3, 4, 6))
+                size = rng.choice((1 << 20, 6 << 20, 10_000_000))
+                k = SystemKnobs(preferred_dataset_splits=splits, collective_optimization=opt, scheduling_policy=pol)
+                n = 1
+                for x in npus:
+                    n *= x
+                sysm = InstanceSystem("c", n, dims, k)
+                algo_s = "/".join(d.algorithm for d in dims)
+                inv_s = "".join("1" if x else "0" for x in inv)
+                cases.append(Case(f"{len(dims)}D {ct} {algo_s} {'x'.join(map(str, npus))} inv{inv_s} {opt} {pol} "
+                                  f"{size}B /{splits}", "multi-dim",
+                                  [(sysm, coll_graphs(n, CT[ct], size, (2500, 999), {"involved_dim": inv}))]))
+    return cases
+
+
+def p2p_and_group_cases(rng: random.Random) -> list[Case]:
+    cases: list[Case] = []
+    dims = (Dimension("Ring", 4, 100.0, 500.0), Dimension("Switch", 2, 50.0, 1000.0))
+    # sends between NPUs differing in one and in two dimensions
+    for src, dst in ((0, 1), (0, 4), (1, 6), (3, 4), (0, 2)):
+        gs = []
+        for r in range(8):
+            g = Graph(rank=r)
+            c = g.add("c", COMP, duration_ns=1500 + r)
+            if r == src:
+                g.add("send", SEND, deps=(c,), attrs={"comm_dst": dst, "comm_tag": 7, "comm_size": 3 << 20})
+            if r == dst:
+                rv = g.add("recv", RECV, attrs={"comm_src": src, "comm_tag": 7, "comm_size": 3 << 20})
+                g.add("after", COMP, duration_ns=333, deps=(rv,))
+            gs.append(g)
+        cases.append(Case(f"p2p {src}->{dst} on Ring4 x Switch2", "p2p", [(InstanceSystem("p", 8, dims), gs)]))
+    # comm groups: within a dimension, spanning two dimensions, and the whole system
+    dims3 = (Dimension("Ring", 2, 100.0, 500.0), Dimension("Switch", 2, 50.0, 1000.0),
+             Dimension("FullyConnected", 2, 25.0, 800.0))
+    for label, groups in (("group in dim 0", [(0, 1), (2, 3), (4, 5), (6, 7)]),
+                          ("group spans dims 0-1", [(0, 1, 2, 3), (4, 5, 6, 7)]),
+                          ("group spans dims 0,2", [(0, 1, 4, 5), (2, 3, 6, 7)]),
+                          ("group of all", [tuple(range(8))])):
+        for ct in ("AR", "AG", "RS"):
+            size = rng.choice((1 << 20, 5 << 20))
+            cg = tuple((str(i + 1), m) for i, m in enumerate(groups))
+            gs = []
+            for r in range(8):
+                pg = next(name for name, m in cg if r in m)
+                g = Graph(rank=r)
+                a = g.add("pre", COMP, duration_ns=800)
+                c = g.add("coll", COLL, deps=(a,), attrs={"comm_type": CT[ct], "comm_size": size, "pg_name": pg})
+                g.add("post", COMP, duration_ns=123, deps=(c,))
+                gs.append(g)
+            cases.append(Case(f"comm group {label} {ct} {size}B", "comm-group",
+                              [(InstanceSystem("g", 8, dims3, comm_groups=cg), gs)]))
+    return cases
+
+
+def memory_cases(rng: random.Random) -> list[Case]:
+    cases: list[Case] = []
+    for kind in (PER_NPU, PER_NODE, POOL):
+        tier = MemoryTierModel("t", kind, 25.0, 2000, npus_per_node=2 if kind == PER_NODE else 1)
+        for n in (1, 4):
+            dims = () if n == 1 else (Dimension("Switch", 4, 450.0, 500.0),)
+            gs = []
+            for r in range(n):
+                g = Graph(rank=r)
+                l0 = g.add("load0", MEM_LOAD, tensor_bytes=3 << 20, attrs={"tier": "t"})
+                l1 = g.add("load1", MEM_LOAD, deps=(l0,), tensor_bytes=3 << 20, attrs={"tier": "t"})
+                g.add("store0", MEM_STORE, tensor_bytes=1 << 20, attrs={"tier": "t"})
+                a = g.add("a", COMP, duration_ns=4321)
+                b = g.add("attn", COMP, duration_ns=777, deps=(a, l0))
+                if n > 1:
+                    b = g.add("ar", COLL, deps=(b,), attrs={"comm_type": 0, "comm_size": 1 << 20})
+                c = g.add("attn2", COMP, duration_ns=555, deps=(b, l1))
+                if n > 1:
+                    g.add("ar2", COLL, deps=(c,), attrs={"comm_type": 0, "comm_size": 1 << 20})
+                gs.append(g)
+            cases.append(Case(f"memory {kind} {n} NPU(s)", "memory",
+                              [(InstanceSystem("m", n, dims, tiers=(tier,)), gs)]))
+    return cases
+
+
+# ---------------- serving runs ----------------
+
+def _run_config(raw: dict, iterations: set[int], name: str) -> list[tuple[InstanceSystem, list[Graph]]]:
+    from frontend.config.loader import parse_config, resolve
+    from frontend.session import IterationHook, simulate
+
+    jobs: list[tuple[InstanceSystem, list[Graph]]] = []
+
+    class Capture(IterationHook):
+        def take(self, k, inst, out, start_ns):  # noqa: ANN001
+            jobs.append((inst.system, list(out.graphs)))
+
+    run = resolve(parse_config(raw, name, REPO / "configs" / "examples"), name)
+    run.config.backend.kind = "embedded"
+    simulate(run, dump=Capture(iterations))
+    return jobs
+
+
+def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dict]]:
+    """(name, row, raw config) for the serving grid."""
+    base_engine = {"max_num_seqs": 64, "max_num_batched_tokens": 2048, "block_size": 16,
+                   "gpu_memory_utilization": 0.9, "enable_prefix_caching": True}
+    out: list[tuple[str, str, dict]] = []
+
+    def add(name: str, row: str, model: str, inst: dict, system: dict | None = None, kv: dict | None = None,
+            n_req: int = 24, hw: str = "H100-SXM", workload: dict | None = None) -> None:
+        raw = {"name": name, "seed": 7, "model": model,
+               "instances": [{"name": "i0", "hardware": hw, **inst}],
+               "engine": dict(base_engine),
+               "workload": workload or {"kind": "synthetic", "num_requests": n_req,
+                                        "arrival": {"process": "poisson", "rate_per_s": 20},
+                                        "prompt_tokens": {"dist": "lognormal", "mean": 400, "sigma": 0.8,
+                                                          "min": 4, "max": 2048},
+                                        "output_tokens": {"dist": "lognormal", "mean": 40, "sigma": 0.6,
+                                                          "min": 1, "max": 256}}}
+        if system:
+            raw["backend"] = {"system": system}
+        if kv:
+            raw["kv"] = kv
+        out.append((name, row, raw))
+
+    def dims(*spec: tuple[str, int, float, float, str]) -> dict:
+        return {"dims": [{"topology": t, "npus": n, "bw_gbps": bw, "latency_ns": lat, "algorithm": a}
+                         for t, n, bw, lat, a in spec]}
+
+    add("tp8 nvswitch llama70b", "serving TP", "Llama-3.1-70B", {"tp": 8, "network": {"preset": "h100-nvlink-8"}})
+    add("tp4pp2 ib llama70b", "serving TP+PP", "Llama-3.1-70B",
+        {"tp": 4, "pp": 2, "network": {"preset": "h100-2x4-ib"}})
+    add("tp4 2-D pp1 llama8b", "involved_dim pp=1", "Llama-3.1-8B",
+        {"tp": 4, "network": dims(("Ring", 2, 200.0, 500.0, "ring"), ("Switch", 2, 50.0, 1000.0, "ring"))})
+    add("tp8 3-D pp1 llama70b", "involved_dim pp=1", "Llama-3.1-70B",
+        {"tp": 8, "network": dims(("Ring", 2, 200.0, 500.0, "ring"), ("Switch", 2, 100.0, 800.0, "direct"),
+                                  ("FullyConnected", 2, 50.0, 1000.0, "ring"))})
+    add("tp8 2-D hd-first llama70b", "multi-dim hd", "Llama-3.1-70B",
+        {"tp": 8, "network": dims(("Ring", 4, 200.0, 500.0, "halvingDoubling"), ("Switch", 2, 50.0, 1000.0, "ring"))})
+    add("tp2pp2 2-D llama8b", "serving TP+PP", "Llama-3.1-8B",
+        {"tp": 2, "pp": 2, "network": dims(("FullyConnected", 2, 300.0, 500.0, "ring"),
+                                           ("Switch", 2, 50.0, 2000.0, "ring"))})
+    add("pp4 ring llama8b", "serving PP", "Llama-3.1-8B",
+        {"tp": 1, "pp": 4, "network": dims(("Ring", 4, 100.0, 700.0, "ring"))})
+    add("tp4 splits3 llama8b", "splits remainder", "Llama-3.1-8B",
+        {"tp": 4, "network": {"preset": "h100-nvlink-4"}}, system={"preferred_dataset_splits": 3})
+    add("tp4 splits7 direct llama8b", "splits remainder", "Llama-3.1-8B",
+        {"tp": 4, "network": dims(("FullyConnected", 4, 300.0, 600.0, "direct"))}, system={"preferred_dataset_splits": 7})
+    add("tp4 baseline FIFO 2-D", "system knobs", "Llama-3.1-8B",
+        {"tp": 4, "network": dims(("Ring", 2, 200.0, 500.0, "ring"), ("Switch", 2, 50.0, 1000.0, "ring"))},
+        system={"scheduling_policy": "FIFO", "collective_optimization": "baseline"})
+    add("tp2 qwen3-32b pcie", "serving TP", "Qwen3-32B", {"tp": 2, "network": {"preset": "pcie4-rtx-2"}},
+        hw="RTX4090")
+    add("1 npu dram node", "single NPU + DRAM", "Llama-3.1-8B", {},
+        kv={"offload": "write_through", "tiers": [{"name": "dram", "kind": "dram", "capacity_gib": 64,
+                                                    "bw_gbps": 25, "latency_ns": 2000, "scope": "node"}]},
+        hw="RTX4090", n_req=60)
+    add("1 npu cxl pool", "single NPU + CXL pool", "Llama-3.1-8B", {},
+        kv={"offload": "write_through", "tiers": [{"name": "cxl", "kind": "cxl", "capacity_gib": 128,
+                                                    "bw_gbps": 30, "latency_ns": 3000, "scope": "pool"}]},
+        hw="RTX4090", n_req=60)
+    add("tp4 dram instance", "TP + memory tier", "Llama-3.1-8B", {"tp": 4, "network": {"preset": "h100-nvlink-4"}},
+        kv={"offload": "write_through", "tiers": [{"name": "dram", "kind": "dram", "capacity_gib": 64,
+                                                    "bw_gbps": 25, "latency_ns": 2000, "scope": "instance"}]},
+        n_req=60)
+    add("tp2pp2 dram node", "TP+PP + memory tier", "Llama-3.1-8B",
+        {"tp": 2, "pp": 2, "network": dims(("FullyConnected", 2, 300.0, 500.0, "ring"),
+                                           ("Switch", 2, 50.0, 2000.0, "ring"))},
+        kv={"offload": "write_back", "tiers": [{"name": "dram", "kind": "dram", "capacity_gib": 64,
+                                                 "bw_gbps": 25, "latency_ns": 2000, "scope": "node"}]},
+        n_req=60)
+    return out
+
+
+def serving_cases(rng: random.Random, quick: bool, per_config: int) -> list[Case]:
+    cases = []
+    for name, row, raw in serving_configs(rng, quick):
+        its = set(sorted(rng.sample(range(0, 60), per_config)))
+        try:
+            jobs = _run_config(raw, its, name)
+            cases.append(Case(f"serving {name}", row, jobs))
+        except Exception as e:  # a configuration the project rejects up front
+            cases.append(Case(f"serving {name}", row, [], rejected=f"{type(e).__name__}: {e}"[:160]))
+    return cases
+
+
+# ---------------- running ----------------
+
+@dataclass
+class Outcome:
+    case: Case
+    iterations: int = 0
+    worst_pct: float = 0.0
+    worst_abs_ns: int = 0
+    status: str = "ok"
+    detail: str = ""
+    samples: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (iter, binary, embedded)
+
+
+def run_case(case: Case, backend: AstraSimBackend) -> Outcome:
+    o = Outcome(case)
+    if case.rejected:
+        o.status, o.detail = "REJECTED", case.rejected
+        return o
+    for k, (system, graphs) in enumerate(case.iterations):
+        seen = [with_micro_durations(g, backend.compute_time) for g in graphs]
+        try:
+            emb = make_executor(system).run(seen).per_rank_finish_ns
+        except (ValueError, RuntimeError) as e:
+            o.status, o.detail = "REJECTED", f"embedded: {e}"[:160]
+            return o
+        try:
+            res = backend.run(system, graphs)
+        except (AstraSimError, ValueError) as e:
+            o.status, o.detail = "FAIL", str(e).splitlines()[0][:160]
+            return o
+        binr = res.per_rank_finish_ns
+        o.iterations += 1
+        o.samples.append((k, binr, emb))
+        for b, e in zip(binr, emb, strict=True):
+            pct = 100.0 * (e - b) / b if b else 0.0
+            if abs(pct) > abs(o.worst_pct) or (pct == o.worst_pct and abs(e - b) > abs(o.worst_abs_ns)):
+                o.worst_pct, o.worst_abs_ns = pct, e - b
+    if abs(o.worst_pct) > 0.1:
+        o.status = "DIFF"
+    return o
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--quick", action="store_true", help="a smaller grid")
+    ap.add_argument("--per-config", type=int, default=12, help="iterations captured per serving config")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--csv", type=Path, default=None, help="write the reference rows (binary figures) here")
+    ap.add_argument("--only", default="", help="run only cases whose name contains this")
+    args = ap.parse_args()
+    binary = os.environ.get("ASTRA_SIM_BIN")
+    if not binary:
+        print("ASTRA_SIM_BIN is not set: nothing to compare against (the differential test needs the binary)")
+        return 0
+    rng = random.Random(args.seed)
+    t0 = time.perf_counter()
+    cases = collective_cases(rng, args.quick) + p2p_and_group_cases(rng) + memory_cases(rng)
+    cases += serving_cases(rng, args.quick, args.per_config)
+    if args.only:
+        cases = [c for c in cases if args.only in c.name]
+    work = Path(tempfile.mkdtemp(prefix="astraserve-differential-"))
+
+    class Cfg:
+        binary = None
+        timeout_s = 300.0
+        workers = 1
+        work_dir = str(work)
+
+    backend = AstraSimBackend(Cfg(), cache=False, binary=Path(binary))
+    outcomes = [run_case(c, backend) for c in cases]
+    wall = time.perf_counter() - t0
+    lines = [f"differential: embedded vs {Path(binary).name}, seed {args.seed}, {len(cases)} cases, "
+             f"{sum(o.iterations for o in outcomes)} iterations compared, wall {wall:.0f} s",
+             f"{'status':8} {'iters':>5} {'worst %':>9} {'worst ns':>9}  case [row]"]
+    for o in outcomes:
+        lines.append(f"{o.status:8} {o.iterations:5d} {o.worst_pct:+9.4f} {o.worst_abs_ns:+9d}  {o.case.name} "
+                     f"[{o.case.row}]" + (f"  -- {o.detail}" if o.detail else ""))
+    bad = [o for o in outcomes if o.status in ("DIFF", "FAIL")]
+    worst = max(outcomes, key=lambda o: abs(o.worst_pct))
+    lines.append(f"summary: {len(bad)} case(s) over 0.1% or failing; "
+                 f"{sum(o.status == 'REJECTED' for o in outcomes)} rejected up front; "
+                 f"worst {worst.worst_pct:+.4f}% ({worst.case.name})")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.csv:
+        write_reference(args.csv, outcomes)
+    return 1 if bad else 0
+
+
+def write_reference(path: Path, outcomes: list[Outcome]) -> None:
+    """The binary's figures for the collective / p2p / group / memory cases, as rows the ordinary test
+    suite rebuilds and checks against the embedded engine (no binary needed)."""
+    import json
+
+    rows = []
+    for o in outcomes:
+        if o.status != "ok" or o.case.name.startswith("serving"):
+            continue
+        for k, binr, _ in o.samples:
+            rows.append({"case": o.case.name, "iteration": k, "binary_per_rank_ns": binr})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=0) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
