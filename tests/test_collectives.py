@@ -175,3 +175,14 @@ def test_collectives_profiler_gloo_two_processes(tmp_path: Path):
     meta = yaml.safe_load((tmp_path / "b" / "fp32" / "meta.yaml").read_text())["collectives"]
     assert meta["backend"] == "gloo" and meta["num_ranks"] == [2] and meta["sizes_bytes"] == [4096, 65536]
     assert "median" in meta["method"] and meta["table"] == "collectives.csv"
+
+
+def test_cli_errors(tmp_path: Path):
+    from frontend.cli import app
+
+    r = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "b"), "--device", "cpu"])
+    assert r.exit_code == 2 and "--model is required" in r.output
+    r = CliRunner().invoke(app, ["profile", "--collectives", "--out", str(tmp_path / "b"), "--device", "cpu",
+                                 "--sizes", "8K-1K"])
+    assert r.exit_code == 2 and "size range" in r.output
+    assert main([str(tmp_path / "missing"), "--npus", "2", "--out", str(tmp_path / "p.yaml")]) == 2
