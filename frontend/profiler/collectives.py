@@ -310,7 +310,10 @@ def profile_collectives(out: Path, device: str = "cuda", dtype: str = "bf16", wo
     world_sizes defaults to 2..(visible GPUs) on CUDA and [2] on CPU; sizes to 1 KiB..256 MiB doubling.
     Returns the CSV path.
     """
-    import torch
+    try:
+        import torch
+    except ImportError as e:  # optional extra
+        raise RuntimeError("the collectives profiler needs PyTorch: pip install -e '.[profile]'") from e
 
     if world_sizes is None:
         top = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 2
