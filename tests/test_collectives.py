@@ -133,17 +133,18 @@ def test_network_presets_load_and_rtxpro6000_serving_sizes():
         assert dims, p
     raw = yaml.safe_load((CONFIGS / "networks" / "pcie5-rtxpro6000-2.yaml").read_text())
     (d,) = [NetworkDim.model_validate(x) for x in raw["dims"]]
+    assert (d.topology, d.npus) == ("FullyConnected", 2)  # the aware binary aborts on a 2-NPU Ring
     dim = Dimension(d.topology, d.npus, d.bw_gbps, d.latency_ns, d.algorithm)
-    assert d.bw_gbps * GIB / 1e9 == pytest.approx(40.0, rel=1e-3)  # 40 GB/s busbw in nccl-tests units
+    assert 5.0 <= d.bw_gbps * GIB / 1e9 <= 63.0  # GB/s: at most PCIe 5.0 x16's 63 GB/s per direction
 
     def ar(nbytes: int) -> float:
         return collective_time_ns(0, nbytes, (dim,), (True,), FIT_KNOBS) / 1e3
 
-    # the figures quoted in the preset's comment
-    assert ar(40 << 10) == pytest.approx(29.1, abs=0.05)
-    assert ar(1 << 20) == pytest.approx(55.2, abs=0.05)
-    assert ar(16 << 20) == pytest.approx(463.2, abs=0.1)
     assert 20.0 <= ar(40 << 10) <= 40.0  # a decode-batch TP all-reduce on a 2-GPU PCIe box
+    times = [ar(s) for s in SERVING_SIZES]
+    assert times == sorted(times)
+    # one chunk: the fixed cost is the two ring steps' latency, not multiplied by a chunk count
+    assert ar(1 << 10) == pytest.approx(2 * d.latency_ns / 1e3, rel=0.02)
 
 
 def test_preset_resolves_in_a_tp2_run(tmp_path: Path):
