@@ -1,16 +1,23 @@
-"""Fidelity against real vLLM on the RTX4090 reference: profile-driven and roofline-only runs.
+"""Fidelity against real vLLM on every reference set in ../shared/data: profile and roofline paths.
 
-Prints the `astraserve validate` table (TTFT/TPOT/E2E mean/p50/p90/p95/p99 with signed errors)
-for both compute models, then a per-operator comparison of the roofline model against the
-measured profile on the same batches (where the physics refinements matter).
-Usage: python bench/fidelity.py [--shared ../shared]
+For each set (one example config per set under configs/examples/validate-*.yaml) this prints
+ - the `astraserve validate` table (TTFT/TPOT/E2E mean/p50/p90/p95/p99, signed error) for the
+   profile path and the roofline path side by side, and output throughput;
+ - per-iteration compute time of the roofline model against the measured profile on the same
+   batch shapes (where the physics of the roofline model shows);
+ - the light-load TTFT breakdown: for requests that arrived to an idle engine, real
+   (queued -> scheduled -> first token) against simulated.
+Usage: python bench/fidelity.py [--sets NAME,...] [--shared ../shared]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from frontend.compute.batch import BatchShape
 from frontend.compute.profile import ProfileModel
@@ -18,55 +25,103 @@ from frontend.config.loader import load_and_resolve
 from frontend.metrics.report import write_outputs
 from frontend.session import simulate
 from frontend.validation.compare import STATS, compare
-from frontend.validation.reference import engine_from_meta
 
 REPO = Path(__file__).resolve().parents[1]
+SETS = {
+    "RTX4090-Llama-3.1-8B": "validate-rtx4090-llama3.1-8b.yaml",
+    "RTXPRO6000-Qwen3-32B": "validate-rtxpro6000-qwen3-32b-tp2.yaml",
+}
+
+
+def run_set(cfg: Path, compute: str) -> tuple[dict, object, Path]:
+    ov = {"compute": {"kind": "roofline"}} if compute == "roofline" else None
+    run = load_and_resolve(cfg, ov)
+    res, ex = simulate(run)
+    d = Path(tempfile.mkdtemp(prefix=f"fid-{compute}-"))
+    write_outputs(res, d, ex)
+    return res, run, d
+
+
+def light_load(ref: Path, run_dir: Path) -> list[str]:
+    """TTFT of requests that found the engine idle: queued while nothing else was in flight."""
+    rows = [json.loads(x) for x in (ref / "requests.jsonl").read_text().splitlines() if x.strip()]
+    rows.sort(key=lambda r: r["queued_ts"])
+    idle = [r for i, r in enumerate(rows) if all(p["last_token_ts"] < r["queued_ts"] for p in rows[:i])]
+    import csv
+
+    sim = {r["request_id"]: r for r in csv.DictReader((run_dir / "requests.csv").open())}
+    lines = []
+    for r in idle[:5]:
+        s = sim.get(str(rows.index(r))) or sim.get(r["request_id"])
+        sim_ms = (int(s["first_token_ns"]) - int(s["arrival_ns"])) / 1e6 if s else float("nan")
+        lines.append(f"  {r['request_id']:10s} prompt {r['input_toks']:5d}: real queued->scheduled "
+                     f"{1e3 * (r['scheduled_ts'] - r['queued_ts']):6.2f} ms, scheduled->first token "
+                     f"{1e3 * (r['first_token_ts'] - r['scheduled_ts']):7.2f} ms, TTFT "
+                     f"{1e3 * (r['first_token_ts'] - r['queued_ts']):7.2f} ms | simulated TTFT {sim_ms:7.2f} ms")
+    return lines
+
+
+def per_iteration(run, res) -> list[str]:
+    inst = run.instances[0]
+    rt = res.instances[0]
+    roof = rt.compute if not isinstance(rt.compute, ProfileModel) else rt.compute.roof
+    cfg = run.config.compute
+    if cfg.kind != "profile":
+        return []
+    bundle = Path(cfg.profile)
+    if not bundle.is_absolute():
+        bundle = run.config.base_dir / bundle
+    pm = ProfileModel(bundle, inst.engine.dtype, inst.tp, roof)
+    L = inst.model.num_layers
+    shapes = [("decode 1 x ctx 512", BatchShape([1], [511], 1)),
+              ("decode 32 x ctx 1024", BatchShape([1] * 32, [1023] * 32, 32)),
+              ("decode 128 x ctx 1024", BatchShape([1] * 128, [1023] * 128, 128)),
+              ("prefill 512", BatchShape([512], [0], 1)), ("prefill 2048", BatchShape([2048], [0], 1)),
+              ("mixed 1536 prefill + 32 decode", BatchShape([1536] + [1] * 32, [0] + [800] * 32, 33))]
+    out = [f"  {'batch':32s} {'profile ms':>10s} {'roofline ms':>11s} {'error':>8s}"]
+    for name, sh in shapes:
+        def total(m, sh=sh):
+            return (sum(o.duration_ns for o in m.prologue_ops(sh) + m.epilogue_ops(sh))
+                    + L * sum(o.duration_ns for o in m.layer_ops(sh))) / 1e6
+        p, r = total(pm), total(roof)
+        out.append(f"  {name:32s} {p:10.3f} {r:11.3f} {100 * (r - p) / p:+7.1f}%")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    ap.add_argument("--sets", default=",".join(SETS))
     a = ap.parse_args()
-    lss = a.shared / "data/llmservingsim"
-    ref = lss / "validation/RTX4090-Llama-3.1-8B/vllm"
-    bundle = lss / "profiles/RTX4090/meta-llama/Llama-3.1-8B"
-    base = {"workload": {"kind": "jsonl", "path": str(lss / "workloads/sharegpt-llama-3.1-8b-300-sps10.jsonl")},
-            "engine": engine_from_meta(ref / "meta.json")}
-    tables = {}
-    rt = None
-    for label, extra in (("profile", {"compute": {"kind": "profile", "profile": str(bundle)}}), ("roofline", {})):
-        run = load_and_resolve(REPO / "configs/examples/rtx4090-llama3.1-8b.yaml", {**base, **extra})
-        res, ex = simulate(run)
-        with tempfile.TemporaryDirectory() as d:
-            write_outputs(res, Path(d), ex)
-            tables[label] = compare(Path(d), ref)
-        if label == "roofline":
-            rt = res.instances[0]
-    print(f"{'metric':6s} {'stat':5s} {'vLLM ms':>11s} {'profile ms':>11s} {'error':>8s} {'roofline ms':>12s} {'error':>8s}")
-    for key in ("ttft", "tpot", "e2e"):
-        for st in STATS:
-            p = tables["profile"]["latency"][key][st]
-            r = tables["roofline"]["latency"][key][st]
-            print(f"{key.upper():6s} {st:5s} {p['real_ms']:11.2f} {p['sim_ms']:11.2f} {p['error_pct']:+7.2f}% "
-                  f"{r['sim_ms']:12.2f} {r['error_pct']:+7.2f}%")
-    for label in ("profile", "roofline"):
-        t = tables[label]["throughput"]
-        print(f"{label}: output throughput {t['sim_output_tok_s']:.1f} tok/s vs {t['real_output_tok_s']:.1f} "
-              f"({t['error_pct']:+.2f}%)")
-    # per-operator: roofline against measured tables, one layer
-    pm = ProfileModel(bundle, "bf16", 1, rt.compute)
-    print("\nper-iteration compute time, roofline vs profile (32 layers + head), same batch:")
-    print(f"{'batch':34s} {'profile ms':>10s} {'roofline ms':>11s} {'error':>8s}")
-    shapes = [("decode 1 x ctx 512", BatchShape([1], [511], 1)), ("decode 32 x ctx 1024", BatchShape([1] * 32, [1023] * 32, 32)),
-              ("decode 128 x ctx 1024", BatchShape([1] * 128, [1023] * 128, 128)),
-              ("prefill 512", BatchShape([512], [0], 1)), ("prefill 2048", BatchShape([2048], [0], 1)),
-              ("mixed 1536 prefill + 32 decode", BatchShape([1536] + [1] * 32, [0] + [800] * 32, 33))]
-    for name, sh in shapes:
-        def total(m, sh=sh):
-            return (sum(o.duration_ns for o in m.prologue_ops(sh) + m.epilogue_ops(sh))
-                    + 32 * sum(o.duration_ns for o in m.layer_ops(sh))) / 1e6
-        p, r = total(pm), total(rt.compute)
-        print(f"{name:34s} {p:10.3f} {r:11.3f} {100 * (r - p) / p:+7.1f}%")
+    for name in a.sets.split(","):
+        cfg = REPO / "configs/examples" / SETS[name]
+        run = load_and_resolve(cfg)
+        ref = (cfg.parent / run.config.engine_meta).parent
+        tables, dirs, results = {}, {}, {}
+        for compute in ("profile", "roofline"):
+            res, r, d = run_set(cfg, compute)
+            tables[compute], dirs[compute], results[compute] = compare(d, ref), d, (r, res)
+        print(f"== {name} ({SETS[name]})")
+        print(f"{'metric':6s} {'stat':5s} {'vLLM ms':>11s} {'profile ms':>11s} {'error':>8s} {'roofline ms':>12s} "
+              f"{'error':>8s}")
+        worst = {"profile": 0.0, "roofline": 0.0}
+        for key in ("ttft", "tpot", "e2e"):
+            for st in STATS:
+                p = tables["profile"]["latency"][key][st]
+                q = tables["roofline"]["latency"][key][st]
+                print(f"{key.upper():6s} {st:5s} {p['real_ms']:11.2f} {p['sim_ms']:11.2f} {p['error_pct']:+7.2f}% "
+                      f"{q['sim_ms']:12.2f} {q['error_pct']:+7.2f}%")
+                for c, t in (("profile", p), ("roofline", q)):
+                    worst[c] = max(worst[c], abs(t["error_pct"]))
+        for c in ("profile", "roofline"):
+            t = tables[c]["throughput"]
+            print(f"{c}: output throughput {t['sim_output_tok_s']:.1f} tok/s vs {t['real_output_tok_s']:.1f} "
+                  f"({t['error_pct']:+.2f}%); worst |error| {worst[c]:.2f}%")
+        print("per-iteration compute, roofline vs profile (all layers + head), same batch:")
+        print("\n".join(per_iteration(*results["profile"])))
+        print("light load (requests that arrived to an idle engine), profile path:")
+        print("\n".join(light_load(ref, dirs["profile"])))
+        print()
+        _ = np
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ class Engine:
                         continue
                     if self.retention is not None and req.program_id:
                         self.retention.on_turn_arrival(inst, req)
-                    inst.scheduler.add(req)
+                    inst.receive(req, now)
                     touched.append(inst)
                 else:
                     inst = by_name[payload]  # type: ignore[index]

@@ -165,8 +165,15 @@ def test_invocation_distance_keeps_the_next_agents_in_hbm():
     kv = {"offload": "write_through", "tiers": [{"name": "dram", "kind": "dram", "capacity_gib": 32, "bw_gbps": 8,
                                                  "latency_ns": 2000, "scope": "node"}]}
     wl = _coding(40, 2, {"quick": {"dist": "constant", "mean_ms": 400}, "slow": {"dist": "constant", "mean_ms": 8000}})
-    _, lru = _run(_cfg(wl, {"retention": "lru"}, blocks=1500, kv=kv))
-    _, idp = _run(_cfg(wl, {"retention": "invocation_distance", "prefetch": "invocation_distance",
+    # the scenario's HBM pressure was built for a step-synchronous engine: under async scheduling (finished
+    # turns give their blocks back one step later) this small scenario never needs a prefetch
+    def _cfg_sync(*a, **k):
+        c = _cfg(*a, **k)
+        c["engine"]["async_scheduling"] = False
+        return c
+
+    _, lru = _run(_cfg_sync(wl, {"retention": "lru"}, blocks=1500, kv=kv))
+    _, idp = _run(_cfg_sync(wl, {"retention": "invocation_distance", "prefetch": "invocation_distance",
                             "prefetch_lookahead": 6}, blocks=1500, kv=kv))
     assert idp["agents"]["policy"]["decisions"].get("offload", 0) > 0
     assert idp["agents"]["policy"]["prefetches"] > 0 and idp["agents"]["policy"]["bytes_prefetched"] > 0

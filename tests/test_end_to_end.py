@@ -32,7 +32,7 @@ def test_outputs_and_columns(tmp_path: Path):
         assert set(s[k]) == {"mean", "p50", "p90", "p99"}
     head = (out / "requests.csv").read_text().splitlines()[0].split(",")
     assert head == ["request_id", "arrival_ns", "first_token_ns", "finish_ns", "input_tokens", "output_tokens",
-                    "cached_tokens", "preemptions", "instance", "status", "reject_reason"]
+                    "cached_tokens", "preemptions", "instance", "status", "reject_reason", "queued_ns"]
     ih = (out / "iterations.csv").read_text().splitlines()[0].split(",")
     assert ih[:8] == ["instance", "start_ns", "end_ns", "num_seqs", "prefill_tokens", "decode_tokens",
                       "kv_blocks_used", "kv_blocks_total"]
@@ -75,7 +75,7 @@ def test_rejected_requests_reported(tmp_path: Path):
     s = json.loads((out / "summary.json").read_text())
     assert s["rejected"] > 0 and s["completed"] + s["rejected"] == 40
     rows = (out / "requests.csv").read_text().splitlines()[1:]
-    assert sum(1 for r in rows if r.endswith(",rejected,exceeds_max_model_len")) == s["rejected"]
+    assert sum(1 for r in rows if ",rejected,exceeds_max_model_len," in r) == s["rejected"]
     assert s["rejections"]["exceeds_max_model_len"]["count"] == s["rejected"]
 
 

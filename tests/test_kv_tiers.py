@@ -47,6 +47,7 @@ def _drive(s: Scheduler, reqs: list[Request]) -> list:
         plans.append(p)
         t += 1000
         s.complete(p, t)
+    assert s.schedule() is None  # async scheduling: the last finished requests give their blocks back
     return plans
 
 

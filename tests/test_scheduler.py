@@ -29,8 +29,10 @@ def _drive(sched: Scheduler, reqs: list[Request], max_steps: int = 100000) -> li
         plans.append(plan)
         t += 1000
         sched.complete(plan, t)
-        live = [r for r in sched.running] + [r for r in sched.waiting if r.block_ids]
+        # finished requests hold their blocks until the next schedule() under async scheduling
+        live = [r for r in sched.running] + sched.releasing + [r for r in sched.waiting if r.block_ids]
         sched.pool.check_invariants(live)
+    assert sched.schedule() is None  # async scheduling: the last finished requests give their blocks back
     return plans
 
 

@@ -13,7 +13,10 @@ tokens, kv_prefill = sum of their cached tokens, n_decode = decode sequences,
 kv_decode = their mean context (the uniform-batch point with the same total KV
 read). When the bundle carries a fitted skew table (meta skew_fit.enabled), a
 heterogeneous decode batch is corrected toward the lookup at its longest
-context: t = t_mean + alpha * (t_max - t_mean), alpha from the table's bucket.
+context: t = t_mean + alpha * (t_max - t_mean), alpha from the bucket the
+bundle's own meta.yaml defines (`frontend/compute/skew.py`). The operators and
+the table each is read from come from the model family's architecture file
+(`frontend/compute/architecture.py`); an operator without a table is an error.
 FLOPs and bytes for the trace's num_ops/tensor_size come from the roofline
 model (a profile measures time, not work).
 """
@@ -26,62 +29,19 @@ from pathlib import Path
 
 import yaml
 
+from frontend.compute.architecture import Architecture, find_architecture
 from frontend.compute.batch import BatchShape, OpCost
+from frontend.compute.errors import ProfileError
 from frontend.compute.interp import Grid4D, Table1D
 from frontend.compute.roofline import Roofline
+from frontend.compute.skew import SkewFit
 
-REPO = Path(__file__).resolve().parents[2]
-ARCH_DIR = REPO / "configs" / "architectures"
-ARCH_BY_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama",
-                      "qwen3_moe": "qwen3_moe", "mixtral": "qwen3_moe"}
-
-
-class ProfileError(ValueError):
-    pass
+__all__ = ["ProfileError", "ProfileModel", "load_profile_model"]
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))
-
-
-class Architecture:
-    def __init__(self, path: Path) -> None:
-        raw = yaml.safe_load(path.read_text())
-        try:
-            seq = raw["sequence"]
-            cat = raw["catalog"]
-        except (KeyError, TypeError):
-            raise ProfileError(f"{path}: an architecture file needs 'sequence' and 'catalog'") from None
-        self.prologue = list(seq.get("prologue") or [])
-        self.layer = list(seq.get("pre_attn") or []) + list(seq.get("post_attn") or [])
-        self.mlp_dense = list(seq.get("mlp_dense") or [])
-        self.mlp_moe = list(seq.get("mlp_moe") or [])
-        self.head = list(seq.get("head") or [])
-        self.category: dict[str, str] = {}
-        for c in ("dense", "per_sequence", "attention", "moe"):
-            entries = cat.get(c) or []
-            for name in entries:  # a list, or a mapping name -> details
-                self.category[name] = c
-        for name in self.prologue + self.layer + self.mlp_dense + self.mlp_moe + self.head:
-            if name not in self.category:
-                raise ProfileError(f"{path}: operator {name!r} has no category in the catalog")
-
-
-def find_architecture(meta: dict, override: str | None, base_dir: Path | None) -> Path:
-    if override:
-        p = Path(override)
-        for c in ([base_dir / p] if base_dir else []) + [p, ARCH_DIR / f"{override}.yaml"]:
-            if c.is_file():
-                return c
-        raise ProfileError(f"architecture file {override!r} not found")
-    name = str(meta.get("architecture", ""))
-    name = ARCH_BY_MODEL_TYPE.get(name, name)
-    p = ARCH_DIR / f"{name}.yaml"
-    if not p.is_file():
-        raise ProfileError(f"bundle names architecture {meta.get('architecture')!r}, which has no file in "
-                           f"configs/architectures/ (pass compute.architecture)")
-    return p
 
 
 class ProfileModel:
@@ -99,7 +59,7 @@ class ProfileModel:
         if not tdir.is_dir():
             have = sorted(p.name for p in vdir.glob("tp*"))
             raise ProfileError(f"{vdir}: no tp{tp}/ tables (bundle has {have})")
-        self.arch = Architecture(find_architecture(self.meta, arch_override, base_dir))
+        self.arch = Architecture(find_architecture(self.meta, roofline.model.model_type, arch_override, base_dir))
         self.roof = roofline
         self._warn = warn
         self._warned: set[str] = set()
@@ -115,12 +75,27 @@ class ProfileModel:
                 by_ae.setdefault(int(r["activated_experts"]), []).append((int(r["tokens"]), float(r["time_us"]) * 1e3))
             self.moe = {ae: Table1D([k for k, _ in sorted(v)], [t for _, t in sorted(v)], f"moe[{ae}].tokens",
                                     self._extrapolating) for ae, v in by_ae.items()}
-        self.skew_alpha = self._load_skew(tdir)
-        for name, cat in self.arch.category.items():
-            table = {"dense": self.dense, "per_sequence": self.per_seq}.get(cat)
-            used = name in (self.arch.prologue + self.arch.layer + self.arch.mlp_dense + self.arch.head)
-            if table is not None and used and name not in table:
-                raise ProfileError(f"{tdir}: the architecture needs {cat} operator {name!r}, missing from the tables")
+        self.skew = SkewFit.from_bundle(self.meta, tdir, tp, str(vdir / "meta.yaml"))
+        self._check_operators(tdir)
+
+    def _check_operators(self, tdir: Path) -> None:
+        """Every operator the architecture runs has a table; a profiled operator nobody runs is reported."""
+        moe = self.roof.model.is_moe
+        tables = {"dense": self.dense, "per_sequence": self.per_seq}
+        used = self.arch.used(moe)
+        for name in used:
+            cat = self.arch.category[name]
+            if cat in tables and name not in tables[cat]:
+                raise ProfileError(f"architecture {self.arch.path.name} runs {cat} operator {name!r}, but "
+                                   f"{tdir}/{cat}.csv has only {sorted(tables[cat])}")
+            if cat == "moe" and self.moe is None:
+                raise ProfileError(f"architecture {self.arch.path.name} runs MoE operator {name!r}, but {tdir} "
+                                   "has no moe.csv")
+        for cat, table in tables.items():
+            unused = sorted(set(table) - set(used))
+            if unused and self._warn is not None:
+                self._warn(f"profile {tdir}: {cat}.csv operator(s) {unused} are not in architecture "
+                           f"{self.arch.path.name}; their time is not counted")
 
     def _extrapolating(self, axis: str, x: float, lo: int, hi: int) -> None:
         if axis not in self._warned and self._warn is not None:
@@ -139,15 +114,6 @@ class ProfileModel:
             pts.sort()
             out[name] = Table1D([k for k, _ in pts], [t for _, t in pts], f"{name}.{key}", self._extrapolating)
         return out
-
-    def _load_skew(self, tdir: Path):
-        fit = self.meta.get("skew_fit") or {}
-        if not fit.get("enabled") or not (tdir / "skew_fit.csv").is_file():
-            return None
-        table = {}
-        for r in _read_csv(tdir / "skew_fit.csv"):
-            table[(int(r["pc"]), r["n_label"], r["skew_rate_label"], r["kv_big_label"], r["kp_label"])] = float(r["alpha"])
-        return table
 
     # ---- lookups ----
     def _op(self, name: str, ns: float, roof: dict[str, OpCost]) -> OpCost:
@@ -182,25 +148,13 @@ class ProfileModel:
                 kp += c
         kd = kd_sum / nd if nd else 0
         t = self.attn(pc, kp, nd, kd)
-        if self.skew_alpha is not None and nd > 1 and kd_max > kd:
-            alpha = self.skew_alpha.get(self._skew_key(pc, nd, kd_max, kd_min, kd, kp), 0.0)
-            t = t + alpha * (self.attn(pc, kp, nd, kd_max) - t)
+        if self.skew is not None and nd > 1 and kd_max > kd:
+            alpha = self.skew.alpha(pc, nd, kd, kd_min, kd_max, kp)
+            if alpha:
+                t_max = self.attn(pc, kp, nd, kd_max)
+                if t_max > t:  # interpolation can invert the endpoints at a grid edge: no correction then
+                    t += alpha * (t_max - t)
         return t
-
-    @staticmethod
-    def _skew_key(pc: int, nd: int, kd_max: int, kd_min: int, kd_mean: float, kp: int) -> tuple:
-        def label(bins, labels, v):
-            for i, lab in enumerate(labels):
-                if v <= bins[i + 1]:
-                    return lab
-            return labels[-1]
-
-        sr = (kd_mean - kd_min) / (kd_max - kd_min) if kd_max > kd_min else 0.5
-        return (pc, label((0, 2, 4, 8, 16, 32, 64, 128, 10**6), ("n<=2", "n<=4", "n<=8", "n<=16", "n<=32", "n<=64",
-                                                                  "n<=128", "n>128"), nd),
-                label((-0.01, 0.05, 0.15, 0.40, 0.70, 1.01), ("sr<=5%", "sr<=15%", "sr<=40%", "sr<=70%", "sr>70%"), sr),
-                label((0, 1024, 4096, 16384, 10**9), ("kvB<=1k", "kvB<=4k", "kvB<=16k", "kvB>16k"), kd_max),
-                label((-1, 0, 2048, 10**9), ("kp=0", "kp<=2k", "kp>2k"), kp))
 
     def moe_ns(self, tokens: int) -> float:
         if not self.moe:

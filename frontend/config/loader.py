@@ -290,6 +290,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(f"{path}: cannot read the run file ({e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = _apply_engine_meta(raw, p.parent)
     if overrides:
         raw = dict(raw or {})
         wl = overrides.get("workload")
@@ -300,6 +301,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         if isinstance(w, dict) and w.get("kind") == "agents" and "num_requests" in w:
             w["num_programs"] = w.pop("num_requests")  # --num-requests counts programs for agent workloads
     return parse_config(raw, str(path), p.parent)
+
+
+def _apply_engine_meta(raw: Any, base_dir: Path) -> Any:
+    """`engine_meta:` (a vLLM run's meta.json, relative to the run file) fills `engine:` from that run.
+
+    Settings the meta carries replace the run file's; `--engine-meta` on the command line arrives as
+    an `engine:` override and wins over both.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("engine_meta"), str):
+        return raw
+    from frontend.validation.reference import engine_from_meta
+
+    meta = Path(raw["engine_meta"])
+    if not meta.is_absolute():
+        meta = base_dir / meta
+    eng = raw.get("engine") if isinstance(raw.get("engine"), dict) else {}
+    return {**raw, "engine": {**eng, **engine_from_meta(meta)}}
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class ModelSpec:
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 131072
     default_dtype: str = "bf16"
+    model_type: str = ""  # Hugging Face `model_type` (the family: llama, qwen3, qwen3_moe, mixtral, ...)
 
     @property
     def is_moe(self) -> bool:
@@ -124,4 +125,5 @@ def load_model_spec(path: Path) -> ModelSpec:
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         max_position_embeddings=int(raw.get("max_position_embeddings") or 131072),
         default_dtype=dtype,
+        model_type=str(raw.get("model_type") or ""),
     )

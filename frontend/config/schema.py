@@ -97,7 +97,11 @@ class EngineConfig(Strict):
     activation_reserve_gib: float | None = Field(None, ge=0)
     scheduler_reserve_full_isl: bool = Field(
         True, description="admit a waiting request only if blocks for its whole remaining prompt are free (vLLM >= 0.11)")
-    scheduler_overhead_ns: int = Field(0, ge=0, description="host time per iteration not overlapped with the GPU")
+    scheduler_overhead_ns: int = Field(0, ge=0, le=10**12, description="host time per iteration not overlapped with the GPU")
+    async_scheduling: bool = Field(
+        True, description="vLLM's async scheduling (default in 0.19, as the reference runs' resolved config shows): "
+                          "step N+2 is planned when step N ends, so a request arriving during a step joins the "
+                          "batch one step later and finished requests free their seats one step later")
 
 
 class InstanceConfig(Strict):
@@ -261,6 +265,8 @@ class RunConfig(Strict):
     model: str
     instances: list[InstanceConfig] = Field(min_length=1)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    engine_meta: str | None = Field(
+        None, description="a vLLM benchmark run's meta.json: its engine settings override `engine:`")
     kv: KVConfig = Field(default_factory=KVConfig)
     workload: Workload = Field(default_factory=SyntheticWorkload)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)

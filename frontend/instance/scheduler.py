@@ -10,6 +10,15 @@ max_num_seqs and blocks allow, reusing their longest cached prefix; with
 scheduler_reserve_full_isl (vLLM's default since 0.11) a request is admitted
 only when blocks for its whole remaining prompt are free, so chunked prefills
 of admitted requests do not preempt each other.
+
+With async scheduling (vLLM's default since 0.14; `async_scheduling` in the engine's resolved
+config) the engine core schedules step N+2 when step N ends, while step N+1 already runs on the
+GPU. The scheduler here plans each step when the previous one ends, which gives the same batches
+for the running requests (vLLM advances them optimistically); what differs is when finished
+requests give their seat and KV blocks back: only after the step that follows their last one has
+been scheduled. `complete()` therefore holds finished requests in `releasing` and `schedule()`
+frees them once it has planned the next step. (New requests arriving during a step are held back
+one step by the instance runtime, see `InstanceRuntime.receive`.)
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ class Scheduler:
         self.after_free: Callable[[], None] | None = None
         self.on_pressure: Callable[[int], bool] | None = None  # free pinned blocks; True if any were
         self.on_admit: Callable[[Request], None] | None = None  # a waiting request was just admitted
+        self.async_scheduling = engine.async_scheduling
+        self.releasing: list[Request] = []  # finished, seat and blocks not yet given back (async scheduling)
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -90,6 +101,23 @@ class Scheduler:
         self.waiting.appendleft(victim)
 
     def schedule(self) -> IterationPlan | None:
+        plan = self._schedule()
+        if self.releasing:
+            self._release(self.releasing)
+            self.releasing = []
+            if plan is None and self.waiting:
+                plan = self._schedule()  # nothing was in flight: the engine core loops again at once
+        return plan
+
+    def _release(self, finished: list[Request]) -> None:
+        for r in finished:
+            if self.before_free is not None:
+                self.before_free(r, r.finish_ns)
+            self.pool.free(r)
+        if self.after_free is not None:
+            self.after_free()
+
+    def _schedule(self) -> IterationPlan | None:
         eng = self.engine
         budget = eng.max_num_batched_tokens
         plan = IterationPlan(self.name, [], [], [])
@@ -147,7 +175,8 @@ class Scheduler:
         if not plan.preempted:
             self._resort()
             waiting = self.waiting
-            while waiting and budget > 0 and len(running) < eng.max_num_seqs:
+            seats = eng.max_num_seqs - len(self.releasing)
+            while waiting and budget > 0 and len(running) < seats:
                 req = waiting[0]
                 hits: list[int] = []
                 lower: list = []
@@ -238,10 +267,8 @@ class Scheduler:
         if finished:
             done = set(map(id, finished))
             self.running = [r for r in self.running if id(r) not in done]
-            for r in finished:
-                if self.before_free is not None:
-                    self.before_free(r, end_ns)
-                pool.free(r)
-            if self.after_free is not None:
-                self.after_free()
+            if self.async_scheduling:
+                self.releasing.extend(finished)
+            else:
+                self._release(finished)
         return finished

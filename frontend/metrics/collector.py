@@ -24,8 +24,10 @@ ITER_COLUMNS = [
     "kv_blocks_total", "compute_ns", "comm_ns", "exposed_comm_ns", "mem_ns", "exposed_mem_ns", "comm_bytes",
     "preempted", "cached", "energy_j",
 ]
+# queued_ns: when the instance's engine core took the request into its waiting queue (vLLM's queued_ts; later than
+# arrival_ns when it arrived during a step under async scheduling), -1 for a rejected request
 REQ_COLUMNS = ["request_id", "arrival_ns", "first_token_ns", "finish_ns", "input_tokens", "output_tokens",
-               "cached_tokens", "preemptions", "instance", "status", "reject_reason"]
+               "cached_tokens", "preemptions", "instance", "status", "reject_reason", "queued_ns"]
 
 # rejection reason codes (requests.csv `reject_reason`, summary `rejections`), from the scheduler's messages
 REASONS = (("must generate at least one token", "no_output_tokens"),
@@ -215,7 +217,7 @@ class RequestLog:
             pt.cached_tokens += r.cached_tokens
         if self._writer is not None:
             row = [r.request_id, r.arrival_ns, r.first_token_ns, r.finish_ns, r.input_tokens, r.output_tokens,
-                   r.cached_tokens, r.preemptions, r.instance, r.status, code]
+                   r.cached_tokens, r.preemptions, r.instance, r.status, code, r.queued_ns]
             if self.tier_names:
                 row += [r.cached_tokens_by_tier.get(t, 0) for t in ["hbm", *self.tier_names]]
             self._writer.writerow(row)  # type: ignore[attr-defined]

@@ -60,6 +60,8 @@ def _engine_fields(kw: dict[str, Any], kv: dict[str, Any], sched: dict[str, Any]
         out["num_gpu_blocks_override"] = int(kv["num_gpu_blocks"])
     if "scheduler_reserve_full_isl" in sched:
         out["scheduler_reserve_full_isl"] = bool(sched["scheduler_reserve_full_isl"])
+    if "async_scheduling" in sched:
+        out["async_scheduling"] = bool(sched["async_scheduling"])
     if "enable_chunked_prefill" in sched:
         out["enable_chunked_prefill"] = bool(sched["enable_chunked_prefill"])
     if kw.get("dtype") in _DTYPES:
@@ -198,6 +200,8 @@ def load_sim_run(run_dir: Path) -> SimRequests:
                     if r["status"] != "finished":
                         continue
                     ai, fi, li = int(r["arrival_ns"]), int(r["first_token_ns"]), int(r["finish_ns"])
+                    # latencies from the engine core's queue, as vLLM's queued_ts; older runs: from arrival
+                    ai = max(ai, int(r.get("queued_ns") or -1))
                 except (TypeError, ValueError):
                     raise ReferenceError_(f"{path}:{lineno}: a cell is not an integer (truncated or edited file?)") from None
                 if not 0 <= ai <= fi <= li or o < 1:

@@ -105,6 +105,7 @@ class Request:
     first_token_ns: int = -1
     finish_ns: int = -1
     scheduled_ns: int = -1
+    queued_ns: int = -1  # when the engine core took it into its waiting queue (vLLM's queued_ts)
     preemptions: int = 0
     cached_tokens: int = 0
     cached_tokens_by_tier: dict[str, int] = field(default_factory=dict)
