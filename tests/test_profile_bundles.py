@@ -164,3 +164,22 @@ def test_async_scheduling_queues_at_the_step_boundary_and_lags_one_step(tmp_path
     a2, b2, steps2 = _two_requests(tmp_path, async_scheduling=False)
     assert b2.queued_ns == b2.arrival_ns and b2.first_token_ns == steps2[1][1]
     assert a2.first_token_ns == a.first_token_ns
+
+
+@pytest.mark.parametrize(("tp1", "model", "hw"), [
+    (BUNDLE / "bf16/tp1", CONFIGS / "models/Llama-3.1-8B.json", "RTX4090"),
+    (QWEN32 / "bf16/tp1", LSS / "models/Qwen/Qwen3-32B.json", "RTXPRO6000"),
+])
+def test_hardware_entries_with_a_bundle_hold_the_calibrated_roofline_parameters(tp1: Path, model: Path, hw: str):
+    """The roofline parameters of every hardware entry that has a bundle are what the documented method
+    measures from it (frontend/compute/calibrate.py), not data-sheet guesses."""
+    need_shared()
+    from frontend.compute.calibrate import calibrate
+
+    spec = load_hardware(CONFIGS / f"hardware/{hw}.yaml")
+    c = calibrate(tp1, load_model_spec(model), spec)
+    assert (c.gemm_flops, c.mem_bw, c.attention_flops) == (
+        spec.efficiency.gemm_flops, spec.efficiency.mem_bw, spec.efficiency.attention_flops)
+    assert (c.kernel_launch_ns, c.attention_floor_ns, c.attention_per_seq_ns) == (
+        spec.kernel_launch_ns, spec.attention_floor_ns, spec.attention_per_seq_ns)
+    assert 0.5 < c.gemm_flops <= 1.01 and 0.5 < c.mem_bw <= 1.0  # physical: at most the data-sheet figure
