@@ -11,7 +11,8 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -212,7 +213,7 @@ def run(
             if not quiet:
                 err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
-    with StagedDir(out_dir, "--out" if out else "output.dir") as stage:
+    with StagedDir(out_dir, "--out" if out else "output.dir") as stage, _astra_sim_context(cfg):
         if show:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -245,6 +246,24 @@ def run(
             fail(f"all {summary['rejected']} requests were rejected, no latency to report (outputs in {out_dir}/): "
                  f"{line}")
         warn(f"{summary['rejected']} of {summary['requests']} requests rejected: {line}")
+
+
+@contextmanager
+def _astra_sim_context(cfg) -> Iterator[None]:
+    """AstraSimError messages name the binary they came from (config key or ASTRA_SIM_BIN)."""
+    try:
+        yield
+    except AstraSimError as e:
+        if cfg.backend.kind != "astra-sim":
+            raise
+        from astra_bridge.astrasim import find_binary
+
+        path, label = find_binary(cfg.backend.astra_sim.binary)
+        msg = str(e)
+        if path is not None and str(path) not in msg:
+            src = label.removeprefix("from ").removeprefix("config ")
+            raise AstraSimError(f"{src} {path}: {msg}") from None
+        raise
 
 
 def _is_session_trace(resolved) -> bool:

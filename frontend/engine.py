@@ -28,6 +28,7 @@ TIMER = 2
 # while running (iteration ends, timers, agent turns released later) gets seq above them, so workload requests
 # can be fed lazily, one ahead of the clock, in the same order an up-front heap would give.
 LATER_SEQ = 1 << 62
+MAX_TIME_NS = 10**18  # simulated time stays far from int64 wrap-around (2^63 ns)
 
 
 @dataclass
@@ -79,6 +80,15 @@ class Engine:
         tiers = sorted({t.name for i in instances for t in i.lower_tiers})
         self.log = IterationLog(tier_names=tiers, keep=keep_records)
         self.request_log = RequestLog(tier_names=tiers, keep=keep_records)
+
+    def _bad_duration(self, inst: InstanceRuntime, now: int, d: object) -> None:
+        msg = (f"{inst.name}: the iteration starting at {now} ns lasts {d!r} ns, which is not a positive number of "
+               f"nanoseconds ending within the simulable {MAX_TIME_NS:.0e} ns")
+        if self.run_cfg.config.backend.kind == "astra-sim":
+            from astra_bridge.astrasim import AstraSimError
+
+            raise AstraSimError(f"implausible answer: {msg}")
+        raise InternalError(msg)
 
     def schedule_timer(self, t: int, fn: Callable[[], None]) -> None:
         heapq.heappush(self._events, (t, TIMER, self._seq, fn))
@@ -169,8 +179,8 @@ class Engine:
                 out = inst.step(now)
                 if out is None:
                     continue
-                if type(out.duration_ns) is not int or out.duration_ns <= 0:
-                    raise InternalError(f"{inst.name}: iteration at {now} ns has duration {out.duration_ns!r}")
+                if type(out.duration_ns) is not int or not 0 < out.duration_ns <= MAX_TIME_NS - now:
+                    self._bad_duration(inst, now, out.duration_ns)
                 inst.busy = True
                 plan = out.plan
                 for r in plan.requests[plan.first_admitted:]:

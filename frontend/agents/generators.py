@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -156,30 +155,58 @@ def read_dag_jsonl(path: Path) -> list[ProgramSpec]:
     """DAG format, one program per line:
     {"program_id", "arrival_time_ns", "turns": [{"id", "new_tokens", "output_tokens",
       "parents": [{"turn", "tool", "delay_ns"?}], "context_parent"?}]}"""
+    from frontend.workload.jsonl import MAX_TIME_NS, _int_field, parse_json_line
+
     progs = []
     if not Path(path).is_file():
         raise WorkloadError(f"{path}: no such workload file")
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read ({e.strerror})") from None
+    for lineno, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
+        obj = parse_json_line(line, where)
+        if not isinstance(obj, dict):
+            raise WorkloadError(f"{where}: bad program line (each line must be a JSON object)")
+        if "program_id" not in obj:
+            raise WorkloadError(f"{where}: bad program line (missing field 'program_id')")
+        pid = str(obj["program_id"])
+        raw_turns = obj.get("turns")
+        if not isinstance(raw_turns, list) or not raw_turns:
+            raise WorkloadError(f"{where}: bad program line ('turns' must be a non-empty list)")
+        turns = []
+        for k, t in enumerate(raw_turns):
+            w = f"{where} turns[{k}]"
+            if not isinstance(t, dict):
+                raise WorkloadError(f"{w}: must be an object")
+            if "id" not in t:
+                raise WorkloadError(f"{where}: bad program line (missing field 'id')")
+            if "new_tokens" not in t:
+                raise WorkloadError(f"{where}: bad program line (missing field 'new_tokens')")
+            new = _int_field(t, "new_tokens", w, 0)
+            out = _int_field(t, "output_tokens", w, 1)
+            parents = t.get("parents", [])
+            if not isinstance(parents, list) or not all(isinstance(e, dict) and "turn" in e for e in parents):
+                raise WorkloadError(f"{w}: 'parents' must be a list of objects with a 'turn'")
+            edges = [Edge(f"{pid}.{e['turn']}", str(e.get("tool", "tool")),
+                          _int_field(e, "delay_ns", f"{w} parents[{m}]", 0, 10**15) if e.get("delay_ns") is not None
+                          else None)
+                     for m, e in enumerate(parents)]
+            cp = t.get("context_parent")
+            turns.append(TurnSpec(f"{pid}.{t['id']}", pid, k, new, out, parents=edges,
+                                  context_parent=f"{pid}.{cp}" if cp is not None else None))
+        arr = _int_field(obj, "arrival_time_ns", where, 0, MAX_TIME_NS) if "arrival_time_ns" in obj else 0
+        prog = ProgramSpec(pid, arr, turns)
         try:
-            obj = json.loads(line)
-            pid = str(obj["program_id"])
-            turns = []
-            for k, t in enumerate(obj["turns"]):
-                tid = f"{pid}.{t['id']}"
-                edges = [Edge(f"{pid}.{e['turn']}", e.get("tool", "tool"), e.get("delay_ns")) for e in t.get("parents", [])]
-                cp = t.get("context_parent")
-                turns.append(TurnSpec(tid, pid, k, int(t["new_tokens"]), int(t["output_tokens"]), parents=edges,
-                                      context_parent=f"{pid}.{cp}" if cp is not None else None))
-            prog = ProgramSpec(pid, int(obj.get("arrival_time_ns", 0)), turns)
             prog.validate()
-        except KeyError as e:
-            raise WorkloadError(f"{where}: bad program line (missing field {e.args[0]!r})") from None
-        except (TypeError, ValueError, json.JSONDecodeError) as e:
+        except WorkloadError as e:
             raise WorkloadError(f"{where}: bad program line ({e})") from None
         progs.append(prog)
+    if not progs:
+        raise WorkloadError(f"{path}: no programs")
     return progs
 
 

@@ -9,6 +9,8 @@ import numpy as np
 from frontend.config.schema import ToolDist
 from frontend.workload.jsonl import WorkloadError
 
+MAX_TOOL_NS = 10**15
+
 
 class ToolSimulator:
     def __init__(self, tools: dict[str, ToolDist], seed: int, base_dir: Path | None = None) -> None:
@@ -22,8 +24,13 @@ class ToolSimulator:
                 p = Path(d.file)
                 if not p.is_absolute() and base_dir is not None:
                     p = base_dir / p
-                vals = np.array([float(x) for x in p.read_text().split() if x.strip()])
-                if vals.size == 0 or (vals < 0).any():
+                try:
+                    vals = np.array([float(x) for x in p.read_text().split() if x.strip()])
+                except (OSError, UnicodeDecodeError) as e:
+                    raise WorkloadError(f"tool {name}: cannot read {p} ({e})") from None
+                except ValueError as e:
+                    raise WorkloadError(f"tool {name}: {p} holds a value that is not a number ({e})") from None
+                if vals.size == 0 or (vals < 0).any() or not np.isfinite(vals).all() or (vals > 1e9).any():
                     raise WorkloadError(f"tool {name}: {p} must hold non-negative durations in ms")
                 self._empirical[name] = vals
 
@@ -37,6 +44,13 @@ class ToolSimulator:
         return float(d.mean_ms) * 1e6 if d.mean_ms is not None else None
 
     def gap_ns(self, tool: str, trace_gap_ns: int | None) -> int:
+        g = self._gap_ns(tool, trace_gap_ns)
+        if not 0 <= g <= MAX_TOOL_NS:
+            raise WorkloadError(f"tool {tool!r}: a call lasting {g} ns (beyond {MAX_TOOL_NS:.0e} ns, about 11 days); "
+                                f"check workload.tools.{tool} (mean_ms, sigma) or the trace's durations")
+        return g
+
+    def _gap_ns(self, tool: str, trace_gap_ns: int | None) -> int:
         d = self.tools.get(tool)
         if d is None or d.dist == "trace":
             if trace_gap_ns is None:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from frontend.config.hardware import HardwareSpec, load_hardware
 from frontend.config.models import DTYPE_BYTES, ModelSpec, load_model_spec
-from frontend.config.schema import MAX_COUNT, EngineConfig, InstanceConfig, NetworkDim, RunConfig, TierConfig
+from frontend.config.schema import EngineConfig, InstanceConfig, NetworkDim, RunConfig, TierConfig
 from frontend.errors import ConfigError
 
 __all__ = ["ConfigError", "ResolvedInstance", "ResolvedRun", "load_and_resolve", "load_config", "resolve"]
@@ -27,6 +27,9 @@ GIB = 1 << 30
 # CUDA context, cuBLAS/NCCL workspaces and graph pools that vLLM's profiling
 # counts as non-torch memory; ~0.5 GiB on recent drivers.
 NON_TORCH_OVERHEAD_BYTES = 512 * (1 << 20)
+# the simulator holds ~100 bytes per KV block: bound blocks per instance and over the whole cluster
+MAX_BLOCKS = 4_000_000
+MAX_CLUSTER_BLOCKS = 16_000_000
 
 
 def _fmt_loc(loc: tuple[Any, ...]) -> str:
@@ -188,9 +191,10 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         blocks = engine.num_gpu_blocks_override
     else:
         blocks = int(free // block_bytes)
-    if blocks > MAX_COUNT:
-        raise ConfigError(f"{prefix}: {blocks:,} KV blocks per instance (more than {MAX_COUNT:,}); check the hardware's "
-                          "hbm_capacity_gib and engine.block_size / num_gpu_blocks_override")
+    if blocks > MAX_BLOCKS:
+        raise ConfigError(f"{prefix}: {blocks:,} KV blocks per instance (more than {MAX_BLOCKS:,}, about "
+                          f"{MAX_BLOCKS * 100 / 1e9:.1f} GB of simulator memory); check the hardware's hbm_capacity_gib "
+                          "and engine.block_size / num_gpu_blocks_override")
     if blocks <= 0:  # without an override, free <= 0 gives blocks <= 0 too
         raise ConfigError(
             f"{prefix}: model {model.name} does not fit: {weights / GIB:.1f} GiB of weights per NPU + "
@@ -225,6 +229,10 @@ def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
             n = inst.node if inst.node is not None else node
             instances.append(resolve_instance(f"instances[{i}]", inst, name, cfg, n))
             node = n + 1
+    total_blocks = sum(i.num_gpu_blocks for i in instances)
+    if total_blocks > MAX_CLUSTER_BLOCKS:
+        raise ConfigError(f"instances: {len(instances)} instances hold {total_blocks:,} KV blocks in all (more than "
+                          f"{MAX_CLUSTER_BLOCKS:,}); lower replicas or engine.num_gpu_blocks_override")
     for j, t in enumerate(cfg.kv.tiers):
         unknown = [s for s in t.shared_by if s not in all_names and s not in {x.name for x in cfg.instances}]
         if unknown:
@@ -289,7 +297,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the run file ({e})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_where(e)}") from None
     raw = _apply_engine_meta(raw, p.parent)
     if overrides:
         raw = dict(raw or {})

@@ -124,7 +124,7 @@ def read_jsonl(path: str | Path, limit: int | None = None, time_scale: float = 1
                     inp = _int_field(s, "input_toks", w, 1)
                     out = _int_field(s, "output_toks", w, 1)
                     turns.append({"input_toks": inp, "output_toks": out,
-                                  "tool_duration_ns": _int_field(s, "tool_duration_ns", w, 0, MAX_TIME_NS)
+                                  "tool_duration_ns": _int_field(s, "tool_duration_ns", w, 0, 10**15)
                                   if "tool_duration_ns" in s else 0,
                                   "input_tok_ids": _ids(s, "input_tok_ids", w, inp),
                                   "output_tok_ids": _ids(s, "output_tok_ids", w, out),
