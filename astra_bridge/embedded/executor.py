@@ -30,6 +30,7 @@ from astra_bridge.embedded.network import (
     collective_time_ns,
     group_ring_time_ns,
     p2p_time_ns,
+    ring_finish_ns,
 )
 from astra_bridge.result import IterationResult
 from chakra_gen.graph import (
@@ -89,6 +90,42 @@ class NetworkContext:
                                       tuple(True for _ in self.dims), self.knobs)
         return collective_time_ns(int(attrs["comm_type"]), int(attrs["comm_size"]), self.dims,
                                   self.involved(attrs), self.knobs)
+
+    def skewed_finish(self, attrs: dict, members: list[int], starts: list[int]) -> list[int] | None:
+        """Per-member finish times of a collective issued at different times (members: global ranks),
+        for the ring collectives whose data flow is modelled (ring_finish_ns); None otherwise (the
+        caller then starts it when its last member issues it, a barrier approximation)."""
+        if self.knobs.active_chunks_per_dimension != 1:
+            return None
+        ct, size = int(attrs["comm_type"]), int(attrs["comm_size"])
+        pg = attrs.get("pg_name")
+        if pg and len(members) != self.total_npus:
+            return ring_finish_ns(ct, size, starts, tuple(members), self.dims, self.knobs)
+        inv = self.involved(attrs) if not pg else tuple(True for _ in self.dims)
+        inv = tuple(inv) + (True,) * (len(self.dims) - len(inv))
+        active = [i for i, d in enumerate(self.dims) if inv[i] and d.npus > 1]
+        if len(active) != 1:
+            return None
+        d = self.dims[active[0]]
+        # direct on 2 NPUs exchanges one message per phase, exactly a 2-NPU ring (checked on the binary);
+        # direct on more NPUs waits for every peer, i.e. the barrier the caller falls back to
+        if not (d.algorithm == "ring" or (d.algorithm == "direct" and d.npus == 2)):
+            return None
+        k = active[0]
+        stride = math.prod(d.npus for d in self.dims[:k])
+        rings: dict[int, list[int]] = defaultdict(list)  # NPUs that differ only along dim k form one ring
+        for pos, r in enumerate(members):
+            rings[r - (r // stride % self.dims[k].npus) * stride].append(pos)
+        out = [0] * len(members)
+        for positions in rings.values():
+            positions.sort(key=lambda p: members[p])
+            if len(positions) != self.dims[k].npus:
+                return None
+            fin = ring_finish_ns(ct, size, [starts[p] for p in positions], tuple(members[p] for p in positions),
+                                 self.dims, self.knobs)
+            for p, f in zip(positions, fin, strict=True):
+                out[p] = f
+        return out
 
     def resolved(self, graphs: list[Graph]) -> NetworkContext:
         """This context with split_mode "auto" resolved for these graphs (one chunk count per iteration,
@@ -604,6 +641,9 @@ class Executor:
         groups = self.network.comm_groups
         if not groups:
             return None
+        if self.memory is not None and any(t.kind != "PER_NPU_MEMORY_EXPANSION" for t in self.memory.tiers.values()) \
+                and any(g.has_memory_nodes() for g in graphs):
+            return None  # members' transfers serialize on a shared node / pool: every rank must run
         by_rank = {g.rank: g for g in graphs}
         reps: list[Graph] = []
         covered: set[int] = set()
@@ -731,10 +771,20 @@ class Executor:
                         if len(sizes) != 1:
                             raise ValueError(f"collective #{k} of group {pg!r} has different sizes {sorted(sizes)}")
                         start = max(t0 for t0, _ in rv.values())
-                        end = start + net.coll_time(a)
                         comm_bytes += int(a["comm_size"])
+                        ends = None
+                        if len(rv) > 1 and min(t0 for t0, _ in rv.values()) != start:
+                            # members issued it at different times: ASTRA-sim's data flow lets the
+                            # early ones progress (ring collectives; others start at the last issue)
+                            order = sorted(rv)
+                            fin = net.skewed_finish(a, [graphs[m].rank for m in order], [rv[m][0] for m in order])
+                            if fin is not None:
+                                ends = dict(zip(order, fin, strict=True))
+                        if ends is None:
+                            end = start + net.coll_time(a)
+                            ends = dict.fromkeys(rv, end)
                         for m, (_, n) in rv.items():
-                            push(end, m, n)
+                            push(ends[m], m, n)
                         del rendezvous[(pg, k)]
                 elif t == SEND:
                     dst_rank = int(a["comm_dst"])

@@ -334,6 +334,52 @@ def p2p_time_ns(src: int, dst: int, size: int, dims: tuple[Dimension, ...], rout
     return total
 
 
+def _ring_counts(ct: int, n: int, chunk: int) -> tuple[int, int, int, int]:
+    """(steps, message bytes, endpoint delays, local-memory terms) of one ring phase over n NPUs."""
+    if ct == CollectiveType.ALL_REDUCE:
+        return 2 * (n - 1), chunk // n, 2 * (n - 1) + 1, 3 * (n - 1)
+    if ct in (CollectiveType.REDUCE_SCATTER, CollectiveType.REDUCE_SCATTER_BLOCK):
+        return n - 1, chunk // n, n, 3 * (n - 1)
+    if ct == CollectiveType.ALL_GATHER:
+        return n - 1, chunk, n, 0
+    if ct == CollectiveType.ALL_TO_ALL:
+        return n * (n - 1) // 2, chunk // n, n * (n - 1) // 2 + 1, 0
+    raise ValueError(f"collective type {ct} is not simulated (ASTRA-sim aborts on it too)")
+
+
+def ring_finish_ns(comm_type: int, size: int, starts: list[int], members: tuple[int, ...],
+                   dims: tuple[Dimension, ...], knobs: SystemKnobs) -> list[int]:
+    """Per-member finish times of a ring collective whose members issue it at different times.
+
+    ASTRA-sim runs a collective as data flow, not as a barrier: a ring member sends its k-th
+    message once it has issued the collective and received the (k-1)-th from its predecessor, so
+    with t(i,0) = s_i and t(i,k) = max(s_i, t(i-1,k-1) + link_i), member i finishes a chunk at
+    max(s_i, max_{j=1..S} (s_{i-j} + link_{i-j+1} + ... + link_i)) + its endpoint-delay and local-memory terms,
+    and starts its next chunk then (one active chunk per dimension). Checked on the binary for
+    ALL_REDUCE / REDUCE_SCATTER / ALL_GATHER / ALL_TO_ALL, 4 and 8 NPUs, 1 and 3-4 chunks.
+    members: in ring order (coordinate along the dimension, or the comm group's listed order);
+    each link is charged on the lowest dimension its two NPUs differ in.
+    """
+    n = len(members)
+    if knobs.split_mode != "fixed":
+        knobs = knobs.resolved(size)
+    chunk, n_chunks = chunk_plan(comm_type, size, dims, knobs)
+    steps, msg, n_ep, n_lmem = _ring_counts(int(comm_type), n, chunk)
+    links = [sum(_link_ns(members[i - 1], members[i], msg, dims)) for i in range(n)]
+    tail = n_ep * knobs.endpoint_delay_ns + n_lmem * _lmem(msg, knobs)
+    st = list(starts)
+    for _ in range(n_chunks):
+        nxt = []
+        for i in range(n):
+            best, acc = st[i], 0  # a member finishes no earlier than it issued the chunk
+            for j in range(1, steps + 1):
+                acc += links[(i - j + 1) % n]
+                best = max(best, st[(i - j) % n] + acc)
+            nxt.append(best + tail)
+        st = nxt
+    return st
+
+
 def _link_ns(src: int, dst: int, size: int, dims: tuple[Dimension, ...]) -> tuple[int, int]:
     """(latency part, serialization part) of one message as ASTRA-sim's unaware send charges it:
     on the lowest dimension the two NPUs differ in, hops * latency + trunc(size / bw)."""
@@ -361,18 +407,8 @@ def group_ring_time_ns(comm_type: int, size: int, members: tuple[int, ...], dims
     if knobs.split_mode != "fixed":
         knobs = knobs.resolved(size)
     chunk, n_chunks = chunk_plan(comm_type, size, dims, knobs)
-    ct = int(comm_type)
     ep = knobs.endpoint_delay_ns
-    if ct == CollectiveType.ALL_REDUCE:
-        steps, msg, n_ep, n_lmem = 2 * (n - 1), chunk // n, 2 * (n - 1) + 1, 3 * (n - 1)
-    elif ct in (CollectiveType.REDUCE_SCATTER, CollectiveType.REDUCE_SCATTER_BLOCK):
-        steps, msg, n_ep, n_lmem = n - 1, chunk // n, n, 3 * (n - 1)
-    elif ct == CollectiveType.ALL_GATHER:
-        steps, msg, n_ep, n_lmem = n - 1, chunk, n, 0
-    elif ct == CollectiveType.ALL_TO_ALL:
-        steps, msg, n_ep, n_lmem = n * (n - 1) // 2, chunk // n, n * (n - 1) // 2 + 1, 0
-    else:
-        raise ValueError(f"collective type {ct} is not simulated (ASTRA-sim aborts on it too)")
+    steps, msg, n_ep, n_lmem = _ring_counts(int(comm_type), n, chunk)
     links = []
     for i in range(n):
         lat, ser = _link_ns(members[i - 1], members[i], msg, dims)  # the message rank i waits for
