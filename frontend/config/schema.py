@@ -41,12 +41,20 @@ class NetworkConfig(Strict):
 class SystemConfig(Strict):
     """ASTRA-sim system knobs that change timing."""
 
-    preferred_dataset_splits: int = Field(4, ge=1, le=4096)
+    preferred_dataset_splits: Annotated[int, Field(ge=1, le=4096)] | Literal["auto"] = Field(
+        4, description="chunks per collective; 'auto': clamp(ceil(bytes / min_chunk_bytes), 1, max_dataset_splits) "
+                       "for the iteration's largest collective (astra_bridge/embedded/network.py SystemKnobs)")
+    max_dataset_splits: int = Field(4, ge=1, le=4096, description="upper bound of 'auto' splits")
+    min_chunk_bytes: int = Field(4 << 20, ge=1, le=1 << 40,
+                                 description="'auto' splits: smallest chunk (default NCCL_BUFFSIZE, 4 MiB)")
     endpoint_delay_ns: int = Field(10, ge=1, le=10**12)
     active_chunks_per_dimension: int = Field(1, ge=1, le=4096)
     local_mem_bw_gbps: float = Field(1600.0, ge=1e-3, le=1e9)
     scheduling_policy: Literal["LIFO", "FIFO"] = "LIFO"
     collective_optimization: Literal["baseline", "localBWAware"] = "localBWAware"
+    p2p_route: Literal["lowest_dim", "all_dims"] = Field(
+        "lowest_dim", description="lowest_dim: ASTRA-sim charges a send on the lowest differing dimension; "
+                                  "all_dims: on every differing dimension (embedded backend only)")
 
 
 class TierConfig(Strict):
@@ -220,6 +228,9 @@ class AstraSimConfig(Strict):
     timeout_s: float = Field(120.0, gt=0, le=86400 * 7)
     workers: int = Field(1, ge=1, le=1024)
     work_dir: str | None = None
+    compute_time: Literal["exact", "micros"] = Field(
+        "exact", description="exact: ns compute durations through the binary's roofline (chakra_gen/et_io.py); "
+                             "micros: Chakra's whole-microsecond durations")
 
 
 class BackendConfig(Strict):

@@ -22,8 +22,7 @@ from frontend.metrics.power import InstancePower
 
 def instance_system(inst: ResolvedInstance, sys_cfg: SystemConfig, spec: BuildSpec, tiers=()) -> InstanceSystem:
     dims = tuple(Dimension(d.topology, d.npus, d.bw_gbps, d.latency_ns, d.algorithm) for d in inst.dims)
-    knobs = SystemKnobs(sys_cfg.preferred_dataset_splits, sys_cfg.endpoint_delay_ns,
-                        sys_cfg.active_chunks_per_dimension, sys_cfg.local_mem_bw_gbps)
+    knobs = SystemKnobs.from_config(sys_cfg)
     return InstanceSystem(name=inst.name, num_npus=inst.num_npus, dims=dims, knobs=knobs,
                           comm_groups=tuple(sorted(spec.comm_groups().items())), tiers=tuple(tiers),
                           peak_tflops=inst.hardware.peak_tflops.get(inst.engine.dtype, 0.0))
