@@ -183,3 +183,18 @@ def test_hardware_entries_with_a_bundle_hold_the_calibrated_roofline_parameters(
     assert (c.kernel_launch_ns, c.attention_floor_ns, c.attention_per_seq_ns) == (
         spec.kernel_launch_ns, spec.attention_floor_ns, spec.attention_per_seq_ns)
     assert 0.5 < c.gemm_flops <= 1.01 and 0.5 < c.mem_bw <= 1.0  # physical: at most the data-sheet figure
+
+
+def test_requests_held_for_the_next_step_count_as_load():
+    """Routers see requests a busy engine core has not queued yet (least_loaded must not pile them up)."""
+    from frontend.config.schema import EngineConfig
+    from frontend.instance.kv import BlockPool
+    from frontend.instance.scheduler import Scheduler
+    from frontend.workload.request import Request
+
+    s = Scheduler("i", EngineConfig(), BlockPool(100, 16), 4096)
+    s.receive(Request("a", 5, 10, 2), 5, busy=True)
+    assert s.load() == 1 and not s.waiting and s.incoming
+    assert s.take_incoming(9) and s.waiting[0].queued_ns == 9 and not s.incoming
+    s.receive(Request("b", 10, 10, 2), 10, busy=False)
+    assert s.waiting[-1].queued_ns == 10

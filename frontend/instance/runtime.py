@@ -84,7 +84,6 @@ class InstanceRuntime:
         self._prefill_est: dict[int, int] = {}
         self.scheduler.after_free = self._apply_evict_first
         self.busy = False
-        self.inbox: list = []  # requests that arrived during the running step (async scheduling)
         self.overhead_ns = eng.scheduler_overhead_ns
         self.iterations = 0
 
@@ -141,33 +140,12 @@ class InstanceRuntime:
         return build_graphs(spec, mbs)
 
     def receive(self, req, now_ns: int) -> None:
-        """A routed request reaches this instance's engine core.
-
-        An idle engine takes it at once. With async scheduling a busy engine core takes new requests
-        only when the running step ends, and by then it has already planned the step after (it plans
-        one ahead): the request is queued at that step boundary and joins the batch one step later.
-        Without async scheduling it joins the next step. Source: vLLM v1 EngineCore busy loop with
-        its batch queue (`step_with_batch_queue`, two batches in flight under async scheduling).
-        """
-        if self.busy and self.scheduler.async_scheduling:
-            self.inbox.append(req)
-            return
-        req.queued_ns = now_ns
-        self.scheduler.add(req)
-
-    def _take_inbox(self, now_ns: int) -> bool:
-        inbox = self.inbox
-        if not inbox:
-            return False
-        for req in inbox:
-            req.queued_ns = now_ns
-            self.scheduler.add(req)
-        self.inbox = []
-        return True
+        """A routed request reaches this instance's engine core (see `Scheduler.receive`)."""
+        self.scheduler.receive(req, now_ns, self.busy)
 
     def step(self, now_ns: int = 0) -> StepOutcome | None:
         plan = self.scheduler.schedule()
-        if self._take_inbox(now_ns) and plan is None:
+        if self.scheduler.take_incoming(now_ns) and plan is None:
             plan = self.scheduler.schedule()  # nothing was planned ahead: the engine core idles, then takes them
         if plan is None:
             return None

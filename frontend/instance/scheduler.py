@@ -11,14 +11,14 @@ scheduler_reserve_full_isl (vLLM's default since 0.11) a request is admitted
 only when blocks for its whole remaining prompt are free, so chunked prefills
 of admitted requests do not preempt each other.
 
-With async scheduling (vLLM's default since 0.14; `async_scheduling` in the engine's resolved
-config) the engine core schedules step N+2 when step N ends, while step N+1 already runs on the
+With async scheduling (on by default in vLLM 0.19, as the reference runs' resolved config records)
+the engine core schedules step N+2 when step N ends, while step N+1 already runs on the
 GPU. The scheduler here plans each step when the previous one ends, which gives the same batches
 for the running requests (vLLM advances them optimistically); what differs is when finished
 requests give their seat and KV blocks back: only after the step that follows their last one has
 been scheduled. `complete()` therefore holds finished requests in `releasing` and `schedule()`
-frees them once it has planned the next step. (New requests arriving during a step are held back
-one step by the instance runtime, see `InstanceRuntime.receive`.)
+frees them once it has planned the next step; new requests arriving during a step wait in
+`incoming` until the step after the next has been planned (`receive`, `take_incoming`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Scheduler:
         self.on_admit: Callable[[Request], None] | None = None  # a waiting request was just admitted
         self.async_scheduling = engine.async_scheduling
         self.releasing: list[Request] = []  # finished, seat and blocks not yet given back (async scheduling)
+        self.incoming: list[Request] = []  # arrived during the running step, not yet queued (async scheduling)
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -70,6 +71,28 @@ class Scheduler:
         req.status = "waiting"
         self.waiting.append(req)  # schedule() orders the queue by priority before admitting
 
+    def receive(self, req: Request, now_ns: int, busy: bool) -> None:
+        """A request reaches the engine core. An idle engine queues it at once. With async scheduling a busy
+        engine core reads its input queue only when the running step ends, and by then it has already planned
+        the step after (it plans one ahead): the request is queued at that step boundary and joins the batch
+        one step later. Without async scheduling it joins the next step. Source: vLLM v1's EngineCore busy
+        loop and its batch queue (`step_with_batch_queue`, two batches in flight under async scheduling)."""
+        if busy and self.async_scheduling:
+            self.incoming.append(req)
+            return
+        req.queued_ns = now_ns
+        self.add(req)
+
+    def take_incoming(self, now_ns: int) -> bool:
+        """Queue the requests that arrived during the step that just ended (after the next step is planned)."""
+        if not self.incoming:
+            return False
+        for req in self.incoming:
+            req.queued_ns = now_ns
+            self.add(req)
+        self.incoming = []
+        return True
+
     def _resort(self) -> None:
         if self.priority is not None and len(self.waiting) > 1:
             self.waiting = deque(sorted(self.waiting, key=self.priority))
@@ -87,7 +110,7 @@ class Scheduler:
 
     def load(self) -> float:
         """Queue and KV pressure, for routers."""
-        return len(self.running) + len(self.waiting) + self.pool.usage()
+        return len(self.running) + len(self.waiting) + len(self.incoming) + self.pool.usage()
 
     # ---- one step ----
     def _preempt(self, victim: Request) -> None:
