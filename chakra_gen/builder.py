@@ -34,6 +34,8 @@ from chakra_gen.graph import (
     Graph,
     MemChainGraph,
     MemChainTemplate,
+    PipeGraph,
+    PipeTemplate,
     no_deps,
 )
 from frontend.compute.batch import OpCost
@@ -175,14 +177,20 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
     if spec.pp == 1 and not spec.loads and not spec.stores:
         t = _chain_template(spec, mbs[0])
         return [ChainGraph(r, t) for r in range(spec.tp)]
+    if not spec.loads and not spec.stores:
+        stages = [[_chain_template(spec, mb, stage) for mb in mbs] for stage in range(spec.pp)]
+        pt = PipeTemplate(spec.tp, stages, [int(mb.num_tokens * spec.hidden_size * spec.act_dtype_bytes) for mb in mbs],
+                          lambda rank: _stage_graph(spec, rank, mbs))
+        return [PipeGraph(r, pt) for r in range(spec.num_npus)]
     for r in range(spec.num_npus):
         graphs.append(_stage_graph(spec, r, mbs))
     return graphs
 
 
-def _chain_template(spec: BuildSpec, mb: MicroBatchCost) -> ChainTemplate:
-    """The common case (no PP, no memory traffic): a chain of nodes, held as its layer template."""
-    ar = _tp_attrs(spec, 0, mb.num_tokens) if spec.tp > 1 else None
+def _chain_template(spec: BuildSpec, mb: MicroBatchCost, stage: int = 0) -> ChainTemplate:
+    """A stage's compute/collective chain for one micro-batch, held as its layer template (the whole
+    iteration without PP): the prologue on the first stage, the epilogue on the last."""
+    ar = _tp_attrs(spec, stage, mb.num_tokens) if spec.tp > 1 else None
     layer = []
     layer_bytes = 0
     for op in mb.layer:
@@ -190,11 +198,14 @@ def _chain_template(spec: BuildSpec, mb: MicroBatchCost) -> ChainTemplate:
         layer_bytes += op.bytes
         if ar is not None and op.name in ALLREDUCE_AFTER:
             layer.append((op.name + ".allreduce", COLL, 0, 0, 0, ar))
-    pro = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.prologue]
-    epi = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.epilogue]
-    t = ChainTemplate(pro, layer, spec.num_layers, epi)
+    pro = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.prologue] if stage == 0 else []
+    epi = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.epilogue] if stage == spec.pp - 1 else []
+    n_layers = len(spec.stage_layers(stage))
+    t = ChainTemplate(pro, layer, n_layers, epi)
     t._types = _COMP_COLL if ar is not None and len(layer) > len(mb.layer) else _COMP_ONLY
-    t._bytes = spec.num_layers * layer_bytes + sum(n[4] for n in pro) + sum(n[4] for n in epi)
+    if not pro and not epi and not n_layers:
+        t._types = frozenset()
+    t._bytes = n_layers * layer_bytes + sum(n[4] for n in pro) + sum(n[4] for n in epi)
     return t
 
 

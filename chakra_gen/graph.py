@@ -426,3 +426,59 @@ class MemChainGraph(_TemplateGraph):
 
     def _template_has_memory(self) -> bool:
         return bool(self._tmpl.loads or self._tmpl.stores)
+
+
+@dataclass(eq=False)
+class PipeTemplate:
+    """A pipeline-parallel iteration held as its parts: stages[s][m] is the compute/collective chain
+    stage s runs for micro-batch m (a ChainTemplate); between stages each micro-batch's activations
+    (act_bytes[m]) go by SEND/RECV. `build(rank)` writes a rank's explicit graph, used only when
+    something reads its columns (a dump, the event loop)."""
+
+    tp: int
+    stages: list[list[ChainTemplate]]
+    act_bytes: list[int]
+    build: Callable[[int], Graph]
+    _graphs: dict[int, Graph] = field(default_factory=dict, repr=False)
+
+    def graph(self, rank: int) -> Graph:
+        g = self._graphs.get(rank)
+        if g is None:
+            g = self._graphs[rank] = self.build(rank)
+        return g
+
+    def stage_len(self, stage: int) -> int:
+        p2p = (stage > 0) + (stage < len(self.stages) - 1)
+        return sum(len(c) + p2p for c in self.stages[stage])
+
+    def stage_tensor_bytes(self, stage: int) -> int:
+        return sum(c.total_tensor_bytes() for c in self.stages[stage])
+
+    def total_tensor_bytes(self) -> int:
+        return self.stage_tensor_bytes(0)
+
+    def __len__(self) -> int:
+        return self.stage_len(0)
+
+
+class PipeGraph(_TemplateGraph):
+    """One rank of a PipeTemplate; the columns appear on first access."""
+
+    def __init__(self, rank: int, template: PipeTemplate) -> None:
+        self._init_from(rank, template, False)
+        self.stage = rank // template.tp
+        self.total_tensor_bytes = template.stage_tensor_bytes(self.stage)
+
+    @property
+    def ptemplate(self) -> PipeTemplate | None:
+        return self._tmpl
+
+    def _template_columns(self) -> dict[str, list]:
+        g = self._tmpl.graph(self.rank)
+        return {k: getattr(g, k) for k in _COLUMNS}
+
+    def _template_has_memory(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return self._tmpl.stage_len(self.stage) if self._tmpl is not None else len(self.types)

@@ -45,6 +45,7 @@ from chakra_gen.graph import (
     Graph,
     MemChainGraph,
     MemChainTemplate,
+    PipeGraph,
 )
 
 _COMM_TYPES = (COLL, SEND, MEM_LOAD, MEM_STORE)
@@ -542,8 +543,109 @@ class Executor:
         finally:
             self.network = base
 
+    def _pipe_ok(self, graphs: list[Graph]) -> bool:
+        pt = graphs[0].ptemplate  # type: ignore[attr-defined]
+        if pt is None or any(getattr(g, "ptemplate", None) is not pt for g in graphs):
+            return False
+        if len(graphs) != pt.tp * len(pt.stages) or [g.rank for g in graphs] != list(range(len(graphs))):
+            return False
+        return all(c.node_types() <= {COMP, COLL} for st in pt.stages for c in st)
+
+    def _pipe_time(self, pt) -> IterationResult:
+        """Closed form of a pipeline-parallel iteration (PipeTemplate), stage by stage.
+
+        Each stage's TP ranks run the same chain (their collectives complete together), so one
+        representative per stage is timed, as the event loop's symmetry reduction does. Per
+        micro-batch m a stage's chain starts at max(its previous chain's end, the arrival of m from
+        the previous stage) (RECV nodes do not hold the NPU); its first collective waits for the
+        communication slot, which the previous micro-batch's SEND holds until delivery; the SEND of
+        m issues when m's chain ends and delivers after the point-to-point time. Later collectives
+        of the chain find the slot free (chain order). Checked against the event loop in tests.
+        """
+        net = self.network
+        tp, n_st = pt.tp, len(pt.stages)
+        coll_ns: dict[int, int] = {}
+
+        def parts(c: ChainTemplate) -> tuple[int, int, int, int, int, bool]:
+            """(compute before the first collective, the rest of the chain, compute, collectives, collective
+            bytes, whether it has a collective); collectives sit only in the layer template (builder)."""
+            edge = sum(n[2] or 1 for n in c.prologue) + sum(n[2] or 1 for n in c.epilogue)
+            lay_comp = lay_comm = lay_bytes = 0
+            before = None
+            for j, (_, typ, dur, _, _, a) in enumerate(c.layer):
+                if typ == COMP:
+                    lay_comp += dur or 1
+                    continue
+                if typ != COLL or any(n[1] != COMP for n in c.prologue + c.epilogue):
+                    raise ValueError("pipeline templates hold compute and collective nodes only")
+                if before is None:
+                    before = sum(n[2] or 1 for n in c.layer[:j])
+                d = coll_ns.get(id(a))
+                if d is None:
+                    d = coll_ns[id(a)] = net.coll_time(a)
+                lay_comm += d
+                lay_bytes += int(a["comm_size"])
+            nl = c.num_layers
+            comp = edge + nl * lay_comp
+            comm = nl * lay_comm
+            has = before is not None and nl > 0
+            pre = sum(n[2] or 1 for n in c.prologue) + before if has else comp  # type: ignore[operator]
+            return pre, comp + comm - pre, comp, comm, nl * lay_bytes, has
+
+        arrivals: list[int] = []
+        finish: list[int] = []
+        stats: list[tuple[int, int, int]] = []  # per stage: compute, comm, exposed comm
+        comm_bytes = 0
+        for s in range(n_st):
+            rank = s * tp
+            now = comm_free = 0
+            comp = comm = exposed = 0
+            nxt: list[int] = []
+            pending_send: tuple[int, int] | None = None  # (start, end) of the previous SEND
+            fin = 0
+            for m, c in enumerate(pt.stages[s]):
+                pre, rest, c_comp, c_comm, c_bytes, has_coll = parts(c)
+                start = max(now, arrivals[m]) if s > 0 else now
+                fin = max(fin, arrivals[m]) if s > 0 else fin
+                first = start + pre
+                if pending_send is not None:  # the send overlaps this chain's compute before its first collective
+                    a, b = pending_send
+                    overlap = max(0, min(b, first if has_coll else start + pre + rest) - max(a, start))
+                    exposed += (b - a) - overlap
+                if has_coll:
+                    first = max(first, comm_free)
+                now = first + rest
+                comp += c_comp
+                comm += c_comm
+                exposed += c_comm
+                comm_bytes += c_bytes
+                if s < n_st - 1:
+                    size = pt.act_bytes[m]
+                    end = now + p2p_time_ns(rank, rank + tp, size, net.dims, net.knobs.p2p_route)
+                    nxt.append(end)
+                    comm_free = end
+                    comm += end - now
+                    comm_bytes += size
+                    pending_send = (now, end)
+                    fin = max(fin, end)
+                else:
+                    pending_send = None
+            if pending_send is not None:
+                a, b = pending_send
+                exposed += b - a
+            finish.append(max(fin, now))
+            stats.append((comp, comm, exposed))
+            arrivals = nxt
+        slow = max(range(n_st), key=lambda k: finish[k])
+        comp, comm, exposed = stats[slow]
+        return IterationResult(duration_ns=finish[slow], per_rank_finish_ns=[finish[r // tp] for r in range(tp * n_st)],
+                               compute_ns=comp, comm_ns=comm, mem_ns=0, exposed_comm_ns=exposed, exposed_mem_ns=0,
+                               comm_bytes=comm_bytes, mem_bytes_by_tier={})
+
     def _template_result(self, graphs: list[Graph]) -> IterationResult | None:
         g0 = graphs[0]
+        if isinstance(g0, PipeGraph) and self._pipe_ok(graphs):
+            return self._pipe_time(g0.ptemplate)
         if isinstance(g0, ChainGraph) and self._can_fast_template(graphs):
             r = self._template_time(g0.template)  # type: ignore[arg-type]
         elif self.memory is not None and isinstance(g0, MemChainGraph) and self._mem_template_ok(graphs):
