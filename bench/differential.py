@@ -111,6 +111,32 @@ def collective_cases(rng: random.Random, quick: bool) -> list[Case]:
     return cases
 
 
+def skew_and_auto_cases(rng: random.Random) -> list[Case]:
+    """Collectives whose members issue them at different times (what a node / pool memory tier shared
+    by TP ranks produces), and split_mode "auto"."""
+    cases: list[Case] = []
+    for topo, n, algo in (("Switch", 4, "ring"), ("Ring", 8, "ring"), ("FullyConnected", 2, "direct"),
+                          ("Switch", 4, "direct"), ("FullyConnected", 8, "direct"), ("Ring", 4, "halvingDoubling"),
+                          ("Switch", 8, "halvingDoubling")):
+        for ct in ("AR", "RS", "AG"):
+            splits = rng.choice((1, 3, 4))
+            size = rng.choice((1 << 20, 3 << 20))
+            starts = [rng.choice((0, 0, 1500, 7000, 40000)) + 1 for _ in range(n)]
+            gs = coll_graphs(n, CT[ct], size, (1, 321))
+            for g, st in zip(gs, starts, strict=True):
+                g.durations_ns[0] = st
+            sysm = InstanceSystem("s", n, (Dimension(topo, n, 50.0, 500.0, algo),),
+                                  SystemKnobs(preferred_dataset_splits=splits))
+            cases.append(Case(f"skewed issue {ct} {algo} {topo}{n} {size}B /{splits}", "skewed collective",
+                              [(sysm, gs)]))
+    for size in (4096, 300_000, 1 << 20, 5 << 20, 40 << 20):
+        k = SystemKnobs(preferred_dataset_splits=8, split_mode="auto", min_chunk_bytes=1 << 20)
+        sysm = InstanceSystem("a", 8, (Dimension("Switch", 8, 450.0, 500.0, "ring"),), k)
+        cases.append(Case(f"auto splits AR {size}B (min chunk 1 MiB, max 8)", "auto splits",
+                          [(sysm, coll_graphs(8, CT["AR"], size, (777, 55)))]))
+    return cases
+
+
 def p2p_and_group_cases(rng: random.Random) -> list[Case]:
     cases: list[Case] = []
     dims = (Dimension("Ring", 4, 100.0, 500.0), Dimension("Switch", 2, 50.0, 1000.0))
@@ -244,6 +270,8 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
         {"tp": 4, "network": {"preset": "h100-nvlink-4"}}, system={"preferred_dataset_splits": 3})
     add("tp4 splits7 direct llama8b", "splits remainder", "Llama-3.1-8B",
         {"tp": 4, "network": dims(("FullyConnected", 4, 300.0, 600.0, "direct"))}, system={"preferred_dataset_splits": 7})
+    add("tp8 auto splits llama70b", "auto splits", "Llama-3.1-70B", {"tp": 8, "network": {"preset": "h100-nvlink-8"}},
+        system={"preferred_dataset_splits": "auto", "max_dataset_splits": 8, "min_chunk_bytes": 262144})
     add("tp4 baseline FIFO 2-D", "system knobs", "Llama-3.1-8B",
         {"tp": 4, "network": dims(("Ring", 2, 200.0, 500.0, "ring"), ("Switch", 2, 50.0, 1000.0, "ring"))},
         system={"scheduling_policy": "FIFO", "collective_optimization": "baseline"})
@@ -342,6 +370,52 @@ def run_case(case: Case, backend: AstraSimBackend) -> Outcome:
     return o
 
 
+def live_runs(binary: str, n_req: int) -> list[str]:
+    """End-to-end: the same run with --backend astra-sim and --backend embedded; worst per-iteration
+    difference of the iteration durations in iterations.csv (the clock each backend advanced)."""
+    import csv
+    import subprocess
+
+    import yaml
+
+    lines = []
+    tp4 = {"name": "live-qwen3-32b-tp4", "seed": 3, "model": "Qwen3-32B",
+           "instances": [{"name": "tp4", "hardware": "H100-SXM", "tp": 4, "network": {"preset": "h100-nvlink-4"}}],
+           "engine": {"max_num_seqs": 64, "max_num_batched_tokens": 2048, "block_size": 16,
+                      "gpu_memory_utilization": 0.9},
+           "workload": {"kind": "synthetic", "num_requests": n_req, "arrival": {"process": "poisson", "rate_per_s": 8},
+                        "prompt_tokens": {"dist": "lognormal", "mean": 300, "sigma": 0.8, "min": 4, "max": 2048},
+                        "output_tokens": {"dist": "lognormal", "mean": 30, "sigma": 0.5, "min": 1, "max": 128}}}
+    tp4pp2 = yaml.safe_load((REPO / "configs/examples/h100-2x4-llama3.1-70b-tp4pp2.yaml").read_text())
+    tp4pp2["workload"]["num_requests"] = n_req
+    tmp = Path(tempfile.mkdtemp(prefix="astraserve-live-"))
+    for raw in (tp4, tp4pp2):
+        cfg = tmp / f"{raw['name']}.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        rows = {}
+        for kind in ("astra-sim", "embedded"):
+            out = tmp / f"{raw['name']}-{kind}"
+            env = {**os.environ, "ASTRA_SIM_BIN": binary}
+            p = subprocess.run([sys.executable, "-m", "frontend.cli", "run", str(cfg), "--backend", kind, "--out",
+                                str(out), "--quiet"], cwd=REPO, env=env, capture_output=True, text=True)
+            if p.returncode != 0:
+                lines.append(f"FAIL     live {raw['name']} --backend {kind}: {(p.stdout + p.stderr).strip()[-160:]}")
+                break
+            with (out / "iterations.csv").open() as f:
+                rows[kind] = [int(r["end_ns"]) - int(r["start_ns"]) for r in csv.DictReader(f)]
+        if len(rows) != 2:
+            continue
+        a, e = rows["astra-sim"], rows["embedded"]
+        if len(a) != len(e):
+            lines.append(f"DIFF     live {raw['name']}: {len(a)} vs {len(e)} iterations")
+            continue
+        worst = max((100.0 * (y - x) / x for x, y in zip(a, e, strict=True) if x), key=abs, default=0.0)
+        status = "ok" if abs(worst) <= 0.1 else "DIFF"
+        lines.append(f"{status:8} {len(a):5d} {worst:+9.4f} {'':9} {'live run':13}  live --backend astra-sim vs "
+                     f"embedded: {raw['name']} ({n_req} requests) [live]")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=12)
@@ -349,6 +423,8 @@ def main() -> int:
     ap.add_argument("--per-config", type=int, default=12, help="iterations captured per serving config")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     ap.add_argument("--csv", type=Path, default=None, help="write the reference rows (binary figures) here")
+    ap.add_argument("--live-requests", type=int, default=16,
+                    help="requests of the two end-to-end runs (TP4 Qwen3-32B, TP4xPP2); 0 skips them")
     ap.add_argument("--only", default="", help="run only cases whose name matches this regular expression")
     args = ap.parse_args()
     binary = os.environ.get("ASTRA_SIM_BIN")
@@ -357,7 +433,7 @@ def main() -> int:
         return 0
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
-    cases = collective_cases(rng, args.quick) + p2p_and_group_cases(rng) + memory_cases(rng)
+    cases = collective_cases(rng, args.quick) + skew_and_auto_cases(rng) + p2p_and_group_cases(rng) + memory_cases(rng)
     cases += serving_cases(rng, args.quick, args.per_config)
     if args.only:
         cases = [c for c in cases if re.search(args.only, c.name)]
@@ -379,7 +455,9 @@ def main() -> int:
         feats = ",".join(sorted(o.features)) or "-"
         lines.append(f"{o.status:8} {o.iterations:5d} {o.worst_pct:+9.4f} {o.worst_abs_ns:+9d} {feats:13}  {o.case.name} "
                      f"[{o.case.row}]" + (f"  -- {o.detail}" if o.detail else ""))
-    bad = [o for o in outcomes if o.status in ("DIFF", "FAIL")]
+    live = live_runs(binary, args.live_requests) if args.live_requests else []
+    lines += live
+    bad = [o for o in outcomes if o.status in ("DIFF", "FAIL")] + [x for x in live if not x.startswith("ok")]
     worst = max(outcomes, key=lambda o: abs(o.worst_pct)) if outcomes else Outcome(Case("none", ""))
     lines.append(f"summary: {len(bad)} case(s) over 0.1% or failing; "
                  f"{sum(o.status == 'REJECTED' for o in outcomes)} rejected up front; "

@@ -31,6 +31,7 @@ from astra_bridge.embedded.network import (
     group_ring_time_ns,
     p2p_time_ns,
     ring_finish_ns,
+    skewed_finish_ns,
 )
 from astra_bridge.result import IterationResult
 from chakra_gen.graph import (
@@ -108,10 +109,8 @@ class NetworkContext:
         if len(active) != 1:
             return None
         d = self.dims[active[0]]
-        # direct on 2 NPUs exchanges one message per phase, exactly a 2-NPU ring (checked on the binary);
-        # direct on more NPUs waits for every peer, i.e. the barrier the caller falls back to
-        if not (d.algorithm == "ring" or (d.algorithm == "direct" and d.npus == 2)):
-            return None
+        # direct on 2 NPUs exchanges one message per phase, exactly a 2-NPU ring (checked on the binary)
+        as_ring = d.algorithm == "ring" or (d.algorithm == "direct" and d.npus == 2)
         k = active[0]
         stride = math.prod(d.npus for d in self.dims[:k])
         rings: dict[int, list[int]] = defaultdict(list)  # NPUs that differ only along dim k form one ring
@@ -122,8 +121,11 @@ class NetworkContext:
             positions.sort(key=lambda p: members[p])
             if len(positions) != self.dims[k].npus:
                 return None
-            fin = ring_finish_ns(ct, size, [starts[p] for p in positions], tuple(members[p] for p in positions),
-                                 self.dims, self.knobs)
+            st = [starts[p] for p in positions]
+            fin = ring_finish_ns(ct, size, st, tuple(members[p] for p in positions), self.dims, self.knobs) \
+                if as_ring else skewed_finish_ns(ct, size, st, d, self.knobs)
+            if fin is None:
+                return None
             for p, f in zip(positions, fin, strict=True):
                 out[p] = f
         return out

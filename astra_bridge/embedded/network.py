@@ -418,3 +418,61 @@ def group_ring_time_ns(comm_type: int, size: int, members: tuple[int, ...], dims
         worst = max(worst, sum(links[(i - j) % n] for j in range(steps)))
     phase = worst + n_ep * ep + n_lmem * _lmem(msg, knobs)
     return _pipeline([Phase(0, phase)], n_chunks, 1, max(1, knobs.active_chunks_per_dimension))
+
+
+def _hd_steps(ct: int, n: int, chunk: int) -> list[tuple[int, int]]:
+    """(partner offset, message bytes) per halvingDoubling step (HalvingDoubling: reduce-scatter
+    offsets 1, 2, .., N/2 with halving messages; all-gather N/2, .., 1 with doubling ones; all-reduce
+    both, the all-gather half mirroring the reduce-scatter half)."""
+    s = n.bit_length() - 1
+    rs = [(1 << k, chunk >> (k + 1)) for k in range(s)]
+    if ct == CollectiveType.ALL_REDUCE:
+        return rs + [(n >> (k + 1), chunk >> (s - k)) for k in range(s)]
+    if ct in (CollectiveType.REDUCE_SCATTER, CollectiveType.REDUCE_SCATTER_BLOCK):
+        return rs
+    if ct == CollectiveType.ALL_GATHER:
+        return [(n >> (k + 1), chunk << k) for k in range(s)]
+    raise ValueError(f"halvingDoubling has no collective type {ct}")
+
+
+def skewed_finish_ns(comm_type: int, size: int, starts: list[int], dim: Dimension, knobs: SystemKnobs) -> list[int] | None:
+    """Per-member finish times of a collective on one dimension whose members (in coordinate order
+    along it) issue it at different times, as ASTRA-sim's data flow gives them; None where no such
+    model is checked (the caller then uses a barrier at the last issue, which is exact for direct
+    all-reduce). Each chunk: ring (ring_finish_ns); halvingDoubling: at step k member i waits for its
+    partner i +- offset_k (clockwise when (i // offset_k) is even) to reach step k, plus that step's
+    message time; direct reduce-scatter / all-gather: member i waits for every peer's message;
+    direct on 2 NPUs is a 2-NPU ring. The endpoint-delay and local-memory terms of a chunk follow
+    its last message, and a member starts its next chunk then. All checked on the binary
+    (bench/differential.py "skewed issue" cases)."""
+    n = len(starts)
+    ct = int(comm_type)
+    algo = dim.algorithm
+    if knobs.split_mode != "fixed":
+        knobs = knobs.resolved(size)
+    if algo == "ring" or (algo == "direct" and n == 2) or (algo == "halvingDoubling" and n & (n - 1)):
+        return None  # ring: ring_finish_ns handles it with the members' addresses
+    chunk, n_chunks = chunk_plan(ct, size, (dim,), knobs)
+    kind = {CollectiveType.ALL_REDUCE: "AR", CollectiveType.ALL_GATHER: "AG", CollectiveType.REDUCE_SCATTER: "RS",
+            CollectiveType.REDUCE_SCATTER_BLOCK: "RS"}.get(ct)
+    if kind is None:
+        return None
+    phase = _phase_cost(kind, chunk, dim, knobs)
+    lat = dim.latency_ns
+    st = list(starts)
+    if algo == "halvingDoubling":
+        steps = [(off, int(dim.hops(off) * lat + _ser(msg, dim))) for off, msg in _hd_steps(ct, n, chunk)]
+        tail = phase - sum(d for _, d in steps)
+        for _ in range(n_chunks):
+            t = st
+            for off, d in steps:
+                t = [max(t[i], t[(i + off) % n if (i // off) % 2 == 0 else (i - off) % n] + d) for i in range(n)]
+            st = [x + tail for x in t]
+        return st
+    if algo == "direct" and kind in ("RS", "AG") and dim.topology != "Ring":
+        d = int(dim.hops(1) * lat + _ser(chunk // n if kind == "RS" else chunk, dim))
+        tail = phase - d
+        for _ in range(n_chunks):
+            st = [max(st[i], max(st[j] + d for j in range(n) if j != i)) + tail for i in range(n)]
+        return st
+    return None
