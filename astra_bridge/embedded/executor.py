@@ -151,14 +151,17 @@ def max_collective_bytes(graphs: list[Graph]) -> int:
     best = 0
     seen: set[int] = set()
     for g in graphs:
-        t = getattr(g, "template", None) or getattr(getattr(g, "mtemplate", None), "chain", None)
-        if t is not None:
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            for _, typ, _, _, _, a in t.prologue + t.layer + t.epilogue:
-                if typ == COLL:
-                    best = max(best, int(a["comm_size"]))
+        pt = getattr(g, "ptemplate", None)
+        chains = [c for st in pt.stages for c in st] if pt is not None else \
+            [getattr(g, "template", None) or getattr(getattr(g, "mtemplate", None), "chain", None)]
+        if chains[0] is not None:
+            for t in chains:
+                if id(t) in seen:
+                    continue
+                seen.add(id(t))
+                for _, typ, _, _, _, a in t.prologue + t.layer + t.epilogue:
+                    if typ == COLL:
+                        best = max(best, int(a["comm_size"]))
             continue
         if id(g.attrs) in seen:
             continue
