@@ -67,7 +67,7 @@ def main() -> None:
     for label, cfg, n_req, n_it, ov, mem in (
             ("TP8 (closed form)", "h100x8-llama3.1-70b-tp8.yaml", 200, 1000, None, False),
             ("TP4xPP2", "h100-2x4-llama3.1-70b-tp4pp2.yaml", 20, 100, None, False),
-            ("TP4 + KV loads/stores", "h100x8-llama3.1-70b-tp8.yaml", 200, 600, KV_TP4, True)):
+            ("TP4 + KV loads/stores", "h100x8-llama3.1-70b-tp8.yaml", 400, 3000, KV_TP4, True)):
         b, e, n = per_iteration_cost(cfg, n_req, n_it, ov, mem)
         base = base or (b + e)
         print(f"{label:24s} per iteration (cache off, {n} iterations): build {b:.3f} ms + execute {e:.3f} ms "

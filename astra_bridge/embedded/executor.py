@@ -542,6 +542,8 @@ class Executor:
         """The closed-form timing of builder templates (ChainGraph / MemChainGraph ranks), or None when
         the graphs are not templates of a shape the closed forms cover."""
         base = self.network
+        if base.knobs.split_mode == "fixed":
+            return self._template_result(graphs)
         self.network = base.resolved(graphs)
         try:
             return self._template_result(graphs)
@@ -708,6 +710,8 @@ class Executor:
         if not graphs:
             raise ValueError("no graphs to execute")
         base = self.network
+        if base.knobs.split_mode == "fixed":
+            return self._run(graphs, force_event_loop, reduce_symmetry)
         self.network = base.resolved(graphs)
         try:
             return self._run(graphs, force_event_loop, reduce_symmetry)
