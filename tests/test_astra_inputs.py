@@ -260,3 +260,33 @@ def test_single_npu_with_node_tier_runs_on_the_binary():
     gs = build_graphs(spec, [_mb()])
     system = InstanceSystem("one", 1, (), tiers=(tier,))
     assert b.run(system, gs).duration_ns == make_executor(system).run(gs).duration_ns
+
+
+AWARE = os.environ.get("ASTRA_SIM_BIN_AWARE")
+
+
+@pytest.mark.skipif(not AWARE, reason="set ASTRA_SIM_BIN_AWARE to an upstream congestion-aware analytical binary")
+def test_congestion_aware_binary_differs_only_where_links_are_shared():
+    """The unaware model (embedded) equals the aware binary on FullyConnected dimensions and for ring
+    on a Ring; on a Switch (two store-and-forward links per message) the aware binary is slower; it
+    rejects multi-dimensional networks (astra_bridge/README.md)."""
+    b = AstraSimBackend(binary=Path(AWARE), cache=False)
+    for dim, same in ((Dimension("FullyConnected", 4, 50, 500), True), (Dimension("Ring", 4, 50, 500), True),
+                      (Dimension("Switch", 4, 50, 500), False)):
+        gs = []
+        for r in range(4):
+            g = Graph(rank=r)
+            g.add("ar", COLL, attrs={"comm_type": 0, "comm_size": 5_000_000})
+            gs.append(g)
+        system = InstanceSystem("t", 4, (dim,))
+        aware = b.run(system, gs).duration_ns
+        unaware = make_executor(system).run(gs).duration_ns
+        assert (aware == unaware) if same else aware > unaware, dim
+    two_d = InstanceSystem("t", 4, (Dimension("Switch", 2, 50, 500), Dimension("Switch", 2, 50, 500)))
+    gs = []
+    for r in range(4):
+        g = Graph(rank=r)
+        g.add("c", COMP, duration_ns=1000)
+        gs.append(g)
+    with pytest.raises(AstraSimError):
+        b.run(two_d, gs)
