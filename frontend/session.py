@@ -127,6 +127,11 @@ def check_bundles(run: ResolvedRun, warn: Callable[[str], None] | None = None) -
     for ri in run.instances:
         p = bundle_path(ri, run.config.compute, run.config.base_dir)
         entry: dict[str, Any] = {"instance": ri.name, "configured": run.config.compute.kind}
+        if p is not None and not p.is_dir():
+            from frontend.compute.bundle_check import BundleError
+
+            where = "compute.profile" if run.config.compute.profile else f"hardware {ri.hardware.name} profiles"
+            raise BundleError(f"{where}: profile bundle {p} is not a directory (a bundle's model folder)")
         if p is not None:
             for w in check_bundle(p, ri.engine.dtype, ri.tp, ri.hardware.name):
                 if warn is not None:

@@ -151,7 +151,9 @@ class Roofline:
         key = ("pro", shape.num_tokens)
         hit = self._by_tokens.get(key)
         if hit is None:
-            hit = self._by_tokens[key] = self._prologue(shape)
+            hit = self._prologue(shape)
+            if len(self._by_tokens) < 16384:  # bounded: memory stays flat over long runs
+                self._by_tokens[key] = hit
         return hit
 
     def _prologue(self, shape: BatchShape) -> list[OpCost]:
@@ -162,7 +164,9 @@ class Roofline:
         key = ("epi", shape.num_tokens, shape.num_sampled)
         hit = self._by_tokens.get(key)
         if hit is None:
-            hit = self._by_tokens[key] = self._epilogue(shape)
+            hit = self._epilogue(shape)
+            if len(self._by_tokens) < 16384:  # bounded: memory stays flat over long runs
+                self._by_tokens[key] = hit
         return hit
 
     def _epilogue(self, shape: BatchShape) -> list[OpCost]:

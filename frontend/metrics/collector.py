@@ -13,6 +13,7 @@ import csv
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ class RequestLog:
     later_cached: int = 0
     later_input: int = 0
     turn_ttft_ns: dict[str, array] = field(default_factory=dict)
+    # streaming: latency samples are not held in memory but read back from the CSV for the summary
+    csv_path: Path | None = None
     _writer: object | None = None
 
     @property
@@ -164,9 +167,12 @@ class RequestLog:
         return REQ_COLUMNS + ([f"cached_tokens_{t}" for t in ["hbm", *self.tier_names]] if self.tier_names else [])
 
     def attach(self, f: IO[str]) -> None:
+        """Stream rows into `f`; latency samples are then read back from that file, not kept."""
         w = csv.writer(f)
         w.writerow(self.columns)
         self._writer = w
+        name = getattr(f, "name", None)
+        self.csv_path = Path(name) if isinstance(name, str) else None
 
     def add(self, r: Request) -> None:
         self.total += 1
@@ -181,16 +187,18 @@ class RequestLog:
             self.output_tokens += r.output_tokens
             self.looked_up_tokens += r.input_tokens
             ttft = r.first_token_ns - r.arrival_ns
-            self.ttft_ns.append(ttft)
-            self.e2e_ns.append(r.finish_ns - r.arrival_ns)
-            if r.output_tokens > 1:
-                self.tpot_ns.append((r.finish_ns - r.first_token_ns) / (r.output_tokens - 1))
+            if self.csv_path is None:
+                self.ttft_ns.append(ttft)
+                self.e2e_ns.append(r.finish_ns - r.arrival_ns)
+                if r.output_tokens > 1:
+                    self.tpot_ns.append((r.finish_ns - r.first_token_ns) / (r.output_tokens - 1))
             st = self.per_instance.get(r.instance)
             if st is None:
                 st = self.per_instance[r.instance] = InstanceReqStats()
             st.finished += 1
             st.preemptions += r.preemptions
-            st.ttft_ns.append(ttft)
+            if self.csv_path is None:
+                st.ttft_ns.append(ttft)
             if r.program_id:
                 k = "first" if r.turn_index == 0 else "later"
                 self.turn_ttft_ns.setdefault(k, array("q")).append(ttft)
@@ -223,3 +231,40 @@ class RequestLog:
             self._writer.writerow(row)  # type: ignore[attr-defined]
         if self.keep:
             self.requests.append(r)
+
+
+def csv_samples(path: Path, metric: str, instance: str | None = None, size: int | None = None) -> array:
+    """One latency sample per finished request of a streamed requests.csv, in file order (the order the
+    in-memory path appends them): 'ttft' / 'e2e' / 'tpot' in ns as float64 (exact for integer ns below 2^53).
+    `size` (an upper bound on the count) preallocates the array so it never over-allocates."""
+    out = array("d", bytes(8 * size)) if size else array("d")
+    k = 0
+
+    def put(v: float) -> None:
+        nonlocal k
+        if size:
+            out[k] = v
+        else:
+            out.append(v)
+        k += 1
+
+    with path.open(newline="") as f:
+        rows = csv.reader(f)
+        head = next(rows)
+        ix = {c: i for i, c in enumerate(head)}
+        st, arr, first, fin, outt, inst = (ix["status"], ix["arrival_ns"], ix["first_token_ns"], ix["finish_ns"],
+                                           ix["output_tokens"], ix["instance"])
+        for row in rows:
+            if row[st] != "finished" or (instance is not None and row[inst] != instance):
+                continue
+            if metric == "ttft":
+                put(int(row[first]) - int(row[arr]))
+            elif metric == "e2e":
+                put(int(row[fin]) - int(row[arr]))
+            else:
+                n = int(row[outt])
+                if n > 1:
+                    put((int(row[fin]) - int(row[first])) / (n - 1))
+    if size and k < size:
+        del out[k:]
+    return out

@@ -8,6 +8,7 @@ same config and seed.
 from __future__ import annotations
 
 import csv
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,39 @@ from frontend.metrics.collector import REQ_COLUMNS  # noqa: F401  (re-exported)
 from frontend.metrics.output import write_json
 
 
-def dist_ms(values_ns: Sequence[float]) -> dict[str, float | None]:
-    """mean/p50/p90/p99 in ms; all null (valid JSON, never NaN) when there are no samples."""
+def dist_ms(values_ns: Sequence[float], consume: bool = False) -> dict[str, float | None]:
+    """mean/p50/p90/p99 in ms; all null (valid JSON, never NaN) when there are no samples. With `consume`
+    (a float64 array('d') nobody needs afterwards) the work happens in place: no copy of the samples."""
     if len(values_ns) == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
-    a = np.asarray(values_ns, dtype=float) / 1e6
-    return {"mean": round(float(a.mean()), 4), "p50": round(float(np.percentile(a, 50)), 4),
-            "p90": round(float(np.percentile(a, 90)), 4), "p99": round(float(np.percentile(a, 99)), 4)}
+    if consume and isinstance(values_ns, array) and values_ns.typecode == "d":
+        a = np.frombuffer(values_ns, dtype=float)
+        a /= 1e6
+    else:
+        a = np.asarray(values_ns, dtype=float) / 1e6
+    mean = round(float(a.mean()), 4)  # before the in-place partitioning below reorders the samples
+    p50, p90, p99 = (round(float(x), 4) for x in np.percentile(a, [50, 90, 99], overwrite_input=True))
+    return {"mean": mean, "p50": p50, "p90": p90, "p99": p99}
 
 
 def latency_samples(result: RunResult) -> dict[str, Sequence[float]]:
+    return {k: _samples(result, k) for k in ("ttft", "tpot", "e2e")}
+
+
+def _samples(result: RunResult, metric: str, instance: str | None = None) -> Sequence[float]:
+    """Latency samples: kept in memory, or (streamed runs) read back one metric at a time from requests.csv,
+    so a summary of N requests needs 8N bytes at a time instead of holding every sample through the run."""
+    from frontend.metrics.collector import csv_samples
+
     log = result.request_log
-    return {"ttft": log.ttft_ns, "tpot": log.tpot_ns, "e2e": log.e2e_ns}
+    if log.csv_path is not None:
+        n = log.finished if instance is None else log.per_instance[instance].finished \
+            if instance in log.per_instance else 0
+        return csv_samples(log.csv_path, metric, instance, size=n)
+    if instance is not None:
+        st = log.per_instance.get(instance)
+        return st.ttft_ns if st is not None else []
+    return {"ttft": log.ttft_ns, "tpot": log.tpot_ns, "e2e": log.e2e_ns}[metric]
 
 
 def write_requests_csv(result: RunResult, path: Path) -> None:
@@ -62,6 +84,7 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
     dur_s = result.sim_end_ns / 1e9 if result.sim_end_ns else 0.0
     out_tokens = log.output_tokens
     busy = it.busy_ns
+    streamed = log.csv_path is not None
     s: dict[str, Any] = {
         "requests": log.total,
         "completed": log.finished,
@@ -70,9 +93,9 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         "simulated_duration_s": round(dur_s, 6),
         "throughput": {"requests_per_s": round(log.finished / dur_s, 4) if dur_s else 0.0,
                        "output_tokens_per_s": round(out_tokens / dur_s, 3) if dur_s else 0.0},
-        "ttft_ms": dist_ms(log.ttft_ns),
-        "tpot_ms": dist_ms(log.tpot_ns),
-        "e2e_ms": dist_ms(log.e2e_ns),
+        "ttft_ms": dist_ms(_samples(result, "ttft"), consume=streamed),
+        "tpot_ms": dist_ms(_samples(result, "tpot"), consume=streamed),
+        "e2e_ms": dist_ms(_samples(result, "e2e"), consume=streamed),
         "iterations": it.count,
         "preemptions": log.preemptions,
         "exposed_comm_share": round(it.exposed_comm_ns / busy, 6) if busy else 0.0,
@@ -177,7 +200,8 @@ def instance_summary(result: RunResult) -> list[dict[str, Any]]:
         it = result.iterations.per_instance.get(inst.name) or InstanceIterStats()
         out.append({"name": inst.name, "requests": rq.finished, "iterations": it.iterations,
                     "busy_share": round(it.busy_ns / result.sim_end_ns, 6) if result.sim_end_ns else 0.0,
-                    "ttft_ms": dist_ms(rq.ttft_ns),
+                    "ttft_ms": dist_ms(_samples(result, "ttft", inst.name),
+                                       consume=result.request_log.csv_path is not None),
                     "preemptions": rq.preemptions, "kv_blocks": inst.pool.num_blocks})
     return out
 

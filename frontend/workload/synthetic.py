@@ -16,7 +16,7 @@ from frontend.config.schema import Dist, SyntheticWorkload
 from frontend.workload.request import Request, TokenContent
 
 SHARED_PREFIX_KEY = 1
-CHUNK = 65536
+CHUNK = 8192
 # simulated time is int64 nanoseconds; nothing generated may come near the wrap-around (2^63 ns = 292 years)
 MAX_TIME_NS = 10**18
 
