@@ -22,7 +22,7 @@ from rich.table import Table
 
 from astra_bridge.astrasim import AstraSimError
 from frontend.compute.profile import ProfileError
-from frontend.config.loader import ConfigError, load_and_resolve
+from frontend.config.loader import ConfigError, load_and_resolve, load_config
 from frontend.errors import EXIT_BUG, EXIT_USER, UserError, bug_message, one_line
 from frontend.workload.jsonl import WorkloadError
 
@@ -144,8 +144,8 @@ def _rejection_line(s: dict[str, Any]) -> str:
 class ProgressLines:
     """Progress for logs: one plain line to stderr every `interval` seconds of wall time."""
 
-    def __init__(self, interval: float = PROGRESS_INTERVAL_S) -> None:
-        self.interval = interval
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = PROGRESS_INTERVAL_S if interval is None else interval
         self.t0 = time.perf_counter()
         self.last = self.t0
 
@@ -184,6 +184,8 @@ def run(
     from frontend.session import ChakraDumper, parse_iteration_spec, simulate
 
     ov = _overrides(workload, num_requests, backend, profile, engine_meta, compute, seed)
+    if compute == "profile" and profile is None and load_config(config).compute.profile is None:
+        raise ConfigError("--compute profile: no profile bundle: give --profile DIR or compute.profile in the run file")
     pol = {k: v for k, v in (("scheduling", scheduling), ("retention", retention), ("prefetch", prefetch)) if v}
     if pol:
         ov["policy"] = pol
@@ -194,11 +196,6 @@ def run(
     if pol and cfg.workload.kind != "agents" and not _is_session_trace(resolved):
         flags = ", ".join(f"--{k}" for k in pol)
         raise ConfigError(f"{flags}: agent-program policies; this run's workload ({cfg.workload.kind}) has no programs")
-    if compute == "profile" and cfg.compute.profile is None and not any(
-            i.hardware.profiles.get(f"{i.model.name}/{i.engine.dtype}/tp{i.tp}") or i.hardware.profiles.get(i.model.name)
-            for i in resolved.instances):
-        raise ConfigError("--compute profile: no profile bundle: give --profile DIR, compute.profile in the run file, "
-                          "or a hardware entry's profiles: for this model")
     dump = None
     if dump_chakra:
         check_writable_dir(dump_chakra, "--dump-chakra")

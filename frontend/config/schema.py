@@ -260,14 +260,20 @@ class OutputConfig(Strict):
     timeline: bool = Field(False, description="not implemented: only false is accepted")
     plots: bool = Field(False, description="not implemented: `astraserve validate` draws the plots")
 
-    @model_validator(mode="after")
-    def _check(self) -> OutputConfig:
-        if self.timeline:
-            raise ValueError("timeline: no timeline output exists yet (iterations.csv holds every iteration's "
-                             "start/end); remove the key or set it false")
-        if self.plots:
-            raise ValueError("plots: a run writes no plots; `astraserve validate` draws them against a reference")
-        return self
+    @field_validator("timeline")
+    @classmethod
+    def _no_timeline(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("no timeline output exists yet (iterations.csv holds every iteration's start/end); "
+                             "remove the key or set it false")
+        return v
+
+    @field_validator("plots")
+    @classmethod
+    def _no_plots(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("a run writes no plots; `astraserve validate` draws them against a reference")
+        return v
 
 
 class RunConfig(Strict):
