@@ -88,6 +88,12 @@ class Engine:
             from astra_bridge.astrasim import AstraSimError
 
             raise AstraSimError(f"implausible answer: {msg}")
+        if isinstance(d, int) and d > 0:  # finite but astronomically long: the catalog numbers are extreme
+            from frontend.errors import ConfigError
+
+            hw = inst.inst.hardware.name
+            raise ConfigError(f"{msg}; check hardware {hw}'s peak_tflops, efficiency and bandwidths and the network's "
+                              "bw_gbps / latency_ns")
         raise InternalError(msg)
 
     def schedule_timer(self, t: int, fn: Callable[[], None]) -> None:

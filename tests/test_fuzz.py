@@ -144,7 +144,7 @@ def _run_config(tmp: Path, d, extra: tuple[str, ...] = ()) -> tuple[int, Path]:
     return code, out
 
 
-@fast(40)
+@fast(25)
 @given(case=mutated_config())
 def test_fuzz_example_configs(tmp_path_factory, case):
     name, d = case
@@ -166,6 +166,113 @@ def test_every_example_runs_small(tmp_path: Path):
         (tmp_path / name).mkdir()
         code, _ = _run_config(tmp_path / name, d)
         assert code == 0, name
+
+
+# ---------------------------------------------------------------- catalog entries (hardware, model configs)
+
+CATALOG = {"hardware": REPO / "configs" / "hardware" / "H100-SXM.yaml",
+           "models": REPO / "configs" / "models" / "Llama-3.1-8B.json"}
+
+
+@st.composite
+def mutated_catalog(draw):
+    kind = draw(st.sampled_from(sorted(CATALOG)))
+    src = CATALOG[kind]
+    d = yaml.safe_load(src.read_text()) if kind == "hardware" else json.loads(src.read_text())
+    if draw(st.integers(0, 7)) == 0:
+        return kind, draw(st.sampled_from(["", "[", "{a: [1,", "- 1\n- 2\n", "\xff", "null", "42"]))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(d) if p]
+        path = draw(st.sampled_from(paths))
+        parent = _get(d, path[:-1])
+        if draw(st.integers(0, 3)) == 0:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(values)
+    text = yaml.safe_dump(d) if kind == "hardware" else json.dumps(d)
+    return kind, text
+
+
+def _catalog_case(tmp: Path, case) -> int:
+    kind, text = case
+    f = tmp / ("hw.yaml" if kind == "hardware" else "model.json")
+    f.write_text(text)
+    d = _small_cfg()
+    if kind == "hardware":
+        d["instances"][0]["hardware"] = str(f)
+    else:
+        d["model"] = str(f)
+    code, _ = _run_config(tmp, d)
+    return code
+
+
+@fast(20)
+@given(case=mutated_catalog())
+def test_fuzz_catalog_entries(tmp_path_factory, case):
+    _catalog_case(tmp_path_factory.mktemp("cat"), case)
+
+
+@slow
+@long()
+@given(case=mutated_catalog())
+def test_fuzz_catalog_entries_long(tmp_path_factory, case):
+    _catalog_case(tmp_path_factory.mktemp("cat"), case)
+
+
+# ---------------------------------------------------------------- command-line flags
+
+FLAG_VALUES = {
+    "--num-requests": ["0", "-5", "3", "1e3", "x", "99999999999"],
+    "--seed": ["-1", "0", "7", "x", str(2**64)],
+    "--backend": ["embedded", "astra-sim", "gpu", ""],
+    "--compute": ["roofline", "profile", "fast"],
+    "--dump-iterations": ["0", "5-2", "a", "-1", "0-99999999", ",", "1,2"],
+    "--dump-chakra": ["DIR", "FILE"],
+    "--workload": ["MISSING", "FILE", "DIR"],
+    "--profile": ["MISSING", "FILE", "DIR"],
+    "--engine-meta": ["MISSING", "FILE", "DIR"],
+    "--router": ["round_robin", "nope"],
+    "--scheduling": ["fcfs", "plas", "x"],
+    "--retention": ["lru", "x"],
+    "--prefetch": ["none", "x"],
+    "--out": ["FILE", "DIR"],
+}
+
+
+@st.composite
+def flag_sets(draw):
+    flags = draw(st.lists(st.sampled_from(sorted(FLAG_VALUES)), min_size=1, max_size=3, unique=True))
+    return [(f, draw(st.sampled_from(FLAG_VALUES[f]))) for f in flags]
+
+
+def _flags_case(tmp: Path, flags) -> int:
+    (tmp / "FILE").write_text("not what anyone expects\n")
+    (tmp / "DIR").mkdir(exist_ok=True)
+    cfg = tmp / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_small_cfg()))
+    args = ["run", cfg, "--quiet"]
+    if not any(f == "--out" for f, _ in flags):
+        args += ["--out", tmp / "out"]
+    for f, v in flags:
+        args += [f, str(tmp / v) if v in ("FILE", "DIR", "MISSING") else v]
+    r = invoke(args)
+    exc = r.exception
+    if isinstance(exc, SystemExit) and r.exit_code == 2 and "Usage:" in r.output:
+        return 2  # rejected by the argument parser itself (a non-integer for an integer flag)
+    return check_exit(r, f"flags {flags}")
+
+
+@fast(25)
+@given(flags=flag_sets())
+def test_fuzz_flags(tmp_path_factory, flags):
+    _flags_case(tmp_path_factory.mktemp("fl"), flags)
+
+
+@slow
+@long()
+@given(flags=flag_sets())
+def test_fuzz_flags_long(tmp_path_factory, flags):
+    _flags_case(tmp_path_factory.mktemp("fl"), flags)
 
 
 # ---------------------------------------------------------------- workloads
@@ -236,7 +343,7 @@ def _run_workload(tmp: Path, fmt: str, data: bytes) -> int:
     return code
 
 
-@fast(40)
+@fast(25)
 @given(case=mutated_workload())
 def test_fuzz_workloads(tmp_path_factory, case):
     _run_workload(tmp_path_factory.mktemp("wl"), *case)
@@ -352,7 +459,7 @@ def _validate_case(tmp: Path, clean: tuple[Path, Path], case) -> int:
     return code
 
 
-@fast(30)
+@fast(20)
 @given(case=reference_mutation())
 def test_fuzz_reference_sets(tmp_path_factory, clean_reference, case):
     _validate_case(tmp_path_factory.mktemp("v"), clean_reference, case)
@@ -409,7 +516,7 @@ def _bundle_case(tmp: Path, bundle: Path, case) -> int:
     return code
 
 
-@fast(20)
+@fast(10)
 @given(case=bundle_mutation())
 def test_fuzz_profile_bundles(tmp_path_factory, small_bundle, case):
     _bundle_case(tmp_path_factory.mktemp("pb"), small_bundle, case)
@@ -449,7 +556,7 @@ def test_fake_astrasim_binaries(tmp_path: Path, kind: str, monkeypatch):
         b.chmod(b.stat().st_mode | stat.S_IEXEC)
     d = _small_cfg()
     d["workload"]["num_requests"] = 2
-    d["backend"] = {"kind": "astra-sim", "astra_sim": {"binary": str(b), "timeout_s": 2}}
+    d["backend"] = {"kind": "astra-sim", "astra_sim": {"binary": str(b), "timeout_s": 1}}
     code, out = _run_config(tmp_path, d)
     if kind != "extra_rank":  # 1e8 cycles per rank is a plausible (slow) answer
         assert code == 2, kind

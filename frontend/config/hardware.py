@@ -14,9 +14,9 @@ class Efficiency(BaseModel):
     """Achieved fractions of peak; see each catalog file for where the numbers come from."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    gemm_flops: float = Field(0.7, gt=0, le=1)
-    mem_bw: float = Field(0.85, gt=0, le=1)
-    attention_flops: float = Field(0.5, gt=0, le=1)
+    gemm_flops: float = Field(0.7, ge=1e-3, le=1)
+    mem_bw: float = Field(0.85, ge=1e-3, le=1)
+    attention_flops: float = Field(0.5, ge=1e-3, le=1)
 
 
 class PowerSpec(BaseModel):
@@ -49,9 +49,9 @@ class HardwareSpec(BaseModel):
     @field_validator("peak_tflops")
     @classmethod
     def _positive_peaks(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {k: x for k, x in v.items() if not (0 < x < 1e9)}
+        bad = {k: x for k, x in v.items() if not (1e-3 <= x < 1e9)}
         if bad or not v:
-            raise ValueError(f"every peak must be a positive TFLOP/s figure, got {bad or v}")
+            raise ValueError(f"every peak must be a TFLOP/s figure in [0.001, 1e9), got {bad or v}")
         return v
 
     @property
