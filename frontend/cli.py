@@ -435,7 +435,10 @@ def profile_cmd(
         fail("--model is required (unless --collectives)")
         return
     try:
-        spec = load_model_spec(find_catalog_file(model, "models", None))
+        try:
+            spec = load_model_spec(find_catalog_file(model, "models", None))
+        except ConfigError as e:
+            raise ConfigError(f"--model: {e}") from None
         show = sys.stderr.isatty()
         path = profile(spec, device, out, dtype, tp, max_tokens, max_seqs, max_kv, iters, hardware=hardware,
                        progress=(lambda s: err.print(s, end="\r")) if show else None)

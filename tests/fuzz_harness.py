@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import traceback
@@ -77,6 +78,11 @@ def check_exit(r, what: str = "") -> int:
     if r.exit_code == 2:
         line = error_line(r.output)
         assert WHERE.search(line.removeprefix("error:")), f"{what}: message does not say where: {line}"
+    log = os.environ.get("ASTRASERVE_FUZZ_LOG")
+    if log:  # tally of inputs and outcomes per test (ASTRASERVE_FUZZ_LOG=path)
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0].split("[")[0]
+        with open(log, "a") as f:
+            f.write(f"{test}\t{r.exit_code}\n")
     return r.exit_code
 
 

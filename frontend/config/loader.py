@@ -290,6 +290,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base_dir: Path |
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a run file")
     if not p.is_file():
         raise ConfigError(f"{path}: no such run file")
     try:
