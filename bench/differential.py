@@ -98,7 +98,9 @@ def collective_cases(rng: random.Random, quick: bool) -> list[Case]:
                 pol = rng.choice(("LIFO", "FIFO"))
                 splits = rng.choice((1, 2, 3, 4, 6))
                 size = rng.choice((1 << 20, 6 << 20, 10_000_000))
-                k = SystemKnobs(preferred_dataset_splits=splits, collective_optimization=opt, scheduling_policy=pol)
+                k = SystemKnobs(preferred_dataset_splits=splits, collective_optimization=opt, scheduling_policy=pol,
+                                endpoint_delay_ns=rng.choice((10, 40)), local_mem_bw_gbps=rng.choice((1600.0, 700.0)),
+                                active_chunks_per_dimension=rng.choice((1, 1, 2)))
                 n = 1
                 for x in npus:
                     n *= x
@@ -106,6 +108,7 @@ def collective_cases(rng: random.Random, quick: bool) -> list[Case]:
                 algo_s = "/".join(d.algorithm for d in dims)
                 inv_s = "".join("1" if x else "0" for x in inv)
                 cases.append(Case(f"{len(dims)}D {ct} {algo_s} {'x'.join(map(str, npus))} inv{inv_s} {opt} {pol} "
+                                  f"ep{k.endpoint_delay_ns} lmem{k.local_mem_bw_gbps:g} active{k.active_chunks_per_dimension} "
                                   f"{size}B /{splits}", "multi-dim",
                                   [(sysm, coll_graphs(n, CT[ct], size, (2500, 999), {"involved_dim": inv}))]))
     return cases
