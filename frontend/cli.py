@@ -200,7 +200,7 @@ def run(
     if dump_chakra:
         check_writable_dir(dump_chakra, "--dump-chakra")
         dump = ChakraDumper(parse_iteration_spec(dump_iterations), dump_chakra)
-    out_dir = out or (Path(cfg.output.dir) if Path(cfg.output.dir).is_absolute() else Path(cfg.output.dir))
+    out_dir = out or Path(cfg.output.dir)  # a relative output.dir is relative to the working directory
     show = not quiet and sys.stderr.isatty()
     warned: list[str] = []
 
