@@ -270,7 +270,7 @@ def _is_session_trace(resolved) -> bool:
         return False
     from frontend.session import _first_line, _resolve_path
 
-    return '"sub_requests"' in _first_line(_resolve_path(resolved, wl.path))
+    return '"sub_requests"' in _first_line(_resolve_path(resolved, wl.path, "workload.path"))
 
 
 @backends_app.command("check")

@@ -60,12 +60,17 @@ def parse_iteration_spec(spec: str, flag: str = "--dump-iterations") -> set[int]
     return out
 
 
-def _resolve_path(run: ResolvedRun, path: str) -> Path:
+def _resolve_path(run: ResolvedRun, path: str, field: str) -> Path:
+    """A workload file as given, else beside the run file; a missing one is an error naming its field."""
+    from frontend.workload.jsonl import WorkloadError
+
     p = Path(path)
     if not p.is_absolute() and run.config.base_dir is not None and not p.exists():
         cand = run.config.base_dir / p
         if cand.exists():
             return cand
+    if not path or not p.is_file():
+        raise WorkloadError(f"{field}: {path!r} is not a workload file")
     return p
 
 
@@ -76,7 +81,7 @@ def load_workload(run: ResolvedRun, seed: int):
     wl = run.config.workload
     if wl.kind == "agents":
         if wl.trace:
-            path = _resolve_path(run, wl.trace)
+            path = _resolve_path(run, wl.trace, "workload.trace")
             first = _first_line(path)
             if '"turns"' in first:
                 progs = read_dag_jsonl(path)
@@ -85,7 +90,7 @@ def load_workload(run: ResolvedRun, seed: int):
             return reqs, sessions_to_programs(sessions), dict(wl.tools), []
         return [], generate(wl, seed), default_tools(wl), []
     if wl.kind == "jsonl":
-        reqs, sessions = read_jsonl(_resolve_path(run, wl.path), wl.num_requests, wl.time_scale)
+        reqs, sessions = read_jsonl(_resolve_path(run, wl.path, "workload.path"), wl.num_requests, wl.time_scale)
         progs = sessions_to_programs(sessions) if sessions else None
         return reqs, progs, {}, []
     return synthetic_requests(wl, seed), None, {}, []
@@ -150,11 +155,7 @@ def load_requests(run: ResolvedRun, seed: int) -> tuple[list[Request], list[str]
     if wl.kind == "synthetic":
         return synthetic_requests(wl, seed), notes
     if wl.kind == "jsonl":
-        path = Path(wl.path)
-        if not path.is_absolute() and run.config.base_dir is not None and not path.exists():
-            cand = run.config.base_dir / path
-            if cand.exists():
-                path = cand
+        path = _resolve_path(run, wl.path, "workload.path")
         reqs, sessions = read_jsonl(path, wl.num_requests, wl.time_scale)
         if sessions:
             from frontend.workload.jsonl import WorkloadError

@@ -409,3 +409,15 @@ def test_streamed_run_keeps_no_request_records(tmp_path: Path):
     write_outputs(mem, tmp_path / "mem")
     assert (tmp_path / "mem" / "requests.csv").read_bytes() == (tmp_path / "requests.csv").read_bytes()
     assert (tmp_path / "mem" / "iterations.csv").read_bytes() == (tmp_path / "iterations.csv").read_bytes()
+
+
+# a workload path that is empty or missing names its field (CI found '' ended as "error: .: no such workload file")
+@pytest.mark.parametrize("path", ["", "missing.jsonl"])
+def test_missing_workload_file_names_its_field(tmp_path: Path, path: str):
+    d = small_run_dict()
+    d["workload"] = {"kind": "jsonl", "path": path, "num_requests": 6}
+    r, _ = _run(tmp_path, d)
+    _fails(r, "workload.path")
+    d["workload"] = {"kind": "agents", "trace": path or "x/", "num_programs": 2}
+    r, _ = _run(tmp_path, d)
+    _fails(r, "workload.trace")
