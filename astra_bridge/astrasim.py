@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -116,7 +117,13 @@ class AstraSimBackend:
         self.timeout_s = float(getattr(cfg, "timeout_s", 120.0) if cfg is not None else 120.0)
         self.workers = int(getattr(cfg, "workers", 1) if cfg is not None else 1)
         wd = getattr(cfg, "work_dir", None) if cfg is not None else None
+        # A work_dir the user names keeps every iteration's inputs (to rerun them by hand); the default
+        # temporary one keeps only the inputs of a failed iteration (the error names them) and goes away
+        # with the backend when it is empty, so long runs do not fill /tmp with one folder per iteration.
+        self.keep_inputs = bool(wd)
         self.work_dir = Path(wd) if wd else Path(tempfile.mkdtemp(prefix="astraserve-astrasim-"))
+        if not self.keep_inputs:
+            weakref.finalize(self, _remove_if_empty, self.work_dir)
         self.cache = ResultCache() if cache else None
         self.compute_time = str(getattr(cfg, "compute_time", DEFAULT_COMPUTE_TIME) if cfg is not None
                                 else DEFAULT_COMPUTE_TIME)
@@ -151,7 +158,7 @@ class AstraSimBackend:
         check_plausible(ordered, finish, self.compute_time)
         slow = max(range(len(finish)), key=lambda r: finish[r])
         comp = compute_floor_ns(with_micro_durations(ordered[slow], self.compute_time))
-        shutil.rmtree(d / "log", ignore_errors=True)
+        shutil.rmtree(d if not self.keep_inputs else d / "log", ignore_errors=True)
         return IterationResult(duration_ns=finish[slow], per_rank_finish_ns=finish, compute_ns=comp,
                                exposed_comm_ns=exposed[slow])
 
@@ -169,6 +176,13 @@ class AstraSimBackend:
 
     def stats(self) -> dict[str, int]:
         return backend_stats(self.runs, self.cache)
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def probe_binary(path: Path) -> tuple[bool, str]:

@@ -69,6 +69,37 @@ def test_fake_binary_success_missing_rank_failure_timeout(tmp_path: Path):
         b.run(system, gs)
 
 
+def test_work_dir_keeps_only_failed_inputs_unless_named(tmp_path: Path):
+    system, gs = _two_rank()
+    ok = _fake(tmp_path, 'echo "sys[0] finished, 3000 cycles, exposed communication 0 cycles."\n'
+                         'echo "sys[1] finished, 3000 cycles, exposed communication 0 cycles."')
+    b = AstraSimBackend(binary=ok, cache=False)
+    b.run(system, gs)
+    assert list(b.work_dir.iterdir()) == []  # a finished iteration leaves nothing behind
+    root = b.work_dir
+    del b
+    assert not root.exists()  # the empty temporary folder goes with the backend
+    bad = _fake(tmp_path, "exit 3")
+    b = AstraSimBackend(binary=bad, cache=False)
+    with pytest.raises(AstraSimError) as e:
+        b.run(system, gs)
+    (kept,) = list(b.work_dir.iterdir())
+    assert str(kept) in str(e.value) and any(kept.iterdir())  # the failed inputs stay where the error says
+
+    class Cfg:
+        binary = None
+        timeout_s = 10.0
+        workers = 1
+        work_dir = str(tmp_path / "inputs")
+
+    ok = _fake(tmp_path, 'echo "sys[0] finished, 3000 cycles, exposed communication 0 cycles."\n'
+                         'echo "sys[1] finished, 3000 cycles, exposed communication 0 cycles."')
+    b = AstraSimBackend(Cfg(), binary=ok, cache=False)
+    b.run(system, gs)
+    (kept,) = list((tmp_path / "inputs").iterdir())
+    assert any(kept.iterdir())  # a named work_dir keeps every iteration's inputs
+
+
 def test_cache_runs_identical_iteration_once(tmp_path: Path):
     system, gs = _two_rank()
     log = tmp_path / "calls"

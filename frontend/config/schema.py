@@ -227,7 +227,8 @@ class AstraSimConfig(Strict):
     binary: str | None = None
     timeout_s: float = Field(120.0, gt=0, le=86400 * 7)
     workers: int = Field(1, ge=1, le=1024)
-    work_dir: str | None = None
+    work_dir: str | None = Field(None, description="keep every iteration's ASTRA-sim inputs here; by default a "
+                                                   "temporary folder keeps only a failed iteration's")
     compute_time: Literal["exact", "micros"] = Field(
         "exact", description="exact: ns compute durations through the binary's roofline (chakra_gen/et_io.py); "
                              "micros: Chakra's whole-microsecond durations")
