@@ -241,6 +241,15 @@ def test_validate_accepts_a_reference_set_dir_and_the_vllm_dir(tmp_path: Path):
         assert res["requests"] == {"sim": 6, "real": 6}
 
 
+def test_validate_skips_a_timeseries_the_reference_did_not_record(tmp_path: Path):
+    run, ref_set = _ref_pair(tmp_path)
+    (ref_set / "vllm" / "timeseries.csv").write_text("t,gen_throughput,kv_cache_pct\n1.0,5.0,0.0\n2.0,4.0,0.0\n")
+    assert check_exit(_validate(run, ref_set)) == 0
+    res = json.loads((run / "validate.json").read_text())
+    assert "timeseries_kv_cache_pct" not in res and "timeseries_gen_throughput" in res
+    assert any("'kv_cache_pct' is zero throughout" in n for n in res["notes"])
+
+
 def test_validate_real_reference_set_dir(tmp_path: Path, repo: Path):
     need_shared()
     r = invoke(["run", repo / "configs/examples/rtx4090-llama3.1-8b.yaml", "-q", "--out", tmp_path / "r",

@@ -151,6 +151,12 @@ def compare(run_dir: Path, ref_dir: Path, partial: bool = False) -> dict[str, An
                 notes.append(f"{ref_dir}/timeseries.csv: column {key!r} holds no numbers; not compared")
                 continue
             a, b, n = a[ok], b[ok], int(ok.sum())
+            if not (b != 0).any() and (a != 0).any():
+                # A serving run under load never has all-zero KV usage or throughput: an all-zero column is
+                # a metric the reference did not record (the RTX PRO 6000 sets' kv_cache_pct), not a value.
+                notes.append(f"{ref_dir}/timeseries.csv: column {key!r} is zero throughout (not recorded); "
+                             "not compared")
+                continue
             out[f"timeseries_{key}"] = {"mae": round(float(np.abs(a - b).mean()), 3),
                                         "real_mean": round(float(b.mean()), 3), "sim_mean": round(float(a.mean()), 3),
                                         "seconds_compared": n}
