@@ -54,7 +54,8 @@ class ToolSimulator:
         d = self.tools.get(tool)
         if d is None or d.dist == "trace":
             if trace_gap_ns is None:
-                raise WorkloadError(f"tool {tool!r} has no configured distribution and the trace gives no duration")
+                raise WorkloadError(f"workload.tools.{tool}: tool {tool!r} has no configured distribution and the "
+                                    "trace gives no duration (set workload.tools.<name> or delay_ns in the trace)")
             return int(trace_gap_ns)
         if d.dist == "constant":
             return int(float(d.mean_ms or 0) * 1e6)
