@@ -106,6 +106,7 @@ def _digest(system: InstanceSystem, graphs: list[Graph]) -> str:
 
 class AstraSimBackend:
     name = "astra-sim"
+    runahead_safe = False  # every iteration goes to the binary as it comes (no engine run-ahead)
 
     def __init__(self, cfg=None, cache: bool = True, binary: Path | None = None) -> None:
         configured = getattr(cfg, "binary", None) if cfg is not None else None

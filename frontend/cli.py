@@ -14,30 +14,51 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from astra_bridge.astrasim import AstraSimError
-from frontend.compute.profile import ProfileError
-from frontend.config.loader import ConfigError, load_and_resolve, load_config
-from frontend.errors import EXIT_BUG, EXIT_USER, UserError, bug_message, one_line
-from frontend.workload.jsonl import WorkloadError
+from frontend.compute.errors import ProfileError
+from frontend.errors import EXIT_BUG, EXIT_USER, ConfigError, UserError, bug_message, one_line
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Start-up: a command imports only what it uses. rich (tables, progress), the config loader (pydantic), the
+# astra-sim bridge, the profiler and validation load inside the commands that need them; `--help` and the
+# error path of a command load none of them.
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AstraServe: simulate LLM serving clusters.")
 backends_app = typer.Typer(no_args_is_help=True, help="Inspect timing backends.")
 app.add_typer(backends_app, name="backends")
-err = Console(stderr=True)
-USER_ERRORS = (UserError, ProfileError, AstraSimError)
 F = TypeVar("F", bound=Callable[..., Any])
 # progress lines when stderr is not a terminal (logs, CI): one every PROGRESS_INTERVAL_S seconds of wall time
 PROGRESS_INTERVAL_S = float(os.environ.get("ASTRASERVE_PROGRESS_S", "10"))
 
 
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types printed as one line (exit 2). AstraSimError is only raised by the astra-sim
+    bridge, so it is looked for only once that module has been imported: no command pays for importing
+    it just to be able to catch it."""
+    found: list[type[BaseException]] = [UserError, ProfileError]
+    mod = sys.modules.get("astra_bridge.astrasim")
+    if mod is not None:
+        found.append(mod.AstraSimError)
+    return tuple(found)
+
+
+def _is_astra_sim_error(e: BaseException) -> bool:
+    mod = sys.modules.get("astra_bridge.astrasim")
+    return mod is not None and isinstance(e, mod.AstraSimError)
+
+
 def fail(msg: str, code: int = EXIT_USER) -> None:
-    err.print(f"[bold red]error:[/] {one_line(msg)}", highlight=False, markup=True, soft_wrap=True)
+    _console(stderr=True).print(f"[bold red]error:[/] {one_line(msg)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -50,17 +71,17 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except USER_ERRORS as e:
-            fail(str(e))
         except OSError as e:  # a file the user named could not be read or written
             where = f"{e.filename}: " if e.filename else ""
             fail(f"{where}{e.strerror or e}")
         except KeyboardInterrupt:
-            err.print("interrupted")
+            _console(stderr=True).print("interrupted")
             raise typer.Exit(130) from None
         except RecursionError as e:
             _bug(e)
         except Exception as e:  # noqa: BLE001 - the last resort: report a bug, never a traceback or exit 0
+            if isinstance(e, user_errors()):
+                fail(str(e))
             _bug(e)
 
     return wrapper  # type: ignore[return-value]
@@ -71,7 +92,7 @@ def _bug(e: BaseException) -> None:
         import traceback
 
         traceback.print_exception(e)
-    err.print(f"[bold red]bug:[/] {bug_message(e)}", highlight=False, markup=True, soft_wrap=True)
+    _console(stderr=True).print(f"[bold red]bug:[/] {bug_message(e)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(EXIT_BUG)
 
 
@@ -82,6 +103,8 @@ def _overrides(workload: Path | None, num_requests: int | None, backend: str | N
         raise ConfigError(f"--num-requests: expected 1..100000000, got {num_requests}")
     if workload is not None:
         if not workload.is_file():
+            from frontend.workload.jsonl import WorkloadError
+
             raise WorkloadError(f"--workload {workload}: no such file")
         ov["workload"] = {"kind": "jsonl", "path": str(workload.resolve())}
         if num_requests is not None:
@@ -118,7 +141,9 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    out = Console()
+    from rich.table import Table
+
+    out = _console()
     t = Table(title=f"{s.get('name', 'run')}: {s['completed']} completed, {s['rejected']} rejected, "
                     f"{s['iterations']} iterations, {s['simulated_duration_s']:.2f} s simulated, "
                     f"{s['wall_s']:.2f} s wall")
@@ -177,8 +202,11 @@ def run(
     scheduling: Annotated[str | None, typer.Option(help="fcfs | program_fcfs | plas")] = None,
     retention: Annotated[str | None, typer.Option(help="lru | ttl_pin | min_waste | invocation_distance")] = None,
     prefetch: Annotated[str | None, typer.Option(help="none | invocation_distance")] = None,
+    run_ahead: Annotated[bool, typer.Option("--run-ahead/--no-run-ahead", help="advance runs of unchanged decode "
+                                            "batches in one step (outputs are identical either way)")] = True,
 ) -> None:
     """Simulate a serving run and write requests.csv, iterations.csv, summary.json and run_info.json."""
+    from frontend.config.loader import load_and_resolve, load_config
     from frontend.metrics.output import StagedDir, check_writable_dir
     from frontend.metrics.report import write_summary
     from frontend.session import ChakraDumper, parse_iteration_spec, simulate
@@ -208,14 +236,14 @@ def run(
         if msg not in warned:
             warned.append(msg)
             if not quiet:
-                err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+                _console(stderr=True).print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
     with StagedDir(out_dir, "--out" if out else "output.dir") as stage, _astra_sim_context(cfg):
         if show:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                          TimeElapsedColumn(), console=err, transient=True) as prog:
+                          TimeElapsedColumn(), console=_console(stderr=True), transient=True) as prog:
                 task = prog.add_task("simulating", total=None)
 
                 def progress(now_ns: int, done: int, total: int) -> None:
@@ -223,10 +251,10 @@ def run(
                                 description=f"simulated {now_ns / 1e9:8.2f} s")
 
                 result, extra = simulate(resolved, None, progress=progress, dump=dump, warn=warn,
-                                         stream_dir=stage.path)
+                                         stream_dir=stage.path, run_ahead=run_ahead)
         else:
             result, extra = simulate(resolved, None, progress=None if quiet else ProgressLines(), dump=dump,
-                                     warn=warn, stream_dir=stage.path)
+                                     warn=warn, stream_dir=stage.path, run_ahead=run_ahead)
         info = {**result.info, "warnings": warned, "command": ["astraserve", *sys.argv[1:]] if sys.argv else []}
         summary = write_summary(result, stage.path, extra, info)
         stage.commit()
@@ -236,7 +264,7 @@ def run(
             warn(f"--dump-iterations: run had {dump.counter} iterations; not dumped: {missing[:10]}")
     if not quiet:
         print_summary(summary)
-        Console().print(f"outputs in {out_dir}/")
+        _console().print(f"outputs in {out_dir}/")
     if summary["rejected"]:
         line = _rejection_line(summary)
         if summary["completed"] == 0:
@@ -250,10 +278,10 @@ def _astra_sim_context(cfg) -> Iterator[None]:
     """AstraSimError messages name the binary they came from (config key or ASTRA_SIM_BIN)."""
     try:
         yield
-    except AstraSimError as e:
-        if cfg.backend.kind != "astra-sim":
+    except Exception as e:
+        if not _is_astra_sim_error(e) or cfg.backend.kind != "astra-sim":
             raise
-        from astra_bridge.astrasim import find_binary
+        from astra_bridge.astrasim import AstraSimError, find_binary
 
         path, label = find_binary(cfg.backend.astra_sim.binary)
         msg = str(e)
@@ -277,7 +305,10 @@ def _is_session_trace(resolved) -> bool:
 @guarded
 def backends_check(config: Annotated[Path | None, typer.Argument(help="run file naming a binary")] = None) -> None:
     """Report which backends are usable here and why not."""
+    from rich.table import Table
+
     from astra_bridge.astrasim import find_binary, probe_binary
+    from frontend.config.loader import load_and_resolve
 
     t = Table(title="backends")
     t.add_column("backend")
@@ -293,7 +324,7 @@ def backends_check(config: Annotated[Path | None, typer.Argument(help="run file 
     else:
         ok, detail = probe_binary(path)
         t.add_row("astra-sim", "yes" if ok else "no", f"{path}: {detail}")
-    Console().print(t)
+    _console().print(t)
 
 
 @app.command()
@@ -306,7 +337,11 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="write the comparison as JSON")] = None,
 ) -> None:
     """Run chosen iterations through the embedded and the upstream ASTRA-sim backend and diff them."""
+    from rich.table import Table
+
+    from astra_bridge.astrasim import AstraSimError
     from astra_bridge.compare import compare_backends
+    from frontend.config.loader import load_and_resolve
     from frontend.metrics.output import check_writable_dir, dumps_json
     from frontend.session import parse_iteration_spec
 
@@ -328,7 +363,7 @@ def compare(
     for r in rows:
         t.add_row(str(r["iteration"]), r["instance"], str(r["embedded_ns"]), str(r["astrasim_ns"]),
                   f"{r['diff_pct']:+.3f}")
-    Console().print(t)
+    _console().print(t)
     if out:
         out.write_text(dumps_json(rows))
 
@@ -345,6 +380,8 @@ def validate(
                                           "compare with those N (default: the counts must match)")] = False,
 ) -> None:
     """Compare TTFT/TPOT/E2E, throughput and KV usage of a simulated run with a real vLLM run."""
+    from rich.table import Table
+
     from frontend.metrics.output import VALIDATE_OUTPUTS, StagedDir
     from frontend.validation.compare import STATS, compare, save, write_plots
     from frontend.validation.reference import resolve_reference_dir
@@ -364,7 +401,7 @@ def validate(
                 c = res["latency"][key][st]
                 t.add_row(key.upper(), st, _fmt(c["real_ms"], ".2f"), _fmt(c["sim_ms"], ".2f"),
                           "-" if c["error_pct"] is None else f"{c['error_pct']:+.2f}%")
-        con = Console()
+        con = _console()
         con.print(t)
         thr = res["throughput"]
         con.print(f"output throughput: real {_fmt(thr['real_output_tok_s'], '.1f')} tok/s, sim "
@@ -376,7 +413,7 @@ def validate(
                 con.print(f"{key}: mean abs error {v['mae']:.2f} (real mean {v['real_mean']:.2f}, "
                           f"sim mean {v['sim_mean']:.2f})")
         for note in res.get("notes", []):
-            err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+            _console(stderr=True).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
         save(res, stage.path)
         written = [] if no_plots else write_plots(run, reference, stage.path, partial)
         stage.commit()
@@ -425,11 +462,11 @@ def profile_cmd(
         try:
             table = profile_collectives(out, device, dtype, [int(x) for x in ranks.split(",")] if ranks else None,
                                         parse_sizes(sizes), iters=collective_iters, hardware=hardware,
-                                        progress=err.print)
+                                        progress=_console(stderr=True).print)
         except (RuntimeError, ValueError) as e:
             fail(str(e))
             return
-        Console().print(f"wrote {table} (method in {table.parent / 'meta.yaml'}; fitted presets network-fit-n*.yaml)")
+        _console().print(f"wrote {table} (method in {table.parent / 'meta.yaml'}; fitted presets network-fit-n*.yaml)")
         return
     if model is None:
         fail("--model is required (unless --collectives)")
@@ -441,15 +478,89 @@ def profile_cmd(
             raise ConfigError(f"--model: {e}") from None
         show = sys.stderr.isatty()
         path = profile(spec, device, out, dtype, tp, max_tokens, max_seqs, max_kv, iters, hardware=hardware,
-                       progress=(lambda s: err.print(s, end="\r")) if show else None)
+                       progress=(lambda s: _console(stderr=True).print(s, end="\r")) if show else None)
     except (ConfigError, RuntimeError, ValueError) as e:
         fail(str(e))
         return
-    Console().print(f"wrote bundle {path} ({dtype}/meta.yaml, {dtype}/tp{tp}/*.csv)")
+    _console().print(f"wrote bundle {path} ({dtype}/meta.yaml, {dtype}/tp{tp}/*.csv)")
+
+
+# `astraserve run`'s options for the start-up fast path below: option -> (parameter, type); flags map to a
+# fixed value. tests/test_startup.py checks this table against the typer command, so the two cannot drift.
+RUN_OPTIONS: dict[str, tuple[str, type]] = {
+    "--out": ("out", Path), "--seed": ("seed", int), "--workload": ("workload", Path),
+    "--num-requests": ("num_requests", int), "--backend": ("backend", str), "--compute": ("compute", str),
+    "--profile": ("profile", Path), "--engine-meta": ("engine_meta", Path), "--dump-chakra": ("dump_chakra", Path),
+    "--dump-iterations": ("dump_iterations", str), "--router": ("router", str), "--scheduling": ("scheduling", str),
+    "--retention": ("retention", str), "--prefetch": ("prefetch", str),
+}
+RUN_FLAGS: dict[str, tuple[str, bool]] = {"--quiet": ("quiet", True), "-q": ("quiet", True),
+                                          "--run-ahead": ("run_ahead", True), "--no-run-ahead": ("run_ahead", False)}
+
+
+def parse_run_fast(argv: list[str]) -> dict[str, Any] | None:
+    """Keyword arguments of `run` for a plain `run CONFIG [--option value | --flag]...` command line, else None.
+
+    typer builds a pydantic adapter per parameter before it calls a command (tens of milliseconds, a third
+    of a small run's start-up). A plain command line is read here instead and `run` is called with exactly
+    the arguments typer would pass; anything else (help, an unknown or repeated option, a value that looks
+    like an option or does not convert) returns None and goes through typer, which prints its usual message.
+    """
+    if len(argv) < 2 or argv[0] != "run":
+        return None
+    kw: dict[str, Any] = {}
+    config: str | None = None
+    i = 1
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("-"):
+            if config is not None:
+                return None
+            config = tok
+            i += 1
+            continue
+        name, eq, val = tok.partition("=")
+        if name in RUN_FLAGS and not eq:
+            param, flag = RUN_FLAGS[name]
+            if param in kw:
+                return None
+            kw[param] = flag
+            i += 1
+            continue
+        spec = RUN_OPTIONS.get(name)
+        if spec is None:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            val = argv[i + 1]
+            i += 1
+        i += 1
+        param, typ = spec
+        if param in kw or not val or val.startswith("-"):
+            return None
+        try:
+            kw[param] = typ(val)
+        except ValueError:
+            return None
+    if config is None:
+        return None
+    return {"config": Path(config), **kw}
 
 
 def main() -> None:
-    app()
+    fast = parse_run_fast(sys.argv[1:])
+    if fast is None:
+        app()
+        return
+    try:
+        run(**fast)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _console(stderr=True).print("Aborted!")
+        sys.exit(1)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

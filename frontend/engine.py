@@ -51,7 +51,7 @@ class Engine:
     def __init__(self, run: ResolvedRun, instances: list[InstanceRuntime], backend: Backend,
                  progress: Callable[[int, int, int], None] | None = None,
                  on_step: Callable[[InstanceRuntime, StepOutcome, int], None] | None = None,
-                 orchestrator=None, keep_records: bool = True) -> None:
+                 orchestrator=None, keep_records: bool = True, run_ahead: bool = True) -> None:
         self.run_cfg = run
         self.instances = instances
         self.backend = backend
@@ -75,6 +75,13 @@ class Engine:
                         lambda r, now, i=inst: self.retention.on_turn_finish(i, r, r.block_ids, now))
                     # one pin per call: the scheduler retries until the allocation fits or no pin is left
                     inst.scheduler.on_pressure = lambda need, i=inst: self.retention.break_one_pin(i)
+        # decode run-ahead (Scheduler): steps of an unchanged decode batch are planned and completed without
+        # the general path; only for backends whose timing of a graph depends on nothing but the graph and
+        # the start time, which they declare with `runahead_safe`
+        self.run_ahead = run_ahead and bool(getattr(backend, "runahead_safe", False))
+        for inst in instances:
+            inst.scheduler.run_ahead = self.run_ahead
+            inst.run_ahead = self.run_ahead
         self.progress = progress
         self.on_step = on_step
         tiers = sorted({t.name for i in instances for t in i.lower_tiers})
@@ -214,5 +221,7 @@ class Engine:
             raise InternalError(f"{fed - log.total} of {fed} requests neither finished nor rejected when the event "
                                 f"queue ran dry (first: {stuck[0] if stuck else '?'})")
         return RunResult(requests=log.requests, iterations=self.log, request_log=log, sim_end_ns=now,
-                         wall_s=time.perf_counter() - t0, instances=self.instances, backend_stats=self.backend.stats(),
+                         wall_s=time.perf_counter() - t0, instances=self.instances,
+                         backend_stats={**self.backend.stats(),
+                                        "closed_form": sum(i.closed_form_steps for i in self.instances)},
                          router=self.router)

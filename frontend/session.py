@@ -8,20 +8,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from astra_bridge.backend import Backend
-from astra_bridge.embedded.backend import EmbeddedBackend
-from astra_bridge.inputs import write_input_set
-from chakra_gen.et_io import with_micro_durations
 from frontend.compute.factory import make_compute_model
 from frontend.compute.roofline import Roofline
-from frontend.config.loader import ResolvedRun
 from frontend.engine import Engine, RunResult
 from frontend.instance.runtime import InstanceRuntime, StepOutcome
-from frontend.workload.jsonl import read_jsonl
 from frontend.workload.request import Request
-from frontend.workload.synthetic import iter_synthetic_requests, synthetic_requests
+
+if TYPE_CHECKING:
+    from astra_bridge.backend import Backend
+    from frontend.config.loader import ResolvedRun
+
+# Start-up: the workload readers (numpy for synthetic ones), the .et writer (protobuf) and the astra-sim
+# bridge are imported where a run needs them, not when this module loads.
 
 MAX_DUMP_ITERATIONS = 100_000
 
@@ -77,6 +77,7 @@ def _resolve_path(run: ResolvedRun, path: str, field: str) -> Path:
 def load_workload(run: ResolvedRun, seed: int):
     """(flat requests, agent programs or None, tool distributions, notes)."""
     from frontend.agents.generators import default_tools, generate, read_dag_jsonl, sessions_to_programs
+    from frontend.workload.jsonl import read_jsonl
 
     wl = run.config.workload
     if wl.kind == "agents":
@@ -93,6 +94,8 @@ def load_workload(run: ResolvedRun, seed: int):
         reqs, sessions = read_jsonl(_resolve_path(run, wl.path, "workload.path"), wl.num_requests, wl.time_scale)
         progs = sessions_to_programs(sessions) if sessions else None
         return reqs, progs, {}, []
+    from frontend.workload.synthetic import synthetic_requests
+
     return synthetic_requests(wl, seed), None, {}, []
 
 
@@ -150,6 +153,9 @@ def check_bundles(run: ResolvedRun, warn: Callable[[str], None] | None = None) -
 
 
 def load_requests(run: ResolvedRun, seed: int) -> tuple[list[Request], list[str]]:
+    from frontend.workload.jsonl import read_jsonl
+    from frontend.workload.synthetic import synthetic_requests
+
     wl = run.config.workload
     notes: list[str] = []
     if wl.kind == "synthetic":
@@ -169,6 +175,8 @@ def load_requests(run: ResolvedRun, seed: int) -> tuple[list[Request], list[str]
 def make_backend(run: ResolvedRun) -> Backend:
     b = run.config.backend
     if b.kind == "embedded":
+        from astra_bridge.embedded.backend import EmbeddedBackend
+
         return EmbeddedBackend(cache=b.cache, cache_size=b.cache_size)
     from astra_bridge.astrasim import AstraSimBackend
 
@@ -198,6 +206,9 @@ class ChakraDumper(IterationHook):
     written: list[int] = field(default_factory=list)
 
     def take(self, k: int, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
+        from astra_bridge.inputs import write_input_set
+        from chakra_gen.et_io import with_micro_durations
+
         d = self.out_dir / f"iter{k}"
         write_input_set(d, inst.system, out.graphs, metadata={"instance": inst.name, "iteration": k})
         from astra_bridge.embedded.backend import make_executor
@@ -246,20 +257,21 @@ def _few_gc_passes() -> Iterator[None]:
 
 def simulate(run: ResolvedRun, seed: int | None = None, progress=None, dump: ChakraDumper | None = None,
              requests: list[Request] | None = None, warn: Callable[[str], None] | None = None,
-             stream_dir: Path | None = None) -> tuple[RunResult, dict[str, Any]]:
+             stream_dir: Path | None = None, run_ahead: bool = True) -> tuple[RunResult, dict[str, Any]]:
     """Run the simulation. With `stream_dir`, requests.csv and iterations.csv are written there while the
     run goes and no per-request record is kept (memory flat in the number of requests); without it, the
-    result keeps every request and iteration row (result.requests, result.iterations.rows)."""
+    result keeps every request and iteration row (result.requests, result.iterations.rows). `run_ahead`
+    lets the engine advance runs of unchanged decode batches in one step (same outputs, see Engine)."""
     with _few_gc_passes():
         if stream_dir is None:
-            return _simulate(run, seed, progress, dump, requests, warn, None)
+            return _simulate(run, seed, progress, dump, requests, warn, None, run_ahead)
         with (Path(stream_dir) / "requests.csv").open("w", newline="") as rf, \
                 (Path(stream_dir) / "iterations.csv").open("w", newline="") as itf:
-            return _simulate(run, seed, progress, dump, requests, warn, (rf, itf))
+            return _simulate(run, seed, progress, dump, requests, warn, (rf, itf), run_ahead)
 
 
 def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper | None,
-              requests: list[Request] | None, warn: Callable[[str], None] | None, files
+              requests: list[Request] | None, warn: Callable[[str], None] | None, files, run_ahead: bool = True
               ) -> tuple[RunResult, dict[str, Any]]:
     seed = run.config.seed if seed is None else seed
     notes: list[str] = []
@@ -270,6 +282,8 @@ def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper |
     wl = run.config.workload
     if requests is None:
         if files is not None and wl.kind == "synthetic":
+            from frontend.workload.synthetic import iter_synthetic_requests
+
             requests = iter_synthetic_requests(wl, seed)  # type: ignore[assignment]
             total = wl.num_requests
         else:
@@ -286,7 +300,7 @@ def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper |
         orch = Orchestrator(programs, ToolSimulator(tools, seed, run.config.base_dir), insts[0].pool.block_size,
                             system_prompt_tokens=sys_tokens)
     engine = Engine(run, insts, backend, progress=progress, on_step=dump, orchestrator=orch,
-                    keep_records=files is None)
+                    keep_records=files is None, run_ahead=run_ahead)
     if files is not None:
         engine.request_log.attach(files[0])
         engine.log.attach(files[1])

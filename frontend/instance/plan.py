@@ -29,6 +29,10 @@ class IterationPlan:
     first_admitted: int = 0  # requests[first_admitted:] were admitted from the waiting queue this step
     kv_moves: list[KVMove] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    # every running request, each decoding one token inside the blocks it holds, nobody admitted or
+    # preempted: the batch a decode run repeats (Scheduler run-ahead)
+    steady_decode: bool = False
+    run_ahead: bool = False  # planned by the scheduler's decode run (its completion is the run's too)
 
     @property
     def num_seqs(self) -> int:

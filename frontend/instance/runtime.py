@@ -1,14 +1,24 @@
-"""One serving instance at run time: scheduler + KV + compute model + trace builder + backend."""
+"""One serving instance at run time: scheduler + KV + compute model + trace builder + backend.
+
+Decode run-ahead, timing side: a step of a scheduler's decode run (plan.run_ahead) differs from the
+run's previous steps only in its context lengths. When the compute model prices every operator but
+attention exactly as at a base step that the backend timed as a compute/collective chain, and the backend
+declares such chains `runahead_safe` (their time is the sum of the compute nodes' durations, a 0 ns node
+counting as 1 ns, plus collective times that depend only on the collective sizes), the step's result is
+the base's with the attention delta over all layers added: no graphs are built and the backend is not
+called. The graphs are still there for anyone who reads StepOutcome.graphs (built on first access).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from astra_bridge.backend import Backend, InstanceSystem
 from astra_bridge.embedded.network import Dimension, SystemKnobs
 from astra_bridge.result import IterationResult
 from chakra_gen.builder import BuildSpec, MemTransfer, MicroBatchCost, build_graphs
-from chakra_gen.graph import Graph
+from chakra_gen.graph import ChainGraph, Graph
 from frontend.compute.batch import BatchShape
 from frontend.compute.factory import ComputeModel
 from frontend.config.loader import ResolvedInstance
@@ -43,12 +53,45 @@ def tp_involved_dims(inst: ResolvedInstance) -> tuple[bool, ...] | None:
     return tuple(inv)
 
 
-@dataclass
 class StepOutcome:
-    plan: IterationPlan
+    """One planned and timed step. `tensor_bytes` is what rank 0's operators read and write (its graph's
+    tensor bytes), `num_ranks` the number of per-NPU graphs; `graphs` are built on first access when the
+    step was timed in closed form."""
+
+    __slots__ = ("plan", "result", "duration_ns", "_graphs", "_build", "tensor_bytes", "num_ranks")
+
+    def __init__(self, plan: IterationPlan, result: IterationResult, duration_ns: int, graphs: list[Graph] | None,
+                 tensor_bytes: int | None = None, num_ranks: int = 0,
+                 build: Callable[[], list[Graph]] | None = None) -> None:
+        self.plan = plan
+        self.result = result
+        self.duration_ns = duration_ns
+        self._graphs = graphs
+        self._build = build
+        if tensor_bytes is None:
+            assert graphs is not None
+            tensor_bytes = graphs[0].tensor_bytes_total()
+        self.tensor_bytes = tensor_bytes
+        self.num_ranks = num_ranks or (len(graphs) if graphs is not None else 1)
+
+    @property
+    def graphs(self) -> list[Graph]:
+        if self._graphs is None:
+            assert self._build is not None
+            self._graphs = self._build()
+        return self._graphs
+
+
+@dataclass(slots=True)
+class TimingBase:
+    """A decode step timed by the backend as a compute/collective chain, for closed-form steps after it."""
+
+    cost: MicroBatchCost
+    attention: int  # index of the attention op in cost.layer
     result: IterationResult
-    duration_ns: int
-    graphs: list[Graph]
+    tensor_bytes: int
+    num_ranks: int
+    num_layers: int
 
 
 class InstanceRuntime:
@@ -86,6 +129,9 @@ class InstanceRuntime:
         self.busy = False
         self.overhead_ns = eng.scheduler_overhead_ns
         self.iterations = 0
+        self.run_ahead = False  # time decode-run steps in closed form (set by the engine, see module docstring)
+        self.closed_form_steps = 0
+        self._base: TimingBase | None = None
 
     def _apply_evict_first(self) -> None:
         fq = self.pool.free_queue
@@ -149,7 +195,58 @@ class InstanceRuntime:
             plan = self.scheduler.schedule()  # nothing was planned ahead: the engine core idles, then takes them
         if plan is None:
             return None
-        graphs = self.graphs_for(plan)
-        result = self.backend.run(self.system, graphs, start_ns=now_ns)
         self.iterations += 1
-        return StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs)
+        if plan.run_ahead and self._base is not None:
+            out = self._closed_form(plan, self._base)
+            if out is not None:
+                self.closed_form_steps += 1
+                return out
+        spec = self.spec_for(plan)
+        shape = self.shape_of(plan)
+        mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]
+        graphs = build_graphs(spec, mbs)
+        result = self.backend.run(self.system, graphs, start_ns=now_ns)
+        out = StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs)
+        self._base = self._timing_base(plan, spec, mbs[0], graphs, out) if self.run_ahead else None
+        return out
+
+    def _timing_base(self, plan: IterationPlan, spec: BuildSpec, cost: MicroBatchCost, graphs: list[Graph],
+                     out: StepOutcome) -> TimingBase | None:
+        """This step as the base of closed-form steps, when it is a decode step the backend timed as a plain
+        compute/collective chain (one stage, no KV traffic, nothing but compute and collectives in the result)."""
+        r = out.result
+        if not plan.steady_decode or spec.pp != 1 or plan.kv_moves or not isinstance(graphs[0], ChainGraph) \
+                or r.cached or r.mem_ns or r.exposed_mem_ns or r.mem_bytes_by_tier \
+                or r.duration_ns != r.compute_ns + r.comm_ns:
+            return None
+        names = [op.name for op in cost.layer]
+        if names.count("attention") != 1:
+            return None
+        return TimingBase(cost, names.index("attention"), r, out.tensor_bytes, out.num_ranks, spec.num_layers)
+
+    def _closed_form(self, plan: IterationPlan, base: TimingBase) -> StepOutcome | None:
+        """The step's outcome from the base step's, or None when an operator other than attention changed."""
+        if plan.kv_moves:
+            return None
+        cost = self.costs(self.shape_of(plan))
+        b = base.cost
+        k = base.attention
+        layer, layer0 = cost.layer, b.layer
+        # list equality compares element identity first: the compute model's memoized ops cost nothing here
+        if cost.num_tokens != b.num_tokens or cost.prologue != b.prologue or cost.epilogue != b.epilogue \
+                or len(layer) != len(layer0) or layer[:k] != layer0[:k] or layer[k + 1:] != layer0[k + 1:]:
+            return None
+        a, a0 = layer[k], layer0[k]
+        if a.name != "attention":
+            return None
+        delta = base.num_layers * ((a.duration_ns or 1) - (a0.duration_ns or 1))
+        r0 = base.result
+        dur = r0.duration_ns + delta
+        result = IterationResult(duration_ns=dur, per_rank_finish_ns=[dur] * base.num_ranks,
+                                 compute_ns=r0.compute_ns + delta, comm_ns=r0.comm_ns, mem_ns=0,
+                                 exposed_comm_ns=r0.exposed_comm_ns, exposed_mem_ns=0, comm_bytes=r0.comm_bytes,
+                                 mem_bytes_by_tier={})
+        return StepOutcome(plan, result, max(1, dur) + self.overhead_ns, None,
+                           base.tensor_bytes + base.num_layers * (a.bytes - a0.bytes), base.num_ranks,
+                           lambda: self.graphs_for(plan))
+

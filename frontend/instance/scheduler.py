@@ -19,12 +19,23 @@ requests give their seat and KV blocks back: only after the step that follows th
 been scheduled. `complete()` therefore holds finished requests in `releasing` and `schedule()`
 frees them once it has planned the next step; new requests arriving during a step wait in
 `incoming` until the step after the next has been planned (`receive`, `take_incoming`).
+
+Decode run-ahead (`run_ahead`): while every running request is decoding and nobody can be admitted,
+consecutive steps differ only in context lengths and in a few events known in advance: a request needs
+a new KV block (every block_size steps), fills a block the prefix cache registers, or emits its last
+token. A `DecodeRun` keeps those events in per-step buckets and plans and completes each step touching
+only them: the requests' token counters are advanced lazily (all by the same number of steps) and the
+pool sees the same allocations, registrations and releases in the same order as the general path. The
+run ends, and the general path takes over, when the waiting queue could admit someone or a block
+allocation would not fit. The plans, and so everything timed and logged from them, are the ones the
+general path gives (tests/test_runahead.py compares whole runs).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from frontend.config.schema import EngineConfig
 from frontend.instance.kv import BlockPool
@@ -32,9 +43,22 @@ from frontend.instance.plan import IterationPlan
 from frontend.workload.request import Request
 
 
+@dataclass(slots=True)
+class DecodeRun:
+    """The running requests' decode steps from the start of a run (see the module docstring). Every running
+    request's num_computed_tokens / num_output_done hold their values at the start until `done` is added."""
+
+    order: dict[int, int]  # id(request) -> its place in the running order at the start
+    alloc: dict[int, list[Request]]  # step -> requests that need a new KV block when the step is planned
+    fill: dict[int, list[Request]]  # step -> requests whose completion fills a block the cache may register
+    finish: dict[int, list[Request]]  # step -> requests that emit their last token in it
+    last: int  # the last step the run may plan (max_model_len)
+    done: int = 0  # steps completed (the lag of the running requests' counters)
+
+
 class Scheduler:
     def __init__(self, name: str, engine: EngineConfig, pool: BlockPool, max_model_len: int,
-                 priority: Callable[[Request], tuple] | None = None) -> None:
+                 priority: Callable[[Request], tuple] | None = None, run_ahead: bool = False) -> None:
         self.name = name
         self.engine = engine
         self.pool = pool
@@ -53,6 +77,8 @@ class Scheduler:
         self.async_scheduling = engine.async_scheduling
         self.releasing: list[Request] = []  # finished, seat and blocks not yet given back (async scheduling)
         self.incoming: list[Request] = []  # arrived during the running step, not yet queued (async scheduling)
+        self.run_ahead = run_ahead
+        self._run: DecodeRun | None = None
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -124,6 +150,11 @@ class Scheduler:
         self.waiting.appendleft(victim)
 
     def schedule(self) -> IterationPlan | None:
+        run = self._run
+        if run is not None:
+            plan = self._run_step(run)
+            if plan is not None:
+                return plan
         plan = self._schedule()
         if self.releasing:
             self._release(self.releasing)
@@ -131,6 +162,129 @@ class Scheduler:
             if plan is None and self.waiting:
                 plan = self._schedule()  # nothing was in flight: the engine core loops again at once
         return plan
+
+    def sync(self) -> None:
+        """Bring the running requests' token counters up to date and end the decode run, if any."""
+        run = self._run
+        if run is not None:
+            self._run = None
+            k = run.done
+            if k:
+                for r in self.running:
+                    r.num_computed_tokens += k
+                    r.num_output_done += k
+
+    def _admission_idle(self) -> bool:
+        """Whether the general path's admission loop would not start at this step (nothing preempted): no
+        waiting request, or no token budget or seat left after the running requests' decodes."""
+        if not self.waiting:
+            return True
+        n = len(self.running)
+        eng = self.engine
+        return eng.max_num_batched_tokens <= n or n >= eng.max_num_seqs - len(self.releasing)
+
+    def _by_order(self, run: DecodeRun, reqs: list[Request]) -> list[Request]:
+        live = [r for r in reqs if r.status == "running"]
+        if len(live) > 1:
+            order = run.order
+            live.sort(key=lambda r: order[id(r)])
+        return live
+
+    def _run_step(self, run: DecodeRun) -> IterationPlan | None:
+        """The next step of a decode run, or None (and the run ends) when the general path must plan it.
+
+        The general path would walk the running requests (each decodes one token, allocating a block when
+        its context reaches the end of its blocks), then, with nobody preempted, order the waiting queue and
+        admit from it while budget and seats allow. The run goes on only when every allocation fits (so
+        none preempts) and the admission loop would not start."""
+        j = run.done + 1
+        running = self.running
+        n = len(running)
+        if j > run.last or not n or not self._admission_idle():
+            self.sync()
+            return None
+        allocs = run.alloc.pop(j, None)
+        if allocs:
+            allocs = self._by_order(run, allocs)
+            if len(allocs) > self.pool.num_free:
+                self.sync()
+                return None
+        self._resort()
+        k = run.done
+        if allocs:
+            pool = self.pool
+            later = run.alloc.setdefault(j + pool.block_size, [])
+            for r in allocs:
+                if not pool.allocate(r, 1, None, r.num_computed_tokens + k):
+                    raise AssertionError("a decode run's block allocation failed after the free-block check")
+                later.append(r)
+        plan = IterationPlan(self.name, list(running), [1] * n, [r.num_computed_tokens + k for r in running],
+                             num_decode_tokens=n, num_sampled=n, first_admitted=n, steady_decode=True,
+                             run_ahead=True)
+        if self.tiers is not None:
+            plan.kv_moves = self.tiers.take_moves()
+        if self.releasing:  # as schedule() does after planning
+            self._release(self.releasing)
+            self.releasing = []
+        return plan
+
+    def _run_complete(self, run: DecodeRun, end_ns: int) -> list[Request]:
+        """Complete a decode run's step: register newly full blocks and finish requests in plan order."""
+        j = run.done = run.done + 1
+        fills = run.fill.pop(j, None)
+        if fills:
+            pool = self.pool
+            bs = pool.block_size
+            fills = self._by_order(run, fills)
+            for r in fills:
+                c = r.num_computed_tokens + j
+                if r.hashes and c // bs > r.num_hashed_blocks:
+                    pool.cache_full_blocks(r, c)
+            run.fill.setdefault(j + bs, []).extend(fills)
+        finished = run.finish.pop(j, None)
+        if not finished:
+            return []
+        for r in finished:  # in running order: bucketed in that order at the start and never moved
+            r.num_computed_tokens += j
+            r.num_output_done += j
+            r.status = "finished"
+            r.finish_ns = end_ns
+        done = set(map(id, finished))
+        self.running = [r for r in self.running if id(r) not in done]
+        if self.async_scheduling:
+            self.releasing.extend(finished)
+        else:
+            self._release(finished)
+        return finished
+
+    def _start_run(self) -> None:
+        """Start a decode run when every running request is decoding and nobody could be admitted now."""
+        running = self.running
+        if not running or not self._admission_idle():
+            return
+        bs = self.pool.block_size
+        max_len = self.max_model_len
+        alloc: dict[int, list[Request]] = {}
+        fill: dict[int, list[Request]] = {}
+        finish: dict[int, list[Request]] = {}
+        last = 1 << 62
+        for r in running:
+            c = r.num_computed_tokens
+            d = r.num_output_done
+            if not d or c + 1 != r.input_tokens + d:
+                return  # not decoding (a prefill chunk, or a recompute after preemption, is pending)
+            # step j of the run decodes at context c + j - 1 (it must fit max_model_len; at the end of the held
+            # blocks it takes a new one), leaves c + j tokens computed (a multiple of block_size fills a block)
+            # and emits token d + j (the last one finishes the request)
+            last = min(last, max_len - c)
+            a = len(r.block_ids) * bs - c + 1
+            alloc.setdefault(a, []).append(r)
+            if r.hashes and len(r.hashes) > r.num_hashed_blocks:  # else no registration can happen
+                fill.setdefault(bs - c % bs, []).append(r)
+            finish.setdefault(r.output_tokens - d, []).append(r)
+        if last < 1:
+            return
+        self._run = DecodeRun({id(r): i for i, r in enumerate(running)}, alloc, fill, finish, last)
 
     def _release(self, finished: list[Request]) -> None:
         for r in finished:
@@ -195,6 +349,7 @@ class Scheduler:
         plan.num_decode_tokens += n_fast
         plan.num_sampled += n_fast
         plan.first_admitted = len(plan.requests)
+        plan.steady_decode = n_fast == len(plan.requests) == len(running) and not plan.preempted
         if not plan.preempted:
             self._resort()
             waiting = self.waiting
@@ -268,6 +423,12 @@ class Scheduler:
 
     def complete(self, plan: IterationPlan, end_ns: int) -> list[Request]:
         """Apply a finished step: advance computed tokens, emit tokens, free finished requests."""
+        if plan.run_ahead:
+            run = self._run
+            if run is None:
+                raise AssertionError("a decode run's step completed after its run ended")
+            return self._run_complete(run, end_ns)
+        self.sync()
         finished = []
         pool = self.pool
         bs = pool.block_size
@@ -294,4 +455,6 @@ class Scheduler:
                 self.releasing.extend(finished)
             else:
                 self._release(finished)
+        if self.run_ahead:
+            self._start_run()
         return finished

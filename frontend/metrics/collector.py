@@ -78,8 +78,7 @@ class IterationLog:
     def add(self, inst: InstanceRuntime, start: int, end: int, out: StepOutcome) -> None:
         p = out.plan
         r = out.result
-        g0 = out.graphs[0]
-        hbm = g0.tensor_bytes_total() - sum(r.mem_bytes_by_tier.values()) // max(1, len(out.graphs))
+        hbm = out.tensor_bytes - sum(r.mem_bytes_by_tier.values()) // max(1, out.num_ranks)
         energy = inst.power.iteration(start, end - start, r.compute_ns, max(0, hbm), r.comm_bytes,
                                       sum(r.mem_bytes_by_tier.values()))
         row = (inst.name, start, end, p.num_seqs, p.num_prefill_tokens, p.num_decode_tokens,
