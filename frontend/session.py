@@ -76,11 +76,12 @@ def _resolve_path(run: ResolvedRun, path: str, field: str) -> Path:
 
 def load_workload(run: ResolvedRun, seed: int):
     """(flat requests, agent programs or None, tool distributions, notes)."""
-    from frontend.agents.generators import default_tools, generate, read_dag_jsonl, sessions_to_programs
     from frontend.workload.jsonl import read_jsonl
 
     wl = run.config.workload
     if wl.kind == "agents":
+        from frontend.agents.generators import default_tools, generate, read_dag_jsonl, sessions_to_programs
+
         if wl.trace:
             path = _resolve_path(run, wl.trace, "workload.trace")
             first = _first_line(path)
@@ -92,7 +93,11 @@ def load_workload(run: ResolvedRun, seed: int):
         return [], generate(wl, seed), default_tools(wl), []
     if wl.kind == "jsonl":
         reqs, sessions = read_jsonl(_resolve_path(run, wl.path, "workload.path"), wl.num_requests, wl.time_scale)
-        progs = sessions_to_programs(sessions) if sessions else None
+        progs = None
+        if sessions:
+            from frontend.agents.generators import sessions_to_programs
+
+            progs = sessions_to_programs(sessions)
         return reqs, progs, {}, []
     from frontend.workload.synthetic import synthetic_requests
 

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from frontend.engine import RunResult
 from frontend.metrics.collector import REQ_COLUMNS  # noqa: F401  (re-exported)
 from frontend.metrics.output import write_json
@@ -25,6 +23,8 @@ def dist_ms(values_ns: Sequence[float], consume: bool = False) -> dict[str, floa
     (a float64 array('d') nobody needs afterwards) the work happens in place: no copy of the samples."""
     if len(values_ns) == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
+    import numpy as np  # here, not at module import: a JSONL replay needs numpy only for its summary
+
     if consume and isinstance(values_ns, array) and values_ns.typecode == "d":
         a = np.frombuffer(values_ns, dtype=float)
         a /= 1e6
