@@ -174,15 +174,6 @@ class Scheduler:
                     r.num_computed_tokens += k
                     r.num_output_done += k
 
-    def _admission_idle(self) -> bool:
-        """Whether the general path's admission loop would not start at this step (nothing preempted): no
-        waiting request, or no token budget or seat left after the running requests' decodes."""
-        if not self.waiting:
-            return True
-        n = len(self.running)
-        eng = self.engine
-        return eng.max_num_batched_tokens <= n or n >= eng.max_num_seqs - len(self.releasing)
-
     def _by_order(self, run: DecodeRun, reqs: list[Request]) -> list[Request]:
         live = [r for r in reqs if r.status == "running"]
         if len(live) > 1:
@@ -193,26 +184,27 @@ class Scheduler:
     def _run_step(self, run: DecodeRun) -> IterationPlan | None:
         """The next step of a decode run, or None (and the run ends) when the general path must plan it.
 
-        The general path would walk the running requests (each decodes one token, allocating a block when
-        its context reaches the end of its blocks), then, with nobody preempted, order the waiting queue and
-        admit from it while budget and seats allow. The run goes on only when every allocation fits (so
-        none preempts) and the admission loop would not start."""
+        The general path would walk the running requests (each decodes one token, taking a block when its
+        context reaches the end of its blocks), then, with nobody preempted, order the waiting queue and admit
+        from it while budget, seats and blocks allow. Here the walk touches only the requests that need a
+        block (when every allocation fits, so nobody is preempted; else the general path plans the step);
+        the admission is the general path's own: when it could admit someone the run ends first (counters
+        caught up) and the step completes through the general path."""
         j = run.done + 1
         running = self.running
         n = len(running)
-        if j > run.last or not n or not self._admission_idle():
+        if j > run.last or not n:
             self.sync()
             return None
+        pool = self.pool
         allocs = run.alloc.pop(j, None)
         if allocs:
             allocs = self._by_order(run, allocs)
-            if len(allocs) > self.pool.num_free:
+            if len(allocs) > pool.num_free:
                 self.sync()
                 return None
-        self._resort()
         k = run.done
         if allocs:
-            pool = self.pool
             later = run.alloc.setdefault(j + pool.block_size, [])
             for r in allocs:
                 if not pool.allocate(r, 1, None, r.num_computed_tokens + k):
@@ -221,6 +213,14 @@ class Scheduler:
         plan = IterationPlan(self.name, list(running), [1] * n, [r.num_computed_tokens + k for r in running],
                              num_decode_tokens=n, num_sampled=n, first_admitted=n, steady_decode=True,
                              run_ahead=True)
+        eng = self.engine
+        budget = eng.max_num_batched_tokens - n
+        self._resort()
+        if self.waiting and budget > 0 and n < eng.max_num_seqs - len(self.releasing) and not self._head_blocked():
+            self.sync()  # someone may be admitted: the run ends before the general admission
+            plan.run_ahead = False
+            self._admit(plan, budget)
+            plan.steady_decode = len(plan.requests) == n
         if self.tiers is not None:
             plan.kv_moves = self.tiers.take_moves()
         if self.releasing:  # as schedule() does after planning
@@ -258,9 +258,9 @@ class Scheduler:
         return finished
 
     def _start_run(self) -> None:
-        """Start a decode run when every running request is decoding and nobody could be admitted now."""
+        """Start a decode run when every running request is decoding (admission is checked at each step)."""
         running = self.running
-        if not running or not self._admission_idle():
+        if not running:
             return
         bs = self.pool.block_size
         max_len = self.max_model_len
@@ -293,6 +293,92 @@ class Scheduler:
             self.pool.free(r)
         if self.after_free is not None:
             self.after_free()
+
+    def _head_prefix(self, req: Request) -> tuple[list[int], int, int]:
+        """(prefix-cache hit blocks, tokens already in HBM, tokens still to place) of a waiting request."""
+        pool = self.pool
+        hits: list[int] = []
+        if not req.swapped_blocks and req.num_computed_tokens == 0:
+            hits = pool.find_cached_prefix(req)
+        saved = req.num_computed_tokens  # > 0 only for a swapped-out request
+        in_hbm = len(hits) * pool.block_size if hits else saved
+        # blocks are counted from what is already in HBM: hits, or the swapped KV to bring back;
+        # lower-tier hits and this step's tokens need fresh blocks alike, so the full-prompt
+        # gate does not depend on where the rest comes from
+        return hits, in_hbm, req.num_tokens - in_hbm
+
+    def _head_blocked(self) -> bool:
+        """Whether the admission loop, started now with requests running, would stop at its first gate: the
+        queue head's whole remaining prompt does not fit the free blocks (scheduler_reserve_full_isl). The
+        check has no side effects (the head's block hashes are computed once, as the loop computes them)."""
+        if not self.engine.scheduler_reserve_full_isl or not self.running:
+            return False
+        req = self.waiting[0]
+        hits, in_hbm, rest = self._head_prefix(req)
+        return not self.pool.can_allocate(req, rest, hits, in_hbm)
+
+    def _admit(self, plan: IterationPlan, budget: int) -> None:
+        """Admit waiting requests into `plan` while budget, seats and blocks allow (nobody was preempted)."""
+        eng = self.engine
+        pool = self.pool
+        running = self.running
+        self._resort()
+        waiting = self.waiting
+        seats = eng.max_num_seqs - len(self.releasing)
+        while waiting and budget > 0 and len(running) < seats:
+            req = waiting[0]
+            lower: list = []
+            hits, in_hbm, rest = self._head_prefix(req)
+            saved = req.num_computed_tokens  # > 0 only for a swapped-out request
+            if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, rest, hits, in_hbm):
+                if not running and self.on_pressure is not None and self.on_pressure(
+                        pool.blocks_needed(req, rest, len(hits), in_hbm)):
+                    continue  # pinned KV of idle programs yielded to a request that could not otherwise run
+                break  # the whole remaining prompt must fit before any chunk of it is admitted
+            if not req.swapped_blocks and saved == 0 and self.tiers is not None and self.tiers.active:
+                limit = (req.num_tokens - 1) // pool.block_size
+                lower = self.tiers.lookup(req, len(hits), limit)
+            num_lower = sum(n for _, n in lower) * pool.block_size
+            num_computed = in_hbm + num_lower
+            num_new = req.num_tokens - num_computed
+            if not eng.enable_chunked_prefill and num_new > budget:
+                break
+            num_new = min(num_new, budget)
+            if req.swapped_blocks:  # swapped KV needs its blocks back too
+                ok = pool.allocate(req, in_hbm + num_new, computed=0)
+            else:
+                ok = pool.allocate(req, num_lower + num_new, hits, in_hbm)
+            if not ok:
+                if not running and self.on_pressure is not None and self.on_pressure(
+                        pool.blocks_needed(req, num_lower + num_new, len(hits), in_hbm)):
+                    continue
+                break
+            waiting.popleft()
+            pool.count_lookup(req, len(hits))
+            if req.swapped_blocks and not self.tiers.swap_in(req):
+                num_computed = 0  # the host copy was evicted meanwhile: recompute from scratch
+                num_new = min(req.num_tokens, budget)
+            if lower:
+                self.tiers.reload(lower)
+            if self.on_admit is not None:
+                self.on_admit(req)
+            if req.preemptions == 0:
+                req.cached_tokens = num_computed
+                if hits:
+                    req.cached_tokens_by_tier["hbm"] = len(hits) * pool.block_size
+                for tier, n in lower:
+                    req.cached_tokens_by_tier[tier.name] = req.cached_tokens_by_tier.get(tier.name, 0) + \
+                        n * pool.block_size
+            req.num_computed_tokens = num_computed
+            req.status = "running"
+            running.append(req)
+            plan.requests.append(req)
+            plan.num_new_tokens.append(num_new)
+            plan.contexts.append(num_computed)
+            plan.num_prefill_tokens += num_new
+            if num_computed + num_new >= req.num_tokens:
+                plan.num_sampled += 1
+            budget -= num_new
 
     def _schedule(self) -> IterationPlan | None:
         eng = self.engine
@@ -351,70 +437,7 @@ class Scheduler:
         plan.first_admitted = len(plan.requests)
         plan.steady_decode = n_fast == len(plan.requests) == len(running) and not plan.preempted
         if not plan.preempted:
-            self._resort()
-            waiting = self.waiting
-            seats = eng.max_num_seqs - len(self.releasing)
-            while waiting and budget > 0 and len(running) < seats:
-                req = waiting[0]
-                hits: list[int] = []
-                lower: list = []
-                if not req.swapped_blocks and req.num_computed_tokens == 0:
-                    hits = pool.find_cached_prefix(req)
-                saved = req.num_computed_tokens  # > 0 only for a swapped-out request
-                in_hbm = len(hits) * pool.block_size if hits else saved
-                # blocks are counted from what is already in HBM: hits, or the swapped KV to bring back;
-                # lower-tier hits and this step's tokens need fresh blocks alike, so the full-prompt
-                # gate does not depend on where the rest comes from
-                rest = req.num_tokens - in_hbm
-                if eng.scheduler_reserve_full_isl and not pool.can_allocate(req, rest, hits, in_hbm):
-                    if not running and self.on_pressure is not None and self.on_pressure(
-                            pool.blocks_needed(req, rest, len(hits), in_hbm)):
-                        continue  # pinned KV of idle programs yielded to a request that could not otherwise run
-                    break  # the whole remaining prompt must fit before any chunk of it is admitted
-                if not req.swapped_blocks and saved == 0 and self.tiers is not None and self.tiers.active:
-                    limit = (req.num_tokens - 1) // pool.block_size
-                    lower = self.tiers.lookup(req, len(hits), limit)
-                num_lower = sum(n for _, n in lower) * pool.block_size
-                num_computed = in_hbm + num_lower
-                num_new = req.num_tokens - num_computed
-                if not eng.enable_chunked_prefill and num_new > budget:
-                    break
-                num_new = min(num_new, budget)
-                if req.swapped_blocks:  # swapped KV needs its blocks back too
-                    ok = pool.allocate(req, in_hbm + num_new, computed=0)
-                else:
-                    ok = pool.allocate(req, num_lower + num_new, hits, in_hbm)
-                if not ok:
-                    if not running and self.on_pressure is not None and self.on_pressure(
-                            pool.blocks_needed(req, num_lower + num_new, len(hits), in_hbm)):
-                        continue
-                    break
-                waiting.popleft()
-                pool.count_lookup(req, len(hits))
-                if req.swapped_blocks and not self.tiers.swap_in(req):
-                    num_computed = 0  # the host copy was evicted meanwhile: recompute from scratch
-                    num_new = min(req.num_tokens, budget)
-                if lower:
-                    self.tiers.reload(lower)
-                if self.on_admit is not None:
-                    self.on_admit(req)
-                if req.preemptions == 0:
-                    req.cached_tokens = num_computed
-                    if hits:
-                        req.cached_tokens_by_tier["hbm"] = len(hits) * pool.block_size
-                    for tier, n in lower:
-                        req.cached_tokens_by_tier[tier.name] = req.cached_tokens_by_tier.get(tier.name, 0) + \
-                            n * pool.block_size
-                req.num_computed_tokens = num_computed
-                req.status = "running"
-                running.append(req)
-                plan.requests.append(req)
-                plan.num_new_tokens.append(num_new)
-                plan.contexts.append(num_computed)
-                plan.num_prefill_tokens += num_new
-                if num_computed + num_new >= req.num_tokens:
-                    plan.num_sampled += 1
-                budget -= num_new
+            self._admit(plan, budget)
         if self.tiers is not None:
             plan.kv_moves = self.tiers.take_moves()
         if not plan.requests:
