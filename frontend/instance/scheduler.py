@@ -161,6 +161,11 @@ class Scheduler:
             self.releasing = []
             if plan is None and self.waiting:
                 plan = self._schedule()  # nothing was in flight: the engine core loops again at once
+        while plan is None and self.running:
+            # with a priority order the preemption victim can be the first running request itself: nothing was
+            # planned, yet the others still run; vLLM's engine core simply steps again (never under FCFS, whose
+            # victim is the newest: nobody would be left behind it)
+            plan = self._schedule()
         return plan
 
     def sync(self) -> None:
