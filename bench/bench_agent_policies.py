@@ -1,7 +1,8 @@
 """Policy comparison tables for the agent examples.
 
-agents-coding-4x: vLLM default (FCFS + LRU), Continuum (program FCFS + TTL pin),
-InferCept (min-waste), Autellix (PLAS), KVFlow-style invocation distance + prefetch.
+agents-coding-4x: vLLM default (FCFS + LRU), Continuum (program FCFS + TTL pin, fixed 2 s or from the
+utility model), InferCept (min-waste + original-arrival order), Autellix (PLAS), KVFlow-style invocation
+distance + prefetch. The papers' own setups are in configs/studies/ (bench/bench_agent_papers.py).
 agents-multiagent-5k: LRU vs invocation-distance eviction + prefetch.
 Usage: python bench/bench_agent_policies.py [--programs N]
 """
@@ -21,7 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 CODING = [
     ("vLLM (fcfs+lru)", {"scheduling": "fcfs", "retention": "lru"}),
     ("Continuum (program_fcfs+ttl_pin)", {"scheduling": "program_fcfs", "retention": "ttl_pin"}),
-    ("InferCept (min_waste)", {"scheduling": "fcfs", "retention": "min_waste"}),
+    ("Continuum (ttl from utility)", {"scheduling": "program_fcfs", "retention": "ttl_pin", "ttl_policy": "utility"}),
+    # InferCept orders resumed requests by their original arrival ("original arrival time scheduling")
+    ("InferCept (min_waste)", {"scheduling": "program_fcfs", "retention": "min_waste"}),
     ("Autellix (plas)", {"scheduling": "plas", "retention": "lru"}),
     ("KVFlow (inv.distance+prefetch)", {"retention": "invocation_distance", "prefetch": "invocation_distance"}),
 ]

@@ -7,6 +7,12 @@
 * multiagent: a large population of agents with sparse activation per step, in
   the spirit of ScaleSim's generative-agent workloads; an agent acting at step s
   messages a few others, who then act at step s+1 with the messages in context.
+* workflow: MetaGPT-style fixed-prompt workflows (KVFlow's workload): num_agents
+  role agents, each with its own fixed prompt of system_prompt_tokens tokens that
+  every workflow shares; a workflow invokes the agents in turn for `steps` steps,
+  each invocation reading its agent's fixed prompt plus the previous agent's
+  message (tool_output_tokens), so the reuse is across workflows and rounds,
+  not along one growing context.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ DEFAULT_CODING_TOOLS = {
 }
 DEFAULT_RESEARCH_TOOLS = {"web_search": ToolDist(dist="lognormal", mean_ms=1500, sigma=0.7),
                           "message": ToolDist(dist="constant", mean_ms=0)}
+DEFAULT_WORKFLOW_TOOLS = {"message": ToolDist(dist="constant", mean_ms=0)}
 DEFAULT_MULTIAGENT_TOOLS = {"env_step": ToolDist(dist="lognormal", mean_ms=800, sigma=0.5),
                             "message": ToolDist(dist="constant", mean_ms=0)}
 
@@ -129,6 +136,34 @@ def multiagent_programs(cfg: AgentWorkload, seed: int) -> list[ProgramSpec]:
     return progs
 
 
+AGENT_PROMPT_KEY_BASE = -1000  # segment keys of role prompts: negative, apart from the orchestrator's counter
+
+
+def workflow_programs(cfg: AgentWorkload, seed: int) -> list[ProgramSpec]:
+    """Workflows that hand a message from role agent to role agent (product manager -> architect -> ...).
+
+    Invocation k of a workflow runs agent k mod num_agents: its prompt is that agent's fixed prompt
+    (identical in every workflow, so it is the prefix that caching can reuse) followed by the previous
+    agent's message; the edge between consecutive invocations is the `message` tool (0 ms by default).
+    """
+    rng = np.random.default_rng(seed)
+    tool = sorted(cfg.tools or DEFAULT_WORKFLOW_TOOLS)[0]
+    arrivals = arrival_times_ns("poisson", cfg.rate_per_s, 1.0, cfg.num_programs, rng)
+    fixed = cfg.system_prompt_tokens
+    progs = []
+    for p in range(cfg.num_programs):
+        pid = f"wf-{p}"
+        turns: list[TurnSpec] = []
+        for k in range(cfg.steps):
+            agent = k % cfg.num_agents
+            msg = _one(cfg.tool_output_tokens, rng)
+            parents = [Edge(turns[-1].turn_id, tool)] if turns else []
+            turns.append(TurnSpec(f"{pid}.a{agent}.k{k}", pid, k, fixed + msg, _one(cfg.output_tokens, rng),
+                                  parents=parents, fixed_prefix=(AGENT_PROMPT_KEY_BASE - agent, fixed)))
+        progs.append(ProgramSpec(pid, int(arrivals[p]), turns))
+    return progs
+
+
 def sessions_to_programs(sessions) -> list[ProgramSpec]:
     """LLMServingSim agentic sessions: sub-request k+1 is released tool_duration_ns after k completes."""
     progs = []
@@ -212,10 +247,10 @@ def read_dag_jsonl(path: Path) -> list[ProgramSpec]:
 
 def generate(cfg: AgentWorkload, seed: int) -> list[ProgramSpec]:
     return {"coding": coding_programs, "research": research_programs,
-            "multiagent": multiagent_programs}[cfg.generator](cfg, seed)
+            "multiagent": multiagent_programs, "workflow": workflow_programs}[cfg.generator](cfg, seed)
 
 
 def default_tools(cfg: AgentWorkload) -> dict[str, ToolDist]:
     base = {"coding": DEFAULT_CODING_TOOLS, "research": DEFAULT_RESEARCH_TOOLS,
-            "multiagent": DEFAULT_MULTIAGENT_TOOLS}[cfg.generator]
+            "multiagent": DEFAULT_MULTIAGENT_TOOLS, "workflow": DEFAULT_WORKFLOW_TOOLS}[cfg.generator]
     return {**base, **cfg.tools}

@@ -25,6 +25,7 @@ class TurnState:
     release_ns: int = 0
     request: Request | None = None
     children_left: int = 0
+    finished: bool = False
 
 
 @dataclass
@@ -34,8 +35,12 @@ class ProgramState:
     arrival_ns: int
     completion_ns: int = -1
     tool_ns: int = 0
-    service_tokens: int = 0  # attained service: tokens of its finished turns
+    service_tokens: int = 0  # tokens of its finished turns (prompt + output)
+    # attained service as Autellix defines it: the execution time of the program's completed calls
+    # (admission to last token of each finished turn), not the tokens its prompts repeat from cache
+    service_ns: int = 0
     instances: set[str] = field(default_factory=set)
+    next_index: int = 0  # first turn (in spec order) whose request does not exist yet
 
 
 class Orchestrator:
@@ -52,6 +57,7 @@ class Orchestrator:
         self._seq = 0
         # (end_ns, duration) of tool calls; a policy only sees calls that ended before its "now"
         self.tool_history: dict[str, list[tuple[int, int]]] = {}
+        self._prefix_hashes: dict[tuple[int, int], list[int]] = {}
         for p in programs:
             self.programs[p.program_id] = ProgramState(p, len(p.turns), p.arrival_ns)
             for t in p.turns:
@@ -95,6 +101,9 @@ class Orchestrator:
                 segs = list(parent.content.segments or []) + list(parent.output_content.segments or [])
                 ctx = parent.input_tokens + parent.output_tokens
                 prefix = parent.hashes or []
+            elif t.fixed_prefix is not None:
+                key, n = t.fixed_prefix
+                segs, ctx, prefix = [(key, min(n, t.new_tokens))], 0, []
             else:
                 segs, ctx, prefix = [], 0, []
                 sys_tokens = min(self.system_prompt_tokens, t.new_tokens) if t.index == 0 else 0
@@ -114,14 +123,21 @@ class Orchestrator:
         req.seq = self._seq
         req.ready_ns = st.release_ns
         st.request = req
+        prog = self.programs[t.program_id]
+        turns = prog.spec.turns
+        while prog.next_index < len(turns) and self.turns[turns[prog.next_index].turn_id].request is not None:
+            prog.next_index += 1
         return req
 
     def on_finish(self, req: Request, now: int) -> list[Request]:
         """Children whose last dependency this completes, as requests arriving at their release time."""
         st = self.turns[req.request_id]
         prog = self.programs[st.spec.program_id]
+        st.finished = True
         prog.turns_left -= 1
         prog.service_tokens += req.input_tokens + req.output_tokens
+        if req.scheduled_ns >= 0:
+            prog.service_ns += now - req.scheduled_ns
         prog.instances.add(req.instance)
         if prog.turns_left == 0:
             prog.completion_ns = now
@@ -153,6 +169,49 @@ class Orchestrator:
             if done:
                 return sum(done) / len(done)
         return self.tools.mean_ns(tool)
+
+    # ---- what invocation-distance policies may know: the program structure, never durations ----
+    def next_pending(self, program_id: str) -> str | None:
+        """The program's next turn that has not been released yet (None when every turn has been)."""
+        prog = self.programs[program_id]
+        turns = prog.spec.turns
+        return turns[prog.next_index].turn_id if prog.next_index < len(turns) else None
+
+    def steps_to_execution(self, turn_id: str, memo: dict[str, int]) -> int:
+        """KVFlow's steps-to-execution on the Agent Step Graph (ScaleSim's invocation distance in steps):
+        0 when every parent has finished (only a tool call stands between the turn and its request),
+        else 1 + the largest distance among the parents that have not finished (a parent that runs now
+        counts 0). Structure only: nothing about how long a step will take."""
+        d = memo.get(turn_id)
+        if d is not None:
+            return d
+        st = self.turns[turn_id]
+        d = 0
+        for e in st.spec.parents:
+            ps = self.turns[e.parent]
+            if not ps.finished:
+                d = max(d, 1 + (0 if ps.request is not None else self.steps_to_execution(e.parent, memo)))
+        memo[turn_id] = d
+        return d
+
+    def reuse_hashes(self, turn_id: str) -> list[int]:
+        """Block hashes a pending turn will find as its prompt's prefix: its context parent's whole
+        sequence, or its fixed prompt. Known from the program structure before the turn exists."""
+        spec = self.turns[turn_id].spec
+        if spec.context_parent is not None:
+            parent = self.turns[spec.context_parent].request
+            if parent is None or not parent.hashes:
+                return []
+            n_full = (parent.input_tokens + parent.output_tokens) // self.block_size
+            return parent.hashes[:n_full]
+        if spec.fixed_prefix is not None and self.hash_contents:
+            key, n = spec.fixed_prefix
+            n = min(n, spec.new_tokens)
+            h = self._prefix_hashes.get((key, n))
+            if h is None:
+                h = self._prefix_hashes[(key, n)] = extend_block_hashes([], [(key, n)], self.block_size, n)
+            return h
+        return []
 
     def next_tools(self, turn_id: str) -> list[str]:
         """The tools that start when this turn finishes (known from the program structure, not their durations)."""

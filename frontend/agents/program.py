@@ -33,6 +33,9 @@ class TurnSpec:
     input_ids: list[int] | None = None  # full prompt ids when the trace has them
     output_ids: list[int] | None = None
     full_input_tokens: int | None = None  # trace formats that give the whole prompt length
+    # (key, tokens): the turn's prompt starts with a fixed prompt shared by every turn naming the same key
+    # (a workflow agent's role prompt, KVFlow's "fixed prompt"), followed by its own new tokens
+    fixed_prefix: tuple[int, int] | None = None
 
 
 @dataclass

@@ -180,7 +180,7 @@ class ToolDist(Strict):
 
 class AgentWorkload(Strict):
     kind: Literal["agents"] = "agents"
-    generator: Literal["coding", "research", "multiagent"] = "coding"
+    generator: Literal["coding", "research", "multiagent", "workflow"] = "coding"
     trace: str | None = Field(None, description="session JSONL (LLMServingSim) or DAG JSONL instead of a generator")
     num_programs: int = Field(100, ge=1, le=10_000_000)
     rate_per_s: float = Field(1.0, gt=0, le=1e12)
@@ -201,7 +201,8 @@ class AgentWorkload(Strict):
             raise ValueError(f"turns_min ({self.turns_min}) exceeds turns_max ({self.turns_max})")
         if self.trace is None:
             turns = {"coding": self.num_programs * self.turns_max, "research": self.num_programs * (self.fanout + 2),
-                     "multiagent": int(self.num_agents * self.active_fraction * 1.5 + 1) * self.steps}[self.generator]
+                     "multiagent": int(self.num_agents * self.active_fraction * 1.5 + 1) * self.steps,
+                     "workflow": self.num_programs * self.steps}[self.generator]
             if turns > MAX_COUNT:
                 raise ValueError(f"the {self.generator} generator would create up to {turns:,} turns "
                                  f"(more than {MAX_COUNT:,}); lower the counts")
@@ -252,6 +253,10 @@ class PolicyConfig(Strict):
     scheduling: Literal["fcfs", "program_fcfs", "plas"] = "fcfs"
     retention: Literal["lru", "ttl_pin", "min_waste", "invocation_distance"] = "lru"
     ttl_ms: float = Field(2000.0, ge=0, le=1e12)
+    ttl_policy: Literal["fixed", "utility"] = Field(
+        "fixed", description="ttl_pin: 'fixed' pins for ttl_ms when the tool's mean is within it (Continuum's "
+                             "released preview); 'utility' picks the TTL that maximises the expected benefit "
+                             "of a pin minus its memory cost (the Continuum paper's TTL model)")
     prefetch: Literal["none", "invocation_distance"] = "none"
     prefetch_lookahead: int = Field(8, ge=0, le=1_000_000)
 

@@ -1,0 +1,220 @@
+"""Each agent-serving paper's headline effect beside the simulated one: same metric, same baseline.
+
+One study per paper under configs/studies/ mirrors the paper's evaluation setup as far as its text allows
+(every parameter cites its source in the YAML). For each study this runs the paper's baseline and the
+paper's policy on the same workload and prints the paper's reported effect next to the simulated one.
+Why they differ where they do is in bench/results/agent_papers.txt (the closing note).
+
+Usage: python bench/bench_agent_papers.py [--study NAME ...] [--programs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from frontend.config.loader import load_and_resolve
+from frontend.metrics.report import summarize
+from frontend.session import simulate
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = REPO / "configs" / "studies"
+
+
+def mean_completion_s(res, s) -> float:
+    """Mean program (job / workflow) completion time, arrival to last token."""
+    return s["agents"]["completion_ms"]["mean"] / 1e3
+
+
+def makespan_s(res, s) -> float:
+    """Time from the first program's arrival to the last program's last token (a simulation's wall time)."""
+    progs = res.orchestrator.programs.values()
+    return (max(p.completion_ns for p in progs) - min(p.arrival_ns for p in progs)) / 1e9
+
+
+def normalized_latency_s_per_token(res, s) -> float:
+    """InferCept's and vLLM's serving metric: each request's end-to-end latency over its output tokens
+    (a request is a program: the LLM call with all its interceptions), averaged. The interceptions' own
+    durations are taken out: they are the same under every policy and are not the serving system's."""
+    vals = []
+    for p in res.orchestrator.programs.values():
+        out = sum(t.output_tokens for t in p.spec.turns)
+        if p.completion_ns >= 0 and out:
+            vals.append((p.completion_ns - p.arrival_ns - p.tool_ns) / 1e9 / out)
+    return sum(vals) / max(1, len(vals))
+
+
+@dataclass
+class Study:
+    name: str
+    config: str
+    paper: str  # the paper's headline, quoted
+    paper_effect: str  # the number(s) in the paper's metric
+    metric: Callable
+    metric_name: str
+    baseline: tuple[str, dict]
+    policies: list[tuple[str, dict]]
+    rates: list[float] = field(default_factory=list)  # extra arrival rates (overrides workload.rate_per_s)
+    overrides: dict = field(default_factory=dict)
+    # "load at the same latency": sweep these rates and report, per variant, the rate at which the metric
+    # reaches twice the baseline's value at the lowest rate (the knee), interpolated between grid points
+    load_grid: list[float] = field(default_factory=list)
+
+
+VLLM = ("vLLM (fcfs + lru)", {"policy": {"scheduling": "fcfs", "retention": "lru", "prefetch": "none"}})
+CONTINUUM = ("Continuum (program_fcfs + ttl_pin utility)",
+             {"policy": {"scheduling": "program_fcfs", "retention": "ttl_pin", "ttl_policy": "utility"}})
+CONTINUUM_FIXED = ("Continuum preview (program_fcfs + 2 s ttl_pin)",
+                   {"policy": {"scheduling": "program_fcfs", "retention": "ttl_pin", "ttl_policy": "fixed",
+                               "ttl_ms": 2000}})
+INFERCEPT = ("InferCept (program_fcfs + min_waste)", {"policy": {"scheduling": "program_fcfs",
+                                                                 "retention": "min_waste"}})
+AUTELLIX = ("Autellix (plas)", {"policy": {"scheduling": "plas", "retention": "lru"}})
+# Autellix preempts by swapping to host memory ("memory-swap optimizations", sciencestack.ai summary)
+HOST_SWAP = {"kv": {"preemption": "swap", "tiers": [{"name": "dram", "kind": "dram", "capacity_gib": 256,
+                                                     "bw_gbps": 25, "latency_ns": 2000, "scope": "instance"}]}}
+AUTELLIX_SWAP = ("Autellix (plas, swap preemption)", {**HOST_SWAP, **AUTELLIX[1]})
+KVFLOW = ("KVFlow (inv. distance evict + prefetch)",
+          {"policy": {"retention": "invocation_distance", "prefetch": "invocation_distance"}})
+KVFLOW_EVICT = ("KVFlow eviction only", {"policy": {"retention": "invocation_distance", "prefetch": "none"}})
+NO_TIER = {"kv": {"offload": "none", "tiers": []}}
+
+STUDY_LIST = [
+    Study("continuum", "continuum-swebench-llama8b.yaml",
+          "Continuum improves average job completion time over vLLM on SWE-bench/BFCL agents, Llama-3.1-8B/70B",
+          "1.12x-3.66x lower mean JCT than vLLM (v2 summary)", mean_completion_s, "mean JCT s",
+          VLLM, [CONTINUUM, CONTINUUM_FIXED, INFERCEPT, AUTELLIX], rates=[2.0, 3.0]),
+    Study("kvflow-single", "kvflow-workflow-llama8b.yaml",
+          "KVFlow vs SGLang hierarchical radix cache, one workflow with large prompts",
+          "up to 1.83x speed-up", makespan_s, "workflow s", ("SGLang HiCache (lru + DRAM tier)", {}),
+          [KVFLOW, KVFLOW_EVICT]),
+    Study("kvflow-single-gpu-only", "kvflow-workflow-llama8b.yaml",
+          "KVFlow vs SGLang GPU-only radix cache (no host tier: a miss recomputes the prompt)",
+          "(paper's second baseline; the headline is vs HiCache)", makespan_s, "workflow s",
+          ("SGLang (lru, no tier)", NO_TIER), [("KVFlow eviction (no tier)", {**NO_TIER, **KVFLOW_EVICT[1]})]),
+    Study("kvflow-concurrent", "kvflow-concurrent-llama8b.yaml",
+          "KVFlow vs SGLang hierarchical radix cache, many concurrent workflows",
+          "up to 2.19x speed-up", makespan_s, "all workflows s", ("SGLang HiCache (lru + DRAM tier)", {}),
+          [KVFLOW, KVFLOW_EVICT]),
+    Study("scalesim", "scalesim-genagents-llama8b.yaml",
+          "ScaleSim vs SGLang on multi-agent simulation benchmarks", "up to 1.74x speed-up", makespan_s,
+          "simulation s", ("SGLang HiCache (lru + DRAM tier)", {}), [KVFLOW, KVFLOW_EVICT]),
+    Study("scalesim-gpu-only", "scalesim-genagents-llama8b.yaml",
+          "ScaleSim eviction vs SGLang GPU-only radix cache (no host tier: a miss recomputes)",
+          "(the text we read does not say whether the SGLang baseline had a host tier)", makespan_s,
+          "simulation s", ("SGLang (lru, no tier)", NO_TIER),
+          [("ScaleSim eviction (no tier)", {**NO_TIER, **KVFLOW_EVICT[1]})]),
+    Study("infercept", "infercept-mixed-gptj6b.yaml",
+          "InferCept sustains 1.6-2x higher serving load than vLLM at similar latency per token",
+          "1.6x-2x load at equal normalized latency", normalized_latency_s_per_token, "norm. latency s/token",
+          ("vLLM 0.2 (discard + recompute, no prefix cache)",
+           {"engine": {"enable_prefix_caching": False}, "policy": {"scheduling": "fcfs", "retention": "lru"}}),
+          [INFERCEPT, ("vLLM v1 (prefix cache, LRU)", VLLM[1])], load_grid=[1, 2, 3, 4, 6, 8, 12]),
+    Study("autellix", "autellix-plas-llama8b.yaml",
+          "Autellix PLAS vs vLLM FCFS on single-threaded agent programs",
+          "4x-15x program throughput at the same latency", mean_completion_s, "mean program latency s",
+          VLLM, [AUTELLIX, AUTELLIX_SWAP, ("vLLM (fcfs, swap preemption)", {**HOST_SWAP, **VLLM[1]})],
+          load_grid=[0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
+]
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_point(study: Study, overrides: dict, rate: float | None, programs: int | None) -> tuple[float, dict, float]:
+    ov = _merge(study.overrides, overrides)
+    wl: dict = {}
+    if rate is not None:
+        wl["rate_per_s"] = rate
+    if programs is not None:
+        wl["num_programs"] = programs
+    if wl:
+        ov = _merge(ov, {"workload": wl})
+    run = load_and_resolve(STUDIES / study.config, ov)
+    t0 = time.perf_counter()
+    res, extra = simulate(run)
+    wall = time.perf_counter() - t0
+    s = summarize(res, extra)
+    return study.metric(res, s), s, wall
+
+
+def knee_rate(rates: list[float], values: list[float], limit: float) -> float | None:
+    """The arrival rate at which `values` first reach `limit`, linear between grid points (None: never)."""
+    prev = None
+    for r, v in zip(rates, values, strict=True):
+        if v >= limit:
+            if prev is None:
+                return r
+            r0, v0 = prev
+            return r0 + (r - r0) * (limit - v0) / (v - v0)
+        prev = (r, v)
+    return None
+
+
+def run_load_study(study: Study, programs: int | None) -> None:
+    grid = study.load_grid
+    print(f"   {'variant':48s} " + " ".join(f"{r:>8g}/s" for r in grid) + f" {'knee rate':>10s} {'vs baseline':>11s}")
+    curves = []
+    for name, ov in [study.baseline, *study.policies]:
+        vals = [run_point(study, ov, r, programs)[0] for r in grid]
+        curves.append((name, vals))
+    limit = 2 * curves[0][1][0]
+    base_knee = knee_rate(grid, curves[0][1], limit)
+    for name, vals in curves:
+        k = knee_rate(grid, vals, limit)
+        ks = f">{grid[-1]:g}" if k is None else f"{k:.2f}"
+        ratio = "-" if base_knee is None else (f">{grid[-1] / base_knee:.2f}x" if k is None else f"{k / base_knee:.2f}x")
+        print(f"   {name:48s} " + " ".join(f"{v:10.4f}" for v in vals) + f" {ks:>10s} {ratio:>11s}", flush=True)
+    print(f"   ({study.metric_name}; knee = the rate where it reaches 2x the baseline's value at {grid[0]:g}/s "
+          f"= {limit:.4f})")
+
+
+def run_study(study: Study, programs: int | None = None) -> None:
+    print(f"\n== {study.name}: {study.config}")
+    print(f"   paper: {study.paper}")
+    print(f"   paper's effect: {study.paper_effect}")
+    if study.load_grid:
+        run_load_study(study, programs)
+        return
+    base_rate = load_and_resolve(STUDIES / study.config).config.workload.rate_per_s
+    for rate in [None, *study.rates]:
+        r = base_rate if rate is None else rate
+        print(f"   -- arrival rate {r:g}/s" if study.config.startswith(("continuum", "infercept", "autellix"))
+              else "   --")
+        print(f"   {'variant':48s} {study.metric_name:>22s} {'effect vs baseline':>18s} {'x-turn hit':>10s} "
+              f"{'pins c/e/b':>14s} {'prefetch GB':>11s} {'wall s':>7s}")
+        base_v = None
+        for name, ov in [study.baseline, *study.policies]:
+            v, s, wall = run_point(study, ov, rate, programs)
+            a = s["agents"]
+            p = a.get("policy", {})
+            if base_v is None:
+                base_v = v
+                eff = "baseline"
+            else:
+                eff = f"{base_v / v:.2f}x" if v > 0 else "-"
+            pins = f"{p.get('pins_created', 0)}/{p.get('pins_expired', 0)}/{p.get('pins_broken', 0)}"
+            print(f"   {name:48s} {v:22.4f} {eff:>18s} {a['cross_turn_hit_rate']:10.3f} {pins:>14s} "
+                  f"{p.get('bytes_prefetched', 0) / 1e9:11.2f} {wall:7.1f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--study", action="append", help="study name (repeatable); default: all")
+    ap.add_argument("--programs", type=int, default=None, help="override num_programs (quick looks)")
+    a = ap.parse_args()
+    names = set(a.study or [s.name for s in STUDY_LIST])
+    for st in STUDY_LIST:
+        if st.name in names:
+            run_study(st, a.programs)
+
+
+if __name__ == "__main__":
+    main()
