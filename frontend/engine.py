@@ -196,10 +196,11 @@ class Engine:
                     self._bad_duration(inst, now, out.duration_ns)
                 inst.busy = True
                 plan = out.plan
-                for r in plan.requests[plan.first_admitted:]:
-                    if r.scheduled_ns < 0:
-                        r.scheduled_ns = now
-                        inst.queue_delay_ns = 0.9 * inst.queue_delay_ns + 0.1 * (now - r.arrival_ns)
+                if plan.first_admitted < len(plan.requests):
+                    for r in plan.requests[plan.first_admitted:]:
+                        if r.scheduled_ns < 0:
+                            r.scheduled_ns = now
+                            inst.queue_delay_ns = 0.9 * inst.queue_delay_ns + 0.1 * (now - r.arrival_ns)
                 inflight[inst.name] = out
                 end = now + out.duration_ns
                 self.log.add(inst, now, end, out)

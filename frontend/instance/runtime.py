@@ -62,7 +62,7 @@ class StepOutcome:
 
     def __init__(self, plan: IterationPlan, result: IterationResult, duration_ns: int, graphs: list[Graph] | None,
                  tensor_bytes: int | None = None, num_ranks: int = 0,
-                 build: Callable[[], list[Graph]] | None = None) -> None:
+                 build: Callable[[IterationPlan], list[Graph]] | None = None) -> None:
         self.plan = plan
         self.result = result
         self.duration_ns = duration_ns
@@ -78,7 +78,7 @@ class StepOutcome:
     def graphs(self) -> list[Graph]:
         if self._graphs is None:
             assert self._build is not None
-            self._graphs = self._build()
+            self._graphs = self._build(self.plan)
         return self._graphs
 
 
@@ -228,13 +228,18 @@ class InstanceRuntime:
         """The step's outcome from the base step's, or None when an operator other than attention changed."""
         if plan.kv_moves:
             return None
-        cost = self.costs(self.shape_of(plan))
+        shape = BatchShape(q=plan.num_new_tokens, ctx=plan.contexts, num_sampled=plan.num_sampled)
+        c = self.compute
         b = base.cost
         k = base.attention
-        layer, layer0 = cost.layer, b.layer
-        # list equality compares element identity first: the compute model's memoized ops cost nothing here
-        if cost.num_tokens != b.num_tokens or cost.prologue != b.prologue or cost.epilogue != b.epilogue \
-                or len(layer) != len(layer0) or layer[:k] != layer0[:k] or layer[k + 1:] != layer0[k + 1:]:
+        layer0 = b.layer
+        # the same operator lists as costs(shape) would hold; list equality compares element identity first,
+        # so the compute model's memoized operators cost nothing here
+        if shape.num_tokens != b.num_tokens or c.prologue_ops(shape) != b.prologue:
+            return None
+        layer = c.layer_ops(shape)
+        if len(layer) != len(layer0) or layer[:k] != layer0[:k] or layer[k + 1:] != layer0[k + 1:] \
+                or c.epilogue_ops(shape) != b.epilogue:
             return None
         a, a0 = layer[k], layer0[k]
         if a.name != "attention":
@@ -248,5 +253,5 @@ class InstanceRuntime:
                                  mem_bytes_by_tier={})
         return StepOutcome(plan, result, max(1, dur) + self.overhead_ns, None,
                            base.tensor_bytes + base.num_layers * (a.bytes - a0.bytes), base.num_ranks,
-                           lambda: self.graphs_for(plan))
+                           self.graphs_for)
 

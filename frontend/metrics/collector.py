@@ -76,24 +76,30 @@ class IterationLog:
         self._writer = w
 
     def add(self, inst: InstanceRuntime, start: int, end: int, out: StepOutcome) -> None:
+        # runs once per simulated iteration: plain locals, no per-row helper calls without tiers
         p = out.plan
         r = out.result
-        hbm = out.tensor_bytes - sum(r.mem_bytes_by_tier.values()) // max(1, out.num_ranks)
-        energy = inst.power.iteration(start, end - start, r.compute_ns, max(0, hbm), r.comm_bytes,
-                                      sum(r.mem_bytes_by_tier.values()))
-        row = (inst.name, start, end, p.num_seqs, p.num_prefill_tokens, p.num_decode_tokens,
-               inst.pool.num_used, inst.pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,
+        tiers = r.mem_bytes_by_tier
+        host = sum(tiers.values()) if tiers else 0
+        hbm = out.tensor_bytes - host // max(1, out.num_ranks)
+        dur = end - start
+        energy = inst.power.iteration(start, dur, r.compute_ns, max(0, hbm), r.comm_bytes, host)
+        pool = inst.pool
+        row = (inst.name, start, end, len(p.requests), p.num_prefill_tokens, p.num_decode_tokens,
+               pool.num_used, pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,
                r.mem_ns, r.exposed_mem_ns, r.comm_bytes, len(p.preempted), int(r.cached),
-               round(energy, 6)) + self._tier_cells(inst, p)
+               round(energy, 6))
+        if self.tier_names:
+            row += self._tier_cells(inst, p)
         self.count += 1
-        self.busy_ns += end - start
+        self.busy_ns += dur
         self.exposed_comm_ns += r.exposed_comm_ns
         self.exposed_mem_ns += r.exposed_mem_ns
         st = self.per_instance.get(inst.name)
         if st is None:
             st = self.per_instance[inst.name] = InstanceIterStats()
         st.iterations += 1
-        st.busy_ns += end - start
+        st.busy_ns += dur
         if self._writer is not None:
             self._writer.writerow(row)  # type: ignore[attr-defined]
         if self.keep:
