@@ -22,6 +22,7 @@ from frontend.session import simulate
 from tests.conftest import BUNDLE, LSS, REPO, small_run_dict
 
 EXAMPLES = sorted((REPO / "configs" / "examples").glob("*.yaml"))
+STUDIES = sorted((REPO / "configs" / "studies").glob("*.yaml"))
 IGNORED_SUMMARY_KEYS = ("wall_s", "backend")
 
 
@@ -58,6 +59,13 @@ def test_every_example_is_identical_with_and_without_run_ahead(cfg: Path, tmp_pa
         pytest.skip("validation sets need the shared reference data")
     n = 12 if cfg.stem.startswith("agents-") else 60
     assert_same_both_ways(cfg, {"workload": {"num_requests": n}}, tmp_path)
+
+
+@pytest.mark.parametrize("cfg", STUDIES, ids=[p.stem for p in STUDIES])
+def test_agent_policy_studies_are_identical(cfg: Path, tmp_path: Path):
+    """The paper studies' policies (pins held across tool calls, program priorities, swap preemption,
+    background prefetch, farthest-first eviction) act between and inside decode runs."""
+    assert_same_both_ways(cfg, {"workload": {"num_requests": 15}}, tmp_path)
 
 
 @pytest.mark.parametrize("cfg", [p for p in EXAMPLES if p.stem.startswith("validate-")],

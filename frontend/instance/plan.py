@@ -17,7 +17,7 @@ class KVMove:
     reason: str = "prefix"  # prefix | offload | swap | prefetch
 
 
-@dataclass
+@dataclass(slots=True)
 class IterationPlan:
     instance: str
     requests: list[Request]

@@ -48,20 +48,28 @@ class InstancePower:
         self.npus = num_npus
         self.energy = EnergyBreakdown()
         self.last_end_ns = 0
+        # per-iteration factors, read once (this runs every iteration); each product is the first factor pair
+        # of the expressions below, so the sums are evaluated in the same order as written out in full
+        pw = hw.power
+        self._idle_w = num_npus * hw.idle_w
+        self._compute_w = num_npus * hw.compute_w
+        self._standby_w = num_npus * hw.standby_w
+        self._dram = pw.dram_pj_per_bit
+        self._link = pw.link_pj_per_bit
+        self._host = pw.host_dram_pj_per_bit
 
     def iteration(self, start_ns: int, duration_ns: int, compute_ns: int, hbm_bytes_per_npu: int, comm_bytes: int,
                   host_bytes: int) -> float:
         """Account one iteration (and the idle gap before it); return its energy in joules."""
-        hw = self.hw
         n = self.npus
-        pw = hw.power
-        idle = n * hw.idle_w * max(0, start_ns - self.last_end_ns) * 1e-9
+        # n * idle_w * gap * 1e-9 and so on, left to right (the same float operations as spelled out)
+        idle = self._idle_w * max(0, start_ns - self.last_end_ns) * 1e-9
         busy = min(compute_ns, duration_ns)
-        comp = n * hw.compute_w * busy * 1e-9
-        standby = n * hw.standby_w * (duration_ns - busy) * 1e-9
-        hbm = n * hbm_bytes_per_npu * 8 * pw.dram_pj_per_bit * 1e-12
-        link = comm_bytes * 8 * pw.link_pj_per_bit * 1e-12
-        host = host_bytes * 8 * pw.host_dram_pj_per_bit * 1e-12
+        comp = self._compute_w * busy * 1e-9
+        standby = self._standby_w * (duration_ns - busy) * 1e-9
+        hbm = n * hbm_bytes_per_npu * 8 * self._dram * 1e-12
+        link = comm_bytes * 8 * self._link * 1e-12
+        host = host_bytes * 8 * self._host * 1e-12
         self.last_end_ns = start_ns + duration_ns
         e = self.energy  # plain floats, no per-iteration breakdown object: this runs every iteration
         e.compute_j += comp
