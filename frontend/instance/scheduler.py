@@ -48,7 +48,9 @@ class DecodeRun:
     """The running requests' decode steps from the start of a run (see the module docstring). Every running
     request's num_computed_tokens / num_output_done hold their values at the start until `done` is added."""
 
-    order: dict[int, int]  # id(request) -> its place in the running order at the start
+    # id(request) -> its place in the running order at the start, when a bucket can mix requests out of that
+    # order; None when every bucket holds its requests in running order (see _start_run)
+    order: dict[int, int] | None
     alloc: dict[int, list[Request]]  # step -> requests that need a new KV block when the step is planned
     fill: dict[int, list[Request]]  # step -> requests whose completion fills a block the cache may register
     finish: dict[int, list[Request]]  # step -> requests that emit their last token in it
@@ -180,9 +182,10 @@ class Scheduler:
                     r.num_output_done += k
 
     def _by_order(self, run: DecodeRun, reqs: list[Request]) -> list[Request]:
+        """A bucket's requests still running, in running order (the order the general path visits them)."""
         live = [r for r in reqs if r.status == "running"]
-        if len(live) > 1:
-            order = run.order
+        order = run.order
+        if order is not None and len(live) > 1:
             live.sort(key=lambda r: order[id(r)])
         return live
 
@@ -273,6 +276,7 @@ class Scheduler:
         fill: dict[int, list[Request]] = {}
         finish: dict[int, list[Request]] = {}
         last = 1 << 62
+        late = False
         for r in running:
             c = r.num_computed_tokens
             d = r.num_output_done
@@ -283,13 +287,19 @@ class Scheduler:
             # and emits token d + j (the last one finishes the request)
             last = min(last, max_len - c)
             a = len(r.block_ids) * bs - c + 1
+            late |= a > bs
             alloc.setdefault(a, []).append(r)
             if r.hashes and len(r.hashes) > r.num_hashed_blocks:  # else no registration can happen
                 fill.setdefault(bs - c % bs, []).append(r)
             finish.setdefault(r.output_tokens - d, []).append(r)
         if last < 1:
             return
-        self._run = DecodeRun({id(r): i for i, r in enumerate(running)}, alloc, fill, finish, last)
+        # Buckets are filled here in running order, and a bucket processed at step j is appended, in that order,
+        # to the bucket at j + block_size, which nothing else feeds once the first allocation and fill steps are
+        # all within 1..block_size (fills always are): then every bucket stays in running order. A request
+        # holding a spare empty block starts later, and its bucket may mix with re-queued ones: sort those.
+        order = {id(r): i for i, r in enumerate(running)} if late else None
+        self._run = DecodeRun(order, alloc, fill, finish, last)
 
     def _release(self, finished: list[Request]) -> None:
         for r in finished:
