@@ -49,9 +49,6 @@ if TYPE_CHECKING:
     from frontend.workload.request import Request
 
 
-# Invocation distance is recomputed at least this often per instance even when no turn finished (ms-scale:
-# a decode step is ~10 ms, tool calls are 10 ms to seconds). Events (a turn finishing) trigger it at once.
-PREFETCH_INTERVAL_NS = 50_000_000
 # KVFlow's released engine keeps eviction priorities for agents up to this many steps ahead and treats
 # farther ones alike (server_args.evict_pri_level = 4 in github.com/PanZaifeng/KVFlow).
 EVICT_PRIORITY_STEPS = 4
@@ -113,7 +110,6 @@ class RetentionPolicy:
         self.pins: dict[str, Pin] = {}  # program id -> pin
         # invocation distance: program -> (instance of its last turn, finish ns of that turn, tool after it)
         self.last_turn: dict[str, tuple[str, int, str]] = {}
-        self._last_prefetch: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._link_free_ns: dict[str, int] = {}  # background prefetch: when each instance's tier link is free
         self.prio: dict[str, dict[int, tuple]] = {}  # instance -> block hash -> (steps, expected ns, position)
@@ -426,10 +422,10 @@ class RetentionPolicy:
             self._plas_preempt(inst)
         if self.cfg.retention != "invocation_distance" and self.cfg.prefetch != "invocation_distance":
             return
-        last = self._last_prefetch.get(inst.name, -(1 << 62))
-        if inst.name not in self._dirty and now - last < PREFETCH_INTERVAL_NS:
+        # distances change only when a turn finishes or arrives (expected release times are absolute), so the
+        # ranking is redone on those events only
+        if inst.name not in self._dirty:
             return
-        self._last_prefetch[inst.name] = now
         self._dirty.discard(inst.name)
         prio, order = self._priorities(inst, now)
         self.prio[inst.name] = prio

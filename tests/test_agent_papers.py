@@ -264,6 +264,7 @@ def test_invocation_distance_evicts_farthest_first():
     junk = _cache(pool, [999_001, 999_002])  # newest, nobody's
     pol.last_turn["wf0"] = ("i", 0, "message")
     pol.last_turn["wf1"] = ("i", 0, "message")
+    pol._dirty.add("i")  # as after a turn finished on the instance
     pol.prefetch(inst, now=0)
     order = [b for b in pool.free_queue if pool.block_hash[b] is not None]
     assert order.index(junk[0]) < order.index(a2[0]) < order.index(a1[0])
@@ -282,6 +283,7 @@ def test_prefetch_lands_in_the_background_and_only_for_the_next_step():
     inst.tier_manager = SimpleNamespace(active=True, tiers=[tier], key=lambda h: h, block_bytes=1_000_000)
     pol.last_turn["wf0"] = ("i", 0, "message")
     pol.last_turn["wf1"] = ("i", 0, "message")
+    pol._dirty.add("i")  # as after a turn finished on the instance
     h1 = orch.reuse_hashes("wf0.a1.k1")
     h2 = orch.reuse_hashes("wf0.a2.k2")
     free_before = pool.num_free
@@ -307,6 +309,7 @@ def test_prefetch_never_displaces_nearer_kv():
     inst.tier_manager = SimpleNamespace(active=True, tiers=[tier], key=lambda h: h, block_bytes=1000)
     pol.last_turn["wf0"] = ("i", 0, "message")
     pol.last_turn["wf1"] = ("i", 0, "message")
+    pol._dirty.add("i")  # as after a turn finished on the instance
     pol.prefetch(inst, now=0)
     assert not timers.events and pol.stats.prefetches == 0
     assert all(h in pool.cached for h in orch.reuse_hashes("wf0.a1.k1"))
