@@ -192,3 +192,35 @@ def test_graphs_of_a_closed_form_step_are_the_ones_the_general_path_builds():
     run = load_and_resolve(REPO / "configs/examples/quickstart.yaml", {"workload": {"num_requests": 40}})
     res, _ = simulate(run, dump=Check(set(range(0, 4000, 7))))  # type: ignore[arg-type]
     assert seen and all(a == b for a, b in seen)
+
+
+def test_free_queue_pop_many_takes_what_popleft_would():
+    """Large allocations (prefill chunks, runs' block boundaries) take blocks with pop_many: the same blocks in
+    the same order, and the same queue afterwards, as one popleft() per block, stale entries included."""
+    import random
+
+    from frontend.instance.kv import FreeQueue
+
+    rng = random.Random(3)
+    n = 200
+    a, b = FreeQueue(n), FreeQueue(n)
+    refs_a, refs_b = [0] * n, [0] * n
+    for _ in range(400):
+        held = rng.sample(range(n), rng.randint(1, 30))  # leaves stale entries in both queues
+        a.acquire(refs_a, held)
+        b.acquire(refs_b, held)
+        a.release(refs_a, held)
+        b.release(refs_b, held)
+        if rng.random() < 0.3:
+            x = rng.choice(list(a))
+            a.move_to_front(x)
+            b.move_to_front(x)
+        k = rng.randint(0, min(25, len(a)))
+        got = a.pop_many(k)
+        assert got == [b.popleft() for _ in range(k)]
+        assert list(a) == list(b) and len(a) == len(b)
+        a.release(refs_a, [])  # nothing
+        for x in got:  # give them back in the same way
+            refs_a[x] = refs_b[x] = 1
+        a.release(refs_a, got)
+        b.release(refs_b, got)

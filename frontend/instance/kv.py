@@ -102,6 +102,24 @@ class FreeQueue:
             self._dq.extend(released)
             self._n += len(released)
 
+    def pop_many(self, k: int) -> list[int]:
+        """The first k blocks, taken off the head in order: k popleft() calls in one loop (k <= len(self))."""
+        pos = self._pos
+        dq = self._dq
+        head = self._head
+        out: list[int] = []
+        append = out.append
+        while k:
+            b = dq.popleft()
+            if pos[b] == head:
+                pos[b] = _OUT
+                append(b)
+                k -= 1
+            head += 1
+        self._head = head
+        self._n -= len(out)
+        return out
+
     def append(self, b: int) -> None:
         """Put an unreferenced block (not in the queue) at the tail."""
         self._pos[b] = self._tail
@@ -203,15 +221,19 @@ class BlockPool:
     # ---- allocation ----
     def _pop_free(self) -> int:
         b = self.free_queue.popleft()
-        h = self.block_hash[b]
-        if h is not None:
-            if self.cached.get(h) == b:
-                del self.cached[h]
-                if self.on_evict is not None:
-                    self.on_evict(h, b)
-            self.block_hash[b] = None
-            self.stats.evictions += 1
+        if self.block_hash[b] is not None:
+            self._evict(b)
         return b
+
+    def _evict(self, b: int) -> None:
+        """Block b, just taken off the free queue, no longer holds its cached content."""
+        h = self.block_hash[b]
+        if self.cached.get(h) == b:
+            del self.cached[h]
+            if self.on_evict is not None:
+                self.on_evict(h, b)
+        self.block_hash[b] = None
+        self.stats.evictions += 1
 
     def touch(self, blocks: list[int]) -> None:
         """Take a reference on each of `blocks` (distinct ids); free ones leave the free queue."""
@@ -261,10 +283,22 @@ class BlockPool:
             if not req.block_ids:
                 req.num_hashed_blocks = len(hb)  # hits are registered already: cache_full_blocks skips them
             req.block_ids.extend(hb)
-        for _ in range(self.blocks_needed(req, num_new_tokens, 0, done)):
+        need = self.blocks_needed(req, num_new_tokens, 0, done)
+        if need == 1:
             b = self._pop_free()
             self.ref[b] = 1
             req.block_ids.append(b)
+        elif need:
+            # a prefill chunk takes hundreds of blocks: off the free queue in one pass, then each evicted
+            # cached block forgotten in the same order as one _pop_free() per block does
+            got = self.free_queue.pop_many(need)
+            bh = self.block_hash
+            ref = self.ref
+            for b in got:
+                if bh[b] is not None:
+                    self._evict(b)
+                ref[b] = 1
+            req.block_ids.extend(got)
         return True
 
     def cache_full_blocks(self, req: Request, num_tokens_computed: int) -> None:
@@ -276,16 +310,18 @@ class BlockPool:
         if n_full <= start:
             return
         req.num_hashed_blocks = n_full
-        for j in range(start, n_full):
-            b = req.block_ids[j]
-            if self.block_hash[b] is not None:
+        bh = self.block_hash
+        cached = self.cached
+        on_cache = self.on_cache
+        # n_full <= both lengths: the slices are equally long (a prefill chunk fills hundreds of blocks)
+        for b, h in zip(req.block_ids[start:n_full], req.hashes[start:n_full], strict=True):
+            if bh[b] is not None:
                 continue
-            h = req.hashes[j]
-            self.block_hash[b] = h
-            if h not in self.cached:
-                self.cached[h] = b
-                if self.on_cache is not None:
-                    self.on_cache(h, b)
+            bh[b] = h
+            if h not in cached:
+                cached[h] = b
+                if on_cache is not None:
+                    on_cache(h, b)
 
     def free(self, req: Request) -> None:
         self.release(req.block_ids)
