@@ -87,6 +87,16 @@ STUDY_LIST = [
           "Continuum improves average job completion time over vLLM on SWE-bench/BFCL agents, Llama-3.1-8B/70B",
           "1.12x-3.66x lower mean JCT than vLLM (v2 summary)", mean_completion_s, "mean JCT s",
           VLLM, [CONTINUUM, CONTINUUM_FIXED, INFERCEPT, AUTELLIX], rates=[2.0, 3.0]),
+    Study("continuum-70b", "continuum-swebench-llama70b.yaml",
+          "Continuum vs vLLM, Llama-3.1-70B (tensor parallel 4)", "1.12x-3.66x lower mean JCT than vLLM",
+          mean_completion_s, "mean JCT s", VLLM, [CONTINUUM, INFERCEPT], rates=[1.0, 2.0]),
+    Study("continuum-dram", "continuum-swebench-llama8b.yaml",
+          "Continuum vs vLLM, both with CPU-DRAM offloading (LMCache-style write-through host tier)",
+          "remains better with DRAM offloading (abstract v1: 'remains performant across ... DRAM offloading "
+          "schemes')", mean_completion_s, "mean JCT s", VLLM, [CONTINUUM, INFERCEPT], rates=[3.0],
+          overrides={"kv": {"offload": "write_through", "tiers": [
+              {"name": "dram", "kind": "dram", "capacity_gib": 128, "bw_gbps": 25, "latency_ns": 2000,
+               "scope": "instance"}]}}),
     Study("kvflow-single", "kvflow-workflow-llama8b.yaml",
           "KVFlow vs SGLang hierarchical radix cache, one workflow with large prompts",
           "up to 1.83x speed-up", makespan_s, "workflow s", ("SGLang HiCache (lru + DRAM tier)", {}),

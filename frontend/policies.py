@@ -58,7 +58,8 @@ PREFETCH_STEPS = 1
 # Cold start of Continuum's tool-duration model: no finished call of this tool yet, so the TTL model
 # assumes an exponential with the tool's configured mean, represented by this many equal-mass quantiles.
 COLD_START_QUANTILES = 32
-# Tool history a policy may use: the last finished calls of a tool (the orchestrator keeps 64).
+# "Not expected": the expected release time of a turn whose tool duration is unknown, and the distance of
+# blocks no upcoming turn claims.
 FAR = 1 << 62
 
 
