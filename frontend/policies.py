@@ -116,7 +116,10 @@ class RetentionPolicy:
         self.prio: dict[str, dict[int, tuple]] = {}  # instance -> block hash -> (steps, expected ns, position)
         self._order: dict[str, list[tuple[tuple, str]]] = {}  # instance -> upcoming turns, nearest first
         self._prefetched: set[str] = set()  # turns whose reuse prefix a prefetch has loaded (once each)
-        self._inflight: dict[str, set[int]] = {}  # instance -> block hashes on the tier link right now
+        # instance -> block hash on the tier link right now -> (transfer start ns, end ns)
+        self._inflight: dict[str, dict[int, tuple[int, int]]] = {}
+        self._now: dict[str, int] = {}  # instance -> time of its step being planned (set before each step)
+        self._tm: dict[str, object] = {}  # instance -> its tier manager (for loads charged at admission)
 
     # ---- helpers ----
     def _expected_gap(self, req: Request, now: int) -> float | None:
@@ -209,11 +212,26 @@ class RetentionPolicy:
             self._dirty.add(inst.name)
 
     def on_admit(self, req: Request) -> None:
-        """The next turn was scheduled and has taken its prefix blocks: the pin has done its job."""
+        """The next turn was scheduled and has taken its prefix blocks: the pin has done its job. A prefix
+        still on the tier link (a prefetch that has not landed) is waited for: the part not yet transferred
+        is loaded as part of this step, as KVFlow holds a request whose load-back is in progress."""
         pin = self.pins.get(req.program_id or "")
         if pin is not None:
             self.stats.pins_used += 1
             self._release(pin)
+        flying = self._inflight.get(req.instance or "")
+        if flying and req.hashes:
+            now = self._now.get(req.instance, 0)
+            rest = 0.0
+            for h in req.hashes:
+                f = flying.get(h)
+                if f is not None:
+                    start, done = f
+                    rest += min(1.0, max(0.0, (done - now) / max(1, done - start)))
+            if rest > 0:
+                tm = self._tm[req.instance]
+                k = (tm.tiers[0].name, "load", "prefetch")
+                tm._moves[k] = tm._moves.get(k, 0) + int(math.ceil(rest))
 
     # ---- Continuum ----
     def _tool_samples(self, tool: str, now: int) -> list[float]:
@@ -419,6 +437,7 @@ class RetentionPolicy:
         """Before an instance's step: PLAS preemption (plas scheduling), re-rank eviction
         (invocation_distance retention) and bring the KV of the turns due within the next step from the tier
         into HBM (invocation_distance prefetch)."""
+        self._now[inst.name] = now
         if self.cfg.scheduling == "plas":
             self._plas_preempt(inst)
         if self.cfg.retention != "invocation_distance" and self.cfg.prefetch != "invocation_distance":
@@ -441,8 +460,9 @@ class RetentionPolicy:
                     order: list[tuple[tuple, str]]) -> None:
         """KVFlow's overlapped prefetch: for up to prefetch_lookahead upcoming turns within PREFETCH_STEPS,
         copy the blocks of their reuse prefix that are in the first tier but not in HBM into free HBM blocks
-        whose own content is farther away (or none). The copy runs on the tier link in the background: the
-        blocks are reserved now and become cached when the transfer ends; the GPU does not wait."""
+        whose own content is farther away (or none). The copy runs on the tier link in the background (the
+        GPU does not wait): the blocks are registered now, held until the transfer ends (nobody evicts
+        them), and a turn admitted before then waits for the rest of the copy (see on_admit)."""
         tm = inst.tier_manager
         pool = inst.pool
         tier = tm.tiers[0]
@@ -461,7 +481,7 @@ class RetentionPolicy:
             if demand > pool.num_blocks:
                 break
             missing = []
-            flying = self._inflight.setdefault(inst.name, set())
+            flying = self._inflight.setdefault(inst.name, {})
             for h in hashes:  # the chain prefix must be complete in HBM + tier for the turn to use it
                 if h in pool.cached or h in flying:
                     continue
@@ -488,9 +508,12 @@ class RetentionPolicy:
             done = start + tier.cfg.latency_ns + int(math.ceil(nbytes / tier.cfg.bw_gbps))
             self._link_free_ns[inst.name] = done
             landing = missing[: len(taken)]
-            flying.update(landing)
-            for h in landing:
+            self._tm[inst.name] = tm
+            for b, h in zip(taken, landing, strict=True):
                 tier.touch(tm.key(h))
+                pool.block_hash[b] = h
+                pool.cached[h] = b
+                flying[h] = (start, done)
             tier.stats.loaded_blocks += len(taken)
             tier.stats.loaded_bytes += nbytes
             self._prefetched.add(tid)
@@ -499,11 +522,8 @@ class RetentionPolicy:
             self.timer(done, lambda p=pool, bs=taken, hs=landing, f=flying: self._land(p, bs, hs, f))
 
     @staticmethod
-    def _land(pool, blocks: list[int], hashes: list[int], flying: set[int]) -> None:
-        """A background prefetch finished: the blocks hold their KV and join the cache (at the free tail)."""
-        flying.difference_update(hashes)
-        for b, h in zip(blocks, hashes, strict=True):
-            if h not in pool.cached:  # a turn may have recomputed it meanwhile
-                pool.block_hash[b] = h
-                pool.cached[h] = b
+    def _land(pool, blocks: list[int], hashes: list[int], flying: dict[int, tuple[int, int]]) -> None:
+        """A background prefetch finished: the blocks become ordinary cached KV (at the free tail)."""
+        for h in hashes:
+            flying.pop(h, None)
         pool.release(blocks)

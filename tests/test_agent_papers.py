@@ -272,9 +272,9 @@ def test_invocation_distance_evicts_farthest_first():
 
 
 def test_prefetch_lands_in_the_background_and_only_for_the_next_step():
-    """A tier copy of agent 1's prompt (due next step) is loaded into free HBM: the blocks are reserved at
-    once but hold the KV (are hits) only when the transfer over the link ends; agent 2 (2 steps away) is
-    not prefetched."""
+    """A tier copy of agent 1's prompt (due next step) is loaded into free HBM over the link in the
+    background: the blocks are registered and held (not evictable) until the transfer ends, then join the
+    cache; agent 2 (2 steps away) is not prefetched."""
     orch, pol, inst, timers, _ = _kvflow_fixture()
     pool = inst.pool
     tier = SimpleNamespace(contains=lambda k: True, touch=lambda k: None,
@@ -288,13 +288,35 @@ def test_prefetch_lands_in_the_background_and_only_for_the_next_step():
     h2 = orch.reuse_hashes("wf0.a2.k2")
     free_before = pool.num_free
     pol.prefetch(inst, now=0)
-    assert pool.num_free == free_before - len(h1)  # reserved for the transfer
-    assert not any(h in pool.cached for h in h1)  # not usable yet
+    assert pool.num_free == free_before - len(h1)  # held while on the link
+    assert all(pool.ref[pool.cached[h]] == 1 for h in h1) and not any(h in pool.cached for h in h2)
     (done, _), = timers.events
     assert done == 2000 + len(h1) * 1_000_000 // 10  # latency + bytes / (GB/s = bytes per ns)
     timers.fire_until(done)
-    assert all(h in pool.cached for h in h1) and not any(h in pool.cached for h in h2)
+    assert all(h in pool.cached and pool.ref[pool.cached[h]] == 0 for h in h1)
     assert pool.num_free == free_before and PREFETCH_STEPS == 1
+
+
+def test_a_turn_admitted_before_its_prefetch_lands_waits_for_the_rest():
+    """KVFlow holds a request whose load-back is in progress: admitted halfway through the copy, the turn's
+    step loads the half still on the link (charged as a tier load in that step), not the whole prefix."""
+    orch, pol, inst, timers, reqs = _kvflow_fixture()
+    moves: dict = {}
+    tier = SimpleNamespace(name="dram", contains=lambda k: True, touch=lambda k: None,
+                           cfg=SimpleNamespace(latency_ns=0, bw_gbps=1.0),
+                           stats=SimpleNamespace(loaded_blocks=0, loaded_bytes=0))
+    tm = SimpleNamespace(active=True, tiers=[tier], key=lambda h: h, block_bytes=1000, _moves=moves)
+    inst.tier_manager = tm
+    pol.last_turn["wf0"] = ("i", 0, "message")
+    pol._dirty.add("i")
+    pol.prefetch(inst, now=0)
+    h1 = orch.reuse_hashes("wf0.a1.k1")
+    (done, _), = timers.events
+    assert done == len(h1) * 1000  # 1 GB/s = 1 byte per ns
+    turn = SimpleNamespace(program_id="wf0", instance="i", hashes=h1 + [12345])
+    pol._now["i"] = done // 2
+    pol.on_admit(turn)
+    assert moves == {("dram", "load", "prefetch"): len(h1) // 2}
 
 
 def test_prefetch_never_displaces_nearer_kv():
