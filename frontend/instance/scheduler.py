@@ -450,9 +450,10 @@ class Scheduler:
         plan.num_decode_tokens += n_fast
         plan.num_sampled += n_fast
         plan.first_admitted = len(plan.requests)
-        plan.steady_decode = n_fast == len(plan.requests) == len(running) and not plan.preempted
+        steady = n_fast == len(plan.requests) == len(running) and not plan.preempted
         if not plan.preempted:
             self._admit(plan, budget)
+        plan.steady_decode = steady and plan.first_admitted == len(plan.requests)  # and nobody admitted
         if self.tiers is not None:
             plan.kv_moves = self.tiers.take_moves()
         if not plan.requests:
