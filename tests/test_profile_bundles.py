@@ -178,10 +178,15 @@ def test_hardware_entries_with_a_bundle_hold_the_calibrated_roofline_parameters(
 
     spec = load_hardware(CONFIGS / f"hardware/{hw}.yaml")
     c = calibrate(tp1, load_model_spec(model), spec)
-    assert (c.gemm_flops, c.mem_bw, c.attention_flops) == (
-        spec.efficiency.gemm_flops, spec.efficiency.mem_bw, spec.efficiency.attention_flops)
-    assert (c.kernel_launch_ns, c.attention_floor_ns, c.attention_per_seq_ns) == (
-        spec.kernel_launch_ns, spec.attention_floor_ns, spec.attention_per_seq_ns)
+    assert (c.gemm_flops, c.mem_bw, c.attention_flops, c.gemm_overlap_loss) == (
+        spec.efficiency.gemm_flops, spec.efficiency.mem_bw, spec.efficiency.attention_flops,
+        spec.efficiency.gemm_overlap_loss)
+    assert (c.kernel_launch_ns, c.attention_floor_ns, c.attention_per_seq_ns, c.attention_tile_rows) == (
+        spec.kernel_launch_ns, spec.attention_floor_ns, spec.attention_per_seq_ns, spec.attention_tile_rows)
+    # the calibration does not start from the entry's own values
+    blank = spec.model_copy(update={"attention_tile_rows": 1, "efficiency": spec.efficiency.model_copy(
+        update={"gemm_overlap_loss": 0.0})})
+    assert calibrate(tp1, load_model_spec(model), blank) == c
     assert 0.5 < c.gemm_flops <= 1.01 and 0.5 < c.mem_bw <= 1.0  # physical: at most the data-sheet figure
 
 

@@ -77,6 +77,14 @@ def family_of(model_type: str) -> str | None:
     return ARCH_BY_MODEL_TYPE.get(model_type)
 
 
+def family_layer_ops(model_type: str) -> list[str]:
+    """Operators of one decoder layer in the shipped architecture file of a model family ([] if unknown)."""
+    fam = family_of(model_type)
+    if fam is None or not (ARCH_DIR / f"{fam}.yaml").is_file():
+        return []
+    return Architecture(ARCH_DIR / f"{fam}.yaml").layer
+
+
 def find_architecture(meta: dict, model_type: str, override: str | None, base_dir: Path | None) -> Path:
     """The architecture file for a model and a bundle: explicit override, else the model's family."""
     if override:

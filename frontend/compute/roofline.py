@@ -9,7 +9,27 @@ new KV it writes. Efficiency factors come from the hardware catalog entry.
 
 Physics refinements (documented in the README's calibration notes):
 * GEMM tile quantization: tensor-core GEMMs run in tiles of 64 rows of M
-  (tokens); a GEMM over M tokens costs as many FLOPs as ceil(M/64)*64.
+  (tokens); a GEMM over M tokens costs as many FLOPs as ceil(M/64)*64. At
+  M <= 16 the library picks small-M kernels whose tiles are one tensor-core
+  instruction tall (mma m16n8k16: 16 rows, PTX ISA), so 16 rows are charged.
+* Imperfect overlap when memory-bound: a GEMM that streams its weights waits
+  on each k-step's data and then runs that step's tensor-core work, so part of
+  the compute is not hidden: time = max(compute, memory + gemm_overlap_loss *
+  compute). Compute-bound GEMMs (multi-stage pipelines over reused tiles) hide
+  their loads, so the large-M measurements stay at max(compute, memory). It is
+  what makes a 17-64 token GEMM 5-11% slower than streaming its weights on both
+  profiled GPUs; calibrate.py measures it per GPU.
+* Attention query tiles: a batch that is not decode-only runs FlashAttention's
+  variable-length forward kernel, which gives every sequence whole tiles of
+  query rows (FlashAttention-2 blocks the queries per sequence, Dao 2023,
+  arXiv 2307.08691, sec. 3.1) and, being causal, skips key blocks past the
+  diagonal. Query tile j of a sequence with q new tokens over ctx cached ones
+  multiplies R rows against ctx + min((j + 1) * R, q) keys, so a decode riding
+  in a mixed batch costs a tile, not one row. R is the hardware entry's
+  `attention_tile_rows`: the kernel's 128-row blocks (flash_fwd_launch_template.h,
+  head_dim 128) minus what runs in parallel on SMs the prefill leaves idle, read
+  off a bundle's mixed points (calibrate.py): 40 on RTX4090, 36 on RTX PRO 6000.
+  Decode-only batches take the split-KV decode path (KV-read bound) instead.
 * Attention over short contexts cannot fill the GPU: its compute efficiency
   is scaled by q_total / (q_total + 256) (occupancy of the query tiles).
 * Paged attention is several kernels (KV-cache write, attention, split-KV
@@ -23,12 +43,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from frontend.compute.architecture import family_layer_ops
 from frontend.compute.batch import BatchShape, OpCost
 from frontend.config.hardware import HardwareSpec
 from frontend.config.models import DTYPE_BYTES, ModelSpec
 
 GEMM_TILE_M = 64
 ATTN_OCCUPANCY_TOKENS = 256
+
+SMALL_M_TILE = 16
+
+
+def gemm_rows(m: int) -> int:
+    """Rows of M the tensor cores compute for a GEMM over m tokens (tile quantization)."""
+    return SMALL_M_TILE if m <= SMALL_M_TILE else -(-m // GEMM_TILE_M) * GEMM_TILE_M
+
+
+def gemm_ns(rows: int, k: int, n: int, nbytes: float, flops_per_ns: float, bytes_per_ns: float, loss: float) -> int:
+    """Busy time of one GEMM (no launch): compute, or memory plus the compute it cannot hide."""
+    tc = 2 * rows * k * n / flops_per_ns
+    return int(max(tc, nbytes / bytes_per_ns + loss * tc))
+
+
+def attention_tile_units(q: int, ctx: int, rows: int) -> int:
+    """Query-row x key products the varlen kernel computes for one sequence (whole query tiles, causal).
+
+    Tiles j = 0 .. n-1 (n = ceil(q / rows)) each hold `rows` rows; tile j sees ctx + min((j + 1) * rows, q)
+    keys: sum = n * rows * ctx + rows * (rows * n * (n - 1) / 2 + q).
+    """
+    n = -(-q // rows)
+    return n * rows * ctx + rows * (rows * n * (n - 1) // 2 + q)
 
 
 @dataclass
@@ -47,24 +91,29 @@ class Roofline:
         self.flops_per_ns = self.peak * eff.gemm_flops / 1e9
         self.attn_flops_per_ns = self.peak * eff.attention_flops / 1e9
         self.bytes_per_ns = self.hw.hbm_bw_gbps * eff.mem_bw  # GB/s * 1e9 / 1e9
+        self.overlap_loss = eff.gemm_overlap_loss
         self.launch = self.hw.kernel_launch_ns
         self.attn_floor = self.hw.attention_floor_ns
         self.attn_per_seq = self.hw.attention_per_seq_ns
+        self.attn_rows = self.hw.attention_tile_rows
+        self.num_sms = self.hw.num_sms
         m = self.model
         self.heads = max(1, m.num_heads // self.tp)
         self.kv_heads = max(1, m.num_kv_heads // self.tp)
         self.hd = m.head_dim
         self.d = m.hidden_size
+        # Per-head RMSNorm of q and k (Qwen3's q_norm / k_norm) where the family's architecture file runs it.
+        self.qk_norm = "qk_norm" in family_layer_ops(m.model_type)
         self._by_tokens: dict = {}  # token-count-only costs: layer parts, prologue, epilogue
 
     def _t(self, flops: float, nbytes: float, fpn: float | None = None) -> int:
         return int(max(flops / (fpn or self.flops_per_ns), nbytes / self.bytes_per_ns)) + self.launch
 
     def _gemm(self, name: str, m: int, k: int, n: int) -> OpCost:
-        mq = -(-m // GEMM_TILE_M) * GEMM_TILE_M
         flops = 2 * m * k * n
         nbytes = (k * n + m * k + m * n) * self.b
-        return OpCost(name, self._t(2 * mq * k * n, nbytes), flops, int(nbytes))
+        return OpCost(name, gemm_ns(gemm_rows(m), k, n, nbytes, self.flops_per_ns, self.bytes_per_ns,
+                                    self.overlap_loss) + self.launch, flops, int(nbytes))
 
     def _elementwise(self, name: str, elems: float, flops_per_elem: float, rw: float) -> OpCost:
         nbytes = elems * rw * self.b
@@ -73,22 +122,30 @@ class Roofline:
     def attention(self, shape: BatchShape) -> OpCost:
         qs, cs = shape.q, shape.ctx
         n = len(qs)
-        if qs.count(1) == n:  # decode-only batch: each sequence attends over ctx + 1 tokens
+        t = shape.num_tokens
+        if qs.count(1) == n:  # decode-only batch (split-KV decode kernel): each attends over ctx + 1 tokens
             kv_tokens = sum(cs) + n
             units = float(kv_tokens)
-        else:
+            busy_units = units * self.heads
+            fpn = self.attn_flops_per_ns * max(t / (t + ATTN_OCCUPANCY_TOKENS), 1e-3)
+        else:  # varlen kernel: whole query tiles, one tile per SM at a time
             units = 0.0
+            tile_units = 0
+            longest = 0
             kv_tokens = 0
             for q, c in zip(qs, cs, strict=True):
                 units += q * (c + (q + 1) / 2)
+                tile_units += attention_tile_units(q, c, self.attn_rows)
+                longest = max(longest, c + q)
                 kv_tokens += c + q
-        t = shape.num_tokens
+            busy_units = tile_units * self.heads
+            if self.num_sms:  # the slowest tile (the last of the longest sequence) alone on one SM
+                busy_units = max(busy_units, self.attn_rows * longest * self.num_sms)
+            fpn = self.attn_flops_per_ns
         flops = 4 * units * self.hd * self.heads
         kv_bytes = kv_tokens * 2 * self.kv_heads * self.hd * self.kvb
         qo_bytes = 2 * t * self.heads * self.hd * self.b + t * 2 * self.kv_heads * self.hd * self.kvb
-        occupancy = t / (t + ATTN_OCCUPANCY_TOKENS)
-        ns = self._t(flops, kv_bytes + qo_bytes, self.attn_flops_per_ns * max(occupancy, 1e-3)) + self.attn_floor \
-            + self.attn_per_seq * n
+        ns = self._t(4 * busy_units * self.hd, kv_bytes + qo_bytes, fpn) + self.attn_floor + self.attn_per_seq * n
         return OpCost("attention", ns, int(flops), int(kv_bytes + qo_bytes))
 
     def layer_ops(self, shape: BatchShape) -> list[OpCost]:
@@ -110,6 +167,7 @@ class Roofline:
         ops = [
             self._elementwise("layernorm", t * d, 4, 2),
             self._gemm("qkv_proj", t, d, (self.heads + 2 * self.kv_heads) * self.hd),
+            *([self._elementwise("qk_norm", t * (self.heads + self.kv_heads) * self.hd, 4, 2)] if self.qk_norm else []),
             self._elementwise("rotary_emb", t * (self.heads + self.kv_heads) * self.hd, 3, 2),
             self.attention(shape),
             self._gemm("o_proj", t, self.heads * self.hd, d),
@@ -141,10 +199,10 @@ class Roofline:
         flops = 2 * t * k * 3 * d * inter
         wbytes = touched * 3 * d * inter * self.b
         abytes = t * k * (2 * d + 3 * inter) * self.b
-        mq = -(-t * k // GEMM_TILE_M) * GEMM_TILE_M
         return [
             self._gemm("moe_gate", t, d, e),
-            OpCost("moe", self._t(2 * mq * 3 * d * inter, wbytes + abytes), int(flops), int(wbytes + abytes)),
+            OpCost("moe", gemm_ns(gemm_rows(t * k), 3 * d, inter, wbytes + abytes, self.flops_per_ns,
+                                  self.bytes_per_ns, self.overlap_loss) + self.launch, int(flops), int(wbytes + abytes)),
         ]
 
     def prologue_ops(self, shape: BatchShape) -> list[OpCost]:

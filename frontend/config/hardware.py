@@ -17,6 +17,10 @@ class Efficiency(BaseModel):
     gemm_flops: float = Field(0.7, ge=1e-3, le=1)
     mem_bw: float = Field(0.85, ge=1e-3, le=1)
     attention_flops: float = Field(0.5, ge=1e-3, le=1)
+    gemm_overlap_loss: float = Field(0.29, ge=0, le=1, description="share of a memory-bound GEMM's tensor-core "
+                                     "time not hidden under its weight stream: time = max(compute, memory + loss * "
+                                     "compute); measured from a bundle's GEMMs at 17-64 tokens "
+                                     "(frontend/compute/calibrate.py); the default is the mean of the two measured GPUs")
 
 
 class PowerSpec(BaseModel):
@@ -43,6 +47,13 @@ class HardwareSpec(BaseModel):
                                     "attention and split-KV reduction kernels) beyond kernel_launch_ns")
     attention_per_seq_ns: int = Field(0, ge=0, le=10**12, description="per-sequence cost of a paged-attention call "
                                       "(block-table walk, per-sequence metadata and reduction)")
+    attention_tile_rows: int = Field(64, ge=1, le=4096, description="query rows per tile of the variable-length "
+                                     "attention kernel a mixed batch runs: a decode (1 real row) costs a whole tile; "
+                                     "FlashAttention-2 uses 64-row query blocks for causal head_dim 128 on sm8x "
+                                     "(flash_fwd_launch_template.h); frontend/compute/calibrate.py reads it off a bundle")
+    num_sms: int | None = Field(None, ge=1, le=100_000, description="streaming multiprocessors (data sheet): one "
+                                "attention tile runs on one SM, so a batch with few tiles cannot use the whole GPU; "
+                                "without it the roofline assumes attention tiles always fill the GPU")
     power: PowerSpec = Field(default_factory=PowerSpec)
     profiles: dict[str, str] = Field(default_factory=dict)  # "<model>/<dtype>/tp<N>" -> bundle dir
 
