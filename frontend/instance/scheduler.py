@@ -257,13 +257,18 @@ class Scheduler:
             r.num_output_done += j
             r.status = "finished"
             r.finish_ns = end_ns
+        self._retire(finished)
+        return finished
+
+    def _retire(self, finished: list[Request]) -> None:
+        """Finished requests leave the running list; their seats and blocks free now, or after the next
+        schedule under async scheduling (vLLM frees them when the step's output is processed)."""
         done = set(map(id, finished))
         self.running = [r for r in self.running if id(r) not in done]
         if self.async_scheduling:
             self.releasing.extend(finished)
         else:
             self._release(finished)
-        return finished
 
     def _start_run(self) -> None:
         """Start a decode run when every running request is decoding (admission is checked at each step)."""
@@ -488,12 +493,7 @@ class Scheduler:
                     req.finish_ns = end_ns
                     finished.append(req)
         if finished:
-            done = set(map(id, finished))
-            self.running = [r for r in self.running if id(r) not in done]
-            if self.async_scheduling:
-                self.releasing.extend(finished)
-            else:
-                self._release(finished)
+            self._retire(finished)
         if self.run_ahead:
             self._start_run()
         return finished
