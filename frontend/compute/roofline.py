@@ -26,12 +26,14 @@ Physics refinements (documented in the README's calibration notes):
   diagonal. Query tile j of a sequence with q new tokens over ctx cached ones
   multiplies R rows against ctx + min((j + 1) * R, q) keys, so a decode riding
   in a mixed batch costs a tile, not one row. R is the hardware entry's
-  `attention_tile_rows`: the kernel's 128-row blocks (flash_fwd_launch_template.h,
-  head_dim 128) minus what runs in parallel on SMs the prefill leaves idle, read
-  off a bundle's mixed points (calibrate.py): 40 on RTX4090, 36 on RTX PRO 6000.
-  Decode-only batches take the split-KV decode path (KV-read bound) instead.
-* Attention over short contexts cannot fill the GPU: its compute efficiency
-  is scaled by q_total / (q_total + 256) (occupancy of the query tiles).
+  `attention_tile_rows`: FlashAttention-2's causal head_dim-128 query block is
+  64 rows on sm8x (flash_fwd_launch_template.h); calibrate.py reads R off a
+  bundle's compute-dominated mixed points: 66 on RTX4090, 68 on RTX PRO 6000.
+  One tile runs on one SM, so a batch of few tiles is bounded below by its
+  slowest tile (the last of the longest sequence) on one of `num_sms` SMs.
+* Decode-only batches take the split-KV decode path instead (KV-read bound);
+  there, attention over short contexts cannot fill the GPU: its compute
+  efficiency is scaled by q_total / (q_total + 256) (occupancy).
 * Paged attention is several kernels (KV-cache write, attention, split-KV
   reduction): a per-call floor `attention_floor_ns` beyond the kernel launch,
   measured where a profile exists (RTX4090: 9.3 us for one 16-token decode),
