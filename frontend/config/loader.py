@@ -86,9 +86,15 @@ class ResolvedInstance:
     weight_bytes_per_npu: int
     activation_reserve_bytes: int
     tiers: list[TierConfig] = field(default_factory=list)
+    # MoE parallelism (vLLM meanings; see InstanceConfig): defaults are a dense-style instance
+    dp: int = 1
+    enable_expert_parallel: bool = False
+    ep: int = 1
+    expert_placement: str = "linear"
 
     @property
     def num_npus(self) -> int:
+        """NPUs of one DP member (one engine core); a DP group holds dp times as many."""
         return self.tp * self.pp
 
     @property
@@ -136,6 +142,50 @@ def _instance_errors(prefix: str, inst: InstanceConfig, model: ModelSpec, hw: Ha
         raise ConfigError(f"engine.dtype: {hw.name} has no {engine.dtype} peak (has {sorted(hw.peak_tflops)})")
 
 
+def _moe_parallel(prefix: str, inst: InstanceConfig, model: ModelSpec) -> tuple[int, str]:
+    """EP size and expert placement of an instance, validated; (1, 'linear') when EP is off.
+
+    vLLM derives the expert-parallel size, never takes it: with --enable-expert-parallel the MoE
+    layers run over EP = TP x DP ranks (vllm/model_executor/layers/fused_moe/config.py,
+    FusedMoEParallelConfig: ep_size = dp_size * tp_size, and the experts' own TP size becomes 1),
+    so an explicit `ep` must equal tp x dp. EP must divide the routed experts so every rank holds
+    the same number of whole experts (what the per-rank memory below and the routing model assume).
+    """
+    if not inst.enable_expert_parallel:
+        for key in ("ep", "expert_placement"):
+            if getattr(inst, key) is not None:
+                raise ConfigError(f"{prefix}.{key}: set only with enable_expert_parallel: true")
+        return 1, "linear"
+    if not model.is_moe:
+        raise ConfigError(f"{prefix}.enable_expert_parallel: model {model.name} is dense (no experts to split)")
+    ep = inst.tp * inst.dp
+    if inst.ep is not None and inst.ep != ep:
+        raise ConfigError(f"{prefix}.ep: ep={inst.ep} but vLLM's expert-parallel size is tp x dp = "
+                          f"{inst.tp} x {inst.dp} = {ep}; set ep: {ep} or leave it out")
+    if model.num_experts % ep:
+        raise ConfigError(f"{prefix}.ep: ep={ep} (tp x dp) does not divide the model's {model.num_experts} experts")
+    return ep, inst.expert_placement or "linear"
+
+
+def weight_bytes_per_npu(model: ModelSpec, dtype_bytes: float, tp: int, pp: int, ep: int = 1,
+                         enable_expert_parallel: bool = False) -> int:
+    """Weights one NPU holds: its pipeline stage's layers, TP-sharded, plus the (un)embedding.
+
+    Without EP every layer is split over TP (vLLM's dense and TP-sharded MoE layers). With EP the
+    routed experts are whole experts split over EP ranks (E / EP each, vLLM's FusedMoE with
+    use_ep) while attention, norms, router and shared experts stay TP-sharded:
+    per layer = (layer - routed experts) / TP + routed experts / EP.
+    """
+    layers_per_stage = math.ceil(model.num_layers / pp)
+    emb = model.vocab_size * model.hidden_size * dtype_bytes / tp
+    if enable_expert_parallel:
+        routed = model.routed_expert_params()
+        layer = (model.layer_params() - routed) * dtype_bytes / tp + routed * dtype_bytes / ep
+    else:
+        layer = model.layer_params() * dtype_bytes / tp
+    return int(layer * layers_per_stage + emb * (1 if pp > 1 else (1 if model.tie_word_embeddings else 2)))
+
+
 def _catalog_entry(catalog: dict[tuple[str, Path], Any] | None, kind: str, path: Path, load: Any) -> Any:
     """A catalog file parsed once per resolve (16 replicas of one instance read their hardware entry once)."""
     if catalog is None:
@@ -157,6 +207,7 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         raise ConfigError(f"{prefix}.hardware: {hw.name} has no positive peak_tflops")
     engine = inst.engine or cfg.engine
     _instance_errors(prefix, inst, model, hw, engine)
+    ep, placement = _moe_parallel(prefix, inst, model)
     npus = inst.tp * inst.pp
     dims: list[NetworkDim] = []
     if inst.network is not None:
@@ -194,9 +245,7 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
     layers_per_stage = math.ceil(model.num_layers / inst.pp)
     kv_heads_per_npu = max(1, model.num_kv_heads // inst.tp)
     block_bytes = int(engine.block_size * 2 * kv_heads_per_npu * model.head_dim * kv_b * layers_per_stage)
-    emb = model.vocab_size * model.hidden_size * b / inst.tp
-    weights = int(model.layer_params() * b / inst.tp * layers_per_stage + emb * (1 if inst.pp > 1 else (
-        1 if model.tie_word_embeddings else 2)))
+    weights = weight_bytes_per_npu(model, b, inst.tp, inst.pp, ep, inst.enable_expert_parallel)
     reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
                else activation_reserve_bytes(model, engine, inst.tp))
     usable = hw.hbm_capacity_gib * GIB * engine.gpu_memory_utilization
@@ -222,7 +271,23 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         tiers.append(t)
     return ResolvedInstance(name=name, hardware=hw, model=model, engine=engine, tp=inst.tp, pp=inst.pp, dims=dims,
                             node=node, num_gpu_blocks=blocks, kv_block_bytes=block_bytes, weight_bytes_per_npu=weights,
-                            activation_reserve_bytes=reserve, tiers=tiers)
+                            activation_reserve_bytes=reserve, tiers=tiers, dp=inst.dp,
+                            enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement)
+
+
+def _refuse_unsimulated_moe(prefix: str, inst: InstanceConfig) -> None:
+    """Refuse to run what is configured and validated but not yet simulated (issue 13).
+
+    The per-rank memory of DP and EP is resolved (resolve_instance), but the engine still runs one
+    tp x pp engine core with TP-sharded experts: no DP lockstep, no expert routing in the compute,
+    no EP collectives. Running such a file would silently time a different deployment.
+    """
+    if inst.dp > 1:
+        raise ConfigError(f"{prefix}.dp: dp={inst.dp}: data-parallel groups in lockstep are not simulated yet "
+                          "(issue 13); use replicas for independent engines")
+    if inst.enable_expert_parallel:
+        raise ConfigError(f"{prefix}.enable_expert_parallel: expert-parallel compute and communication are not "
+                          "simulated yet (issue 13); leave it out to time TP-sharded experts")
 
 
 def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
@@ -244,6 +309,7 @@ def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
             n = inst.node if inst.node is not None else node
             instances.append(resolve_instance(f"instances[{i}]", inst, name, cfg, n, catalog))
             node = n + 1
+        _refuse_unsimulated_moe(f"instances[{i}]", inst)
     total_blocks = sum(i.num_gpu_blocks for i in instances)
     if total_blocks > MAX_CLUSTER_BLOCKS:
         raise ConfigError(f"instances: {len(instances)} instances hold {total_blocks:,} KV blocks in all (more than "

@@ -27,6 +27,9 @@ class ModelSpec:
     num_experts: int = 0
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
+    # shared experts' total intermediate width (every token runs them; vLLM TP-shards them, never EP-splits):
+    # HF `shared_expert_intermediate_size` (Qwen2-MoE) or `n_shared_experts * moe_intermediate_size` (DeepSeek)
+    shared_expert_intermediate_size: int = 0
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 131072
     default_dtype: str = "bf16"
@@ -48,10 +51,17 @@ class ModelSpec:
         d = self.hidden_size
         attn = d * (self.q_dim + 2 * self.kv_dim) + self.q_dim * d
         if self.is_moe:
-            mlp = self.num_experts * 3 * d * self.moe_intermediate_size + d * self.num_experts
+            mlp = self.routed_expert_params() + 3 * d * self.shared_expert_intermediate_size + d * self.num_experts
         else:
             mlp = 3 * d * self.intermediate_size
         return attn + mlp + 2 * d
+
+    def routed_expert_params(self) -> int:
+        """Parameters of one layer's routed experts (gate, up, down of each: 3 x d x I); 0 for a dense model.
+
+        These are what expert parallelism splits over EP ranks; the rest of the layer is TP-sharded.
+        """
+        return self.num_experts * 3 * self.hidden_size * self.moe_intermediate_size if self.is_moe else 0
 
     def total_params(self) -> int:
         emb = self.vocab_size * self.hidden_size
@@ -103,12 +113,15 @@ def load_model_spec(path: Path) -> ModelSpec:
     if kvh and heads % kvh:
         raise ConfigError(f"{path}: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kvh})")
     for key in ("head_dim", "intermediate_size", "num_experts", "num_local_experts", "n_routed_experts",
-                "num_experts_per_tok", "moe_intermediate_size", "max_position_embeddings"):
+                "num_experts_per_tok", "moe_intermediate_size", "max_position_embeddings",
+                "shared_expert_intermediate_size", "n_shared_experts"):
         _count(raw, key, path, required=False, minimum=0)
     if not raw.get("head_dim") and hidden % heads:
         raise ConfigError(f"{path}: hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads}) "
                           "and no head_dim is given")
     n_exp = int(raw.get("num_experts") or raw.get("num_local_experts") or raw.get("n_routed_experts") or 0)
+    moe_inter = int(raw.get("moe_intermediate_size") or raw.get("intermediate_size") or 0) if n_exp else 0
+    shared = int(raw.get("shared_expert_intermediate_size") or 0) or int(raw.get("n_shared_experts") or 0) * moe_inter
     dtype = _TORCH_DTYPES.get(str(raw.get("torch_dtype", "bfloat16")), "bf16")
     return ModelSpec(
         name=str(raw.get("_name_or_path") or raw.get("name") or path.stem),
@@ -121,7 +134,8 @@ def load_model_spec(path: Path) -> ModelSpec:
         vocab_size=int(raw["vocab_size"]),
         num_experts=n_exp,
         experts_per_token=int(raw.get("num_experts_per_tok") or 0) if n_exp else 0,
-        moe_intermediate_size=int(raw.get("moe_intermediate_size") or raw.get("intermediate_size") or 0) if n_exp else 0,
+        moe_intermediate_size=moe_inter,
+        shared_expert_intermediate_size=shared if n_exp else 0,
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         max_position_embeddings=int(raw.get("max_position_embeddings") or 131072),
         default_dtype=dtype,

@@ -122,6 +122,18 @@ class InstanceConfig(Strict):
     node: int | None = Field(None, ge=0, description="node index for node-scoped tiers (default: own node)")
     network: NetworkConfig | None = None
     engine: EngineConfig | None = None
+    # Mixture-of-experts parallelism with vLLM's meanings (vLLM docs, "Expert Parallel Deployment";
+    # vllm/config/parallel.py): `--data-parallel-size` engine cores of tp x pp GPUs each, and with
+    # `--enable-expert-parallel` the experts are split over EP = TP x DP ranks instead of TP-sharded.
+    dp: int = Field(1, ge=1, le=65536, description="data-parallel size (vLLM --data-parallel-size): engine "
+                                                   "cores of tp x pp GPUs each, stepping in lockstep for MoE")
+    enable_expert_parallel: bool = Field(
+        False, description="vLLM --enable-expert-parallel: whole experts per rank over EP ranks (no TP sharding)")
+    ep: int | None = Field(None, ge=1, le=65536, description="expert-parallel size; default tp x dp when "
+                                                             "enable_expert_parallel, as vLLM derives it")
+    expert_placement: Literal["linear", "round_robin"] | None = Field(
+        None, description="vLLM --expert-placement-strategy: linear (rank r holds a contiguous block of "
+                          "experts) or round_robin (expert e on rank e mod ep); default linear")
 
 
 class Dist(Strict):
