@@ -43,12 +43,17 @@ Physics refinements (documented in the README's calibration notes):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from frontend.compute.architecture import family_layer_ops
 from frontend.compute.batch import BatchShape, OpCost
 from frontend.config.hardware import HardwareSpec
 from frontend.config.models import DTYPE_BYTES, ModelSpec
+
+if TYPE_CHECKING:
+    from frontend.compute.moe_routing import RoutingResult
 
 GEMM_TILE_M = 64
 ATTN_OCCUPANCY_TOKENS = 256
@@ -186,14 +191,31 @@ class Roofline:
             ]
         return ops
 
-    def moe_ops(self, t: int) -> list[OpCost]:
+    def moe_ops(self, t: int, routing: RoutingResult | None = None) -> list[OpCost]:
         """Router GEMM, then the experts tokens actually activate (uniform routing).
 
         With E experts, k per token and t tokens, the expected number of distinct
         experts touched is E * (1 - (1 - k/E)^t); their weights are read once,
         the FLOPs are those of t*k expert rows.
+
+        With `routing` (expert parallelism, frontend/compute/moe_routing.py) every EP rank
+        holds whole experts (vLLM's FusedMoE with EP: no TP sharding of the expert weights)
+        and runs its own assignments a_r over its x_r activated experts; the layer waits for
+        the slowest rank, so the "moe" op is the straggler's time. The router GEMM stays over
+        the caller's t tokens. Without `routing` the result is the TP-sharded one above.
         """
         m = self.model
+        if routing is not None:  # the slowest EP rank's grouped GEMM: x_r whole experts, a_r rows
+            straggler: OpCost | None = None
+            for a, x in zip(routing.assignments_per_rank, routing.experts_per_rank, strict=True):
+                wb = x * 3 * self.d * m.moe_intermediate_size * self.b
+                ab = a * (2 * self.d + 3 * m.moe_intermediate_size) * self.b
+                ns = gemm_ns(gemm_rows(math.ceil(a)), 3 * self.d, m.moe_intermediate_size, wb + ab,
+                             self.flops_per_ns, self.bytes_per_ns, self.overlap_loss) + self.launch
+                if straggler is None or ns > straggler.duration_ns:
+                    straggler = OpCost("moe", ns, int(2 * a * 3 * self.d * m.moe_intermediate_size), int(wb + ab))
+            assert straggler is not None  # a placement has at least one rank
+            return [self._gemm("moe_gate", t, self.d, m.num_experts), straggler]
         e, k = m.num_experts, max(1, m.experts_per_token)
         inter = m.moe_intermediate_size // self.tp
         d = self.d
