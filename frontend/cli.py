@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -207,7 +207,7 @@ def run(
 ) -> None:
     """Simulate a serving run and write requests.csv, iterations.csv, summary.json and run_info.json."""
     from frontend.config.loader import load_and_resolve, load_config
-    from frontend.metrics.output import StagedDir, check_writable_dir
+    from frontend.metrics.output import StagedDir
     from frontend.metrics.report import write_summary
     from frontend.session import ChakraDumper, parse_iteration_spec, simulate
 
@@ -225,9 +225,11 @@ def run(
         flags = ", ".join(f"--{k}" for k in pol)
         raise ConfigError(f"{flags}: agent-program policies; this run's workload ({cfg.workload.kind}) has no programs")
     dump = None
-    if dump_chakra:
-        check_writable_dir(dump_chakra, "--dump-chakra")
-        dump = ChakraDumper(parse_iteration_spec(dump_iterations), dump_chakra)
+    dump_stage = None
+    if dump_chakra:  # staged like --out: a failed run leaves no partial dump, a new dump never mixes with an old
+        wanted = parse_iteration_spec(dump_iterations)
+        dump_stage = StagedDir(dump_chakra, "--dump-chakra", owned=(), owned_glob="iter*")
+        dump = ChakraDumper(wanted, dump_stage.path)
     out_dir = out or Path(cfg.output.dir)  # a relative output.dir is relative to the working directory
     show = not quiet and sys.stderr.isatty()
     warned: list[str] = []
@@ -238,7 +240,8 @@ def run(
             if not quiet:
                 _console(stderr=True).print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
-    with StagedDir(out_dir, "--out" if out else "output.dir") as stage, _astra_sim_context(cfg):
+    with StagedDir(out_dir, "--out" if out else "output.dir") as stage, dump_stage or nullcontext(), \
+            _astra_sim_context(cfg):
         if show:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -258,6 +261,8 @@ def run(
         info = {**result.info, "warnings": warned, "command": ["astraserve", *sys.argv[1:]] if sys.argv else []}
         summary = write_summary(result, stage.path, extra, info)
         stage.commit()
+        if dump_stage is not None:
+            dump_stage.commit()
     if dump is not None:
         missing = sorted(dump.wanted - set(dump.written))
         if missing:

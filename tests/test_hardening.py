@@ -430,3 +430,19 @@ def test_missing_workload_file_names_its_field(tmp_path: Path, path: str):
     d["workload"] = {"kind": "agents", "trace": path or "x/", "num_programs": 2}
     r, _ = _run(tmp_path, d)
     _fails(r, "workload.trace")
+
+
+# --dump-chakra is staged like --out: a new dump replaces an old one's iterations, a failed run leaves no partial dump
+def test_dump_chakra_is_staged(tmp_path: Path):
+    dump = tmp_path / "dump"
+    r, _ = _run(tmp_path, small_run_dict(), "--dump-chakra", str(dump), "--dump-iterations", "0-2")
+    assert check_exit(r) == 0, r.output
+    assert sorted(p.name for p in dump.iterdir()) == ["iter0", "iter1", "iter2"]
+    r, _ = _run(tmp_path, small_run_dict(), "--dump-chakra", str(dump), "--dump-iterations", "1")
+    assert check_exit(r) == 0, r.output
+    assert sorted(p.name for p in dump.iterdir()) == ["iter1"]
+    bad = small_run_dict()
+    bad["workload"] = {"kind": "jsonl", "path": str(tmp_path / "missing.jsonl")}
+    r, _ = _run(tmp_path, bad, "--dump-chakra", str(tmp_path / "dump2"), "--dump-iterations", "0")
+    assert check_exit(r) == 2
+    assert not (tmp_path / "dump2").exists() and not list(tmp_path.glob(".dump2.partial-*"))

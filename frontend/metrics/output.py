@@ -48,10 +48,12 @@ def check_writable_dir(path: Path, flag: str) -> Path:
 class StagedDir:
     """A staging directory beside `target`; commit() moves its files into `target`."""
 
-    def __init__(self, target: Path, flag: str, owned: tuple[str, ...] = RUN_OUTPUTS) -> None:
+    def __init__(self, target: Path, flag: str, owned: tuple[str, ...] = RUN_OUTPUTS, owned_glob: str | None = None
+                 ) -> None:
         self.target = check_writable_dir(Path(target), flag)
         self.flag = flag
         self.owned = owned
+        self.owned_glob = owned_glob  # entries of an earlier run matching it are removed on commit (e.g. iter*)
         parent = self.target.resolve().parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,9 @@ class StagedDir:
                     old = self.target / name
                     if name not in new and (old.is_file() or old.is_symlink()):
                         old.unlink()
+                for old in sorted(self.target.glob(self.owned_glob)) if self.owned_glob else []:
+                    if old.name not in new:
+                        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
                 for p in sorted(self.path.iterdir()):
                     dest = self.target / p.name
                     if dest.is_dir() and not dest.is_symlink():
