@@ -242,7 +242,7 @@ def csv_samples(path: Path, metric: str, instance: str | None = None, size: int 
     """One latency sample per finished request of a streamed requests.csv, in file order (the order the
     in-memory path appends them): 'ttft' / 'e2e' / 'tpot' in ns as float64 (exact for integer ns below 2^53).
     `size` (an upper bound on the count) preallocates the array so it never over-allocates."""
-    out = array("d", bytes(8 * size)) if size else array("d")
+    out = array("d", [0.0]) * size if size else array("d")  # no zeroed bytes copy: 8 bytes per sample at peak
     k = 0
 
     def put(v: float) -> None:
