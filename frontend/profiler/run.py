@@ -1,4 +1,9 @@
-"""Write a profile bundle: <out>/<dtype>/meta.yaml and <out>/<dtype>/tp<N>/{dense,per_sequence,attention}.csv."""
+"""Write a profile bundle: <out>/<dtype>/meta.yaml and <out>/<dtype>/tp<N>/{dense,per_sequence,attention}.csv,
+plus tp<N>/moe.csv (tokens, activated_experts, time_us) for a MoE model.
+
+The operators in the tables are those the architecture file of the model's family runs
+(`frontend/profiler/layer.py`); meta.yaml records that family as `architecture`.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +52,13 @@ def _timer(device: str, iters: int, warmup: int) -> Callable[[Callable[[], objec
         return statistics.median(samples)
 
     return measure
+
+
+def moe_grid(tokens: list[int], k: int, experts: int) -> list[tuple[int, int]]:
+    """(tokens, activated_experts) points of moe.csv: activated experts doubling from k up to E (E itself
+    included), only those `tokens` tokens x top-k can activate (k <= activated <= min(E, tokens * k))."""
+    aes = sorted(set(doubling(k, experts) + [experts]))
+    return [(t, a) for t in tokens for a in aes if a <= min(experts, t * k)]
 
 
 def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: int = 1, max_tokens: int = 2048,
@@ -99,6 +111,32 @@ def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: i
                         for kd in (kvs[1:] if nd else [0]):
                             say(f"attention pc={pc} kp={kp} nd={nd} kd={kd}")
                             w.writerow([pc, kp, nd, kd, round(measure(layer.attention_op(pc, kp, nd, kd)), 3)])
+        moe_meta = None
+        if layer.ops["moe"]:
+            moe_tokens = sorted(set(doubling(1, max_tokens) + [max_tokens]))
+            points = moe_grid(moe_tokens, layer.k, layer.E)
+            with (tdir / "moe.csv").open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["tokens", "activated_experts", "time_us"])
+                for t, a in points:
+                    say(f"moe tokens={t} activated_experts={a}")
+                    w.writerow([t, a, round(measure(layer.moe_op(t, a)), 3)])
+            moe_meta = {
+                "operator": "moe: the whole sparse block (router gate, softmax, top-k, expert GEMMs, combine"
+                            + (", shared expert" if layer.shared_inter else "") + ")",
+                "experts": layer.E, "experts_per_token": layer.k,
+                "expert_intermediate_per_rank": layer.moe_inter,
+                "shared_expert_intermediate_per_rank": layer.shared_inter,
+                "tokens": moe_tokens,
+                "activated_experts": sorted({a for _, a in points}),
+                "routing": "forced: the router runs, then the tokens*k assignments go round-robin to experts "
+                           "0..activated-1 (assignment t*k+c -> expert (t*k+c) mod activated; a token's k "
+                           "experts are distinct, loads balanced); weights are the router probabilities at "
+                           "those experts, renormalised",
+                "experts_kernel": "per-expert loop of torch GEMMs (gate/up fused 2*I, SiLU-and-mul, down), "
+                                  "index_add combine; not vLLM's fused MoE kernel",
+                "tp_sharding": "each expert's intermediate split by TP (no expert parallelism); router replicated",
+            }
     meta = {
         "profiler": "astraserve",
         "torch_version": str(torch.__version__),
@@ -106,7 +144,7 @@ def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: i
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "hardware": hardware,
         "profiled_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "architecture": "llama",
+        "architecture": layer.family,
         "model": model.name,
         "variant": dtype,
         "tp_degrees": [tp],
@@ -116,5 +154,7 @@ def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: i
         "engine_effective": {"max_num_batched_tokens": max_tokens, "max_num_seqs": max_seqs},
         "skew_fit": {"enabled": False},
     }
+    if moe_meta is not None:
+        meta["moe"] = moe_meta
     (Path(out) / dtype / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return Path(out)
