@@ -67,10 +67,18 @@ class BuildSpec:
     tp_involved_dims: tuple[bool, ...] | None = None
     loads: list[MemTransfer] = field(default_factory=list)
     stores: list[MemTransfer] = field(default_factory=list)
+    # expert parallelism over a DP group (frontend/cluster.py): dp members of tp ranks each, rank = d * tp + t;
+    # around each MoE block the DP ranks all-gather the hidden states and router logits (per rank:
+    # moe_dispatch_bytes, ASTRA-sim's all-gather size) and reduce-scatter the expert outputs (the whole
+    # gathered tensor: moe_combine_bytes) over the dp_involved_dims, vLLM's default EP path
+    dp: int = 1
+    dp_involved_dims: tuple[bool, ...] | None = None
+    moe_dispatch_bytes: int = 0
+    moe_combine_bytes: int = 0
 
     @property
     def num_npus(self) -> int:
-        return self.tp * self.pp
+        return self.tp * self.pp * self.dp
 
     def stage_layers(self, stage: int) -> range:
         per = math.ceil(self.num_layers / self.pp)
@@ -176,7 +184,9 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
         return [MemChainGraph(r, mt) for r in range(spec.tp)]
     if spec.pp == 1 and not spec.loads and not spec.stores:
         t = _chain_template(spec, mbs[0])
-        return [ChainGraph(r, t) for r in range(spec.tp)]
+        return [ChainGraph(r, t) for r in range(spec.tp * spec.dp)]
+    if spec.dp > 1:
+        raise ValueError("a DP group's iteration is one compute/collective chain (no pipeline, no KV transfers)")
     if not spec.loads and not spec.stores:
         stages = [[_chain_template(spec, mb, stage) for mb in mbs] for stage in range(spec.pp)]
         pt = PipeTemplate(spec.tp, stages, [int(mb.num_tokens * spec.hidden_size * spec.act_dtype_bytes) for mb in mbs],
@@ -191,18 +201,27 @@ def _chain_template(spec: BuildSpec, mb: MicroBatchCost, stage: int = 0) -> Chai
     """A stage's compute/collective chain for one micro-batch, held as its layer template (the whole
     iteration without PP): the prologue on the first stage, the epilogue on the last."""
     ar = _tp_attrs(spec, stage, mb.num_tokens) if spec.tp > 1 else None
+    ag = rs = None
+    if spec.dp > 1:
+        inv = {"involved_dim": list(spec.dp_involved_dims)} if spec.dp_involved_dims is not None else {}
+        ag = {"comm_type": int(CollectiveType.ALL_GATHER), "comm_size": int(spec.moe_dispatch_bytes), **inv}
+        rs = {"comm_type": int(CollectiveType.REDUCE_SCATTER), "comm_size": int(spec.moe_combine_bytes), **inv}
     layer = []
     layer_bytes = 0
     for op in mb.layer:
+        if ag is not None and op.name == "moe":
+            layer.append(("moe.dispatch", COLL, 0, 0, 0, ag))
         layer.append((op.name, COMP, op.duration_ns, op.flops, op.bytes, None))
         layer_bytes += op.bytes
+        if rs is not None and op.name == "moe":
+            layer.append(("moe.combine", COLL, 0, 0, 0, rs))
         if ar is not None and op.name in ALLREDUCE_AFTER:
             layer.append((op.name + ".allreduce", COLL, 0, 0, 0, ar))
     pro = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.prologue] if stage == 0 else []
     epi = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.epilogue] if stage == spec.pp - 1 else []
     n_layers = len(spec.stage_layers(stage))
     t = ChainTemplate(pro, layer, n_layers, epi)
-    t._types = _COMP_COLL if ar is not None and len(layer) > len(mb.layer) else _COMP_ONLY
+    t._types = _COMP_COLL if len(layer) > len(mb.layer) else _COMP_ONLY
     if not pro and not epi and not n_layers:
         t._types = frozenset()
     t._bytes = n_layers * layer_bytes + sum(n[4] for n in pro) + sum(n[4] for n in epi)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from astra_bridge.backend import Backend
+from frontend.cluster import build_units
 from frontend.config.loader import ResolvedRun
 from frontend.errors import InternalError
 from frontend.instance.runtime import InstanceRuntime, StepOutcome
@@ -55,6 +56,7 @@ class Engine:
         self.run_cfg = run
         self.instances = instances
         self.backend = backend
+        self.units = build_units(instances, backend, run.config.backend.system)
         self.router = Router(run.config.router, instances)
         self.orch = orchestrator
         self.retention = None
@@ -138,14 +140,14 @@ class Engine:
             fed += 1
 
         feed()
-        inflight: dict[str, StepOutcome] = {}
-        by_name = {i.name: i for i in self.instances}
+        inflight: dict[str, list[tuple[InstanceRuntime, StepOutcome]]] = {}
+        by_name = {u.name: u for u in self.units}
         done = 0
         now = 0
         last_report = 0.0
         while events:
             now = events[0][0]
-            touched: list[InstanceRuntime] = []
+            touched: list = []  # units (frontend/cluster.py) whose next step may start now
             while events and events[0][0] == now:
                 _, kind, seq, payload = heapq.heappop(events)
                 if kind == TIMER:
@@ -155,7 +157,7 @@ class Engine:
                     req = payload  # type: ignore[assignment]
                     if seq < LATER_SEQ:
                         feed()
-                    inst = self.router.choose(req)
+                    inst = self.router.choose(req, now)
                     reason = inst.scheduler.rejection_reason(req)
                     if reason:
                         req.status = "rejected"
@@ -167,46 +169,51 @@ class Engine:
                     if self.retention is not None and req.program_id:
                         self.retention.on_turn_arrival(inst, req)
                     inst.receive(req, now)
-                    touched.append(inst)
+                    touched.append(inst.unit)
                 else:
-                    inst = by_name[payload]  # type: ignore[index]
-                    out = inflight.pop(inst.name)
-                    finished = inst.scheduler.complete(out.plan, now)
-                    done += len(finished)
-                    for r in finished:
-                        log.add(r)
-                    if self.orch is not None:
+                    unit = by_name[payload]  # type: ignore[index]
+                    for inst, out in inflight.pop(unit.name):
+                        finished = inst.scheduler.complete(out.plan, now)
+                        done += len(finished)
                         for r in finished:
-                            if r.program_id:
-                                for child in self.orch.on_finish(r, now):
-                                    fed += 1
-                                    heapq.heappush(events, (child.arrival_ns, ARRIVAL, self._seq, child))
-                                    self._seq += 1
-                    inst.busy = False
-                    touched.append(inst)
-            for inst in touched:
-                if inst.busy:
+                            log.add(r)
+                        if self.orch is not None:
+                            for r in finished:
+                                if r.program_id:
+                                    for child in self.orch.on_finish(r, now):
+                                        fed += 1
+                                        heapq.heappush(events, (child.arrival_ns, ARRIVAL, self._seq, child))
+                                        self._seq += 1
+                        inst.busy = False
+                    unit.busy = False
+                    touched.append(unit)
+            for unit in touched:
+                if unit.busy:
                     continue
                 if self.retention is not None:
-                    self.retention.prefetch(inst, now)
-                out = inst.step(now)
-                if out is None:
+                    for inst in unit.members:
+                        self.retention.prefetch(inst, now)
+                outs = unit.step(now)
+                if outs is None:
                     continue
-                if type(out.duration_ns) is not int or not 0 < out.duration_ns <= MAX_TIME_NS - now:
-                    self._bad_duration(inst, now, out.duration_ns)
-                inst.busy = True
-                plan = out.plan
-                if plan.first_admitted < len(plan.requests):
-                    for r in plan.requests[plan.first_admitted:]:
-                        if r.scheduled_ns < 0:
-                            r.scheduled_ns = now
-                            inst.queue_delay_ns = 0.9 * inst.queue_delay_ns + 0.1 * (now - r.arrival_ns)
-                inflight[inst.name] = out
-                end = now + out.duration_ns
-                self.log.add(inst, now, end, out)
-                if self.on_step is not None:
-                    self.on_step(inst, out, now)
-                heapq.heappush(events, (end, ITER_DONE, self._seq, inst.name))
+                end = 0
+                for inst, out in outs:
+                    if type(out.duration_ns) is not int or not 0 < out.duration_ns <= MAX_TIME_NS - now:
+                        self._bad_duration(inst, now, out.duration_ns)
+                    inst.busy = True
+                    plan = out.plan
+                    if plan.first_admitted < len(plan.requests):
+                        for r in plan.requests[plan.first_admitted:]:
+                            if r.scheduled_ns < 0:
+                                r.scheduled_ns = now
+                                inst.queue_delay_ns = 0.9 * inst.queue_delay_ns + 0.1 * (now - r.arrival_ns)
+                    end = now + out.duration_ns
+                    self.log.add(inst, now, end, out)
+                    if self.on_step is not None:
+                        self.on_step(inst, out, now)
+                unit.busy = True
+                inflight[unit.name] = outs
+                heapq.heappush(events, (end, ITER_DONE, self._seq, unit.name))
                 self._seq += 1
             if self.progress is not None:
                 w = time.perf_counter()

@@ -231,14 +231,21 @@ class ChakraDumper(IterationHook):
         self.written.append(k)
 
 
-def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], None] | None = None
-                    ) -> list[InstanceRuntime]:
+def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], None] | None = None,
+                    seed: int | None = None) -> list[InstanceRuntime]:
     from frontend.instance.tiers import build_tiers
 
     tiers = build_tiers(run.config.kv.tiers, run.instances)
     insts = []
     for ri in run.instances:
         cm = make_compute_model(ri, run.config.compute, base_dir=run.config.base_dir, warn=warn)
+        if ri.enable_expert_parallel:
+            from frontend.compute.expert_parallel import ExpertParallelCompute
+
+            moe = run.config.moe
+            cm = ExpertParallelCompute(cm, ri.model.num_experts, ri.model.experts_per_token, ri.ep, ri.expert_placement,
+                                       moe.routing, moe.zipf_s, run.config.seed if seed is None else seed,
+                                       ri.dp_group or ri.name, dp=ri.dp)
         insts.append(InstanceRuntime(ri, cm, backend, run.config.backend.system, tiers=tiers[ri.name],
                                      kv_cfg=run.config.kv))
     return insts
@@ -294,7 +301,7 @@ def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper |
         else:
             requests, programs, tools, notes = load_workload(run, seed)
     backend = make_backend(run)
-    insts = build_instances(run, backend, warn)
+    insts = build_instances(run, backend, warn, seed)
     orch = None
     if programs:
         from frontend.agents.orchestrator import Orchestrator
@@ -318,7 +325,8 @@ def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper |
     result.info = {
         "seed": seed,
         "backend": run.config.backend.kind,
-        "compute": [{**b, "used": "roofline" if isinstance(i.compute, Roofline) else "profile"}
+        "compute": [{**b, "used": "roofline" if isinstance(getattr(i.compute, "inner", i.compute), Roofline)
+                     else "profile"}
                     for b, i in zip(bundles, insts, strict=True)],
         "config": run.config.model_dump(mode="json"),
         "source": run.source,

@@ -12,7 +12,11 @@ from tests.conftest import small_run_dict
 
 
 def _inst(**over) -> dict:
-    return {"name": "g", "hardware": "H100-SXM", **over}
+    d = {"name": "g", "hardware": "H100-SXM", **over}
+    n = d.get("tp", 1) * d.get("dp", 1)
+    if n > 1 and "network" not in d:
+        d["network"] = {"dims": [{"topology": "FullyConnected", "npus": n, "bw_gbps": 100, "latency_ns": 1000}]}
+    return d
 
 
 def _resolve_one(model: str = "Qwen3-30B-A3B", **over):
@@ -52,11 +56,44 @@ def test_ep_defaults_to_tp_times_dp_and_placement_to_linear():
     assert (off.ep, off.dp, off.enable_expert_parallel) == (1, 1, False)
 
 
-def test_unsimulated_dp_and_ep_are_refused_at_run_resolution():
-    for over, field in (({"dp": 2}, "instances[0].dp"), ({"enable_expert_parallel": True}, "instances[0].enable")):
-        with pytest.raises(ConfigError, match="not simulated yet") as e:
-            resolve(parse_config(small_run_dict(model="Qwen3-30B-A3B", instances=[_inst(**over)]), "x.yaml"))
-        assert field in str(e.value)
+@pytest.mark.parametrize(
+    "model, over, expect",
+    [
+        ("Qwen3-30B-A3B", {"dp": 2}, "instances[0].enable_expert_parallel: dp=2 with MoE model"),
+        ("Qwen3-30B-A3B", {"dp": 2, "pp": 2, "enable_expert_parallel": True,
+                           "network": {"dims": [{"topology": "Ring", "npus": 4, "bw_gbps": 10, "latency_ns": 1}]}},
+         "instances[0].pp: dp=2 with pp=2"),
+        ("Qwen3-30B-A3B", {"dp": 2, "enable_expert_parallel": True,
+                           "network": {"dims": [{"topology": "Ring", "npus": 4, "bw_gbps": 10, "latency_ns": 1}]}},
+         "instances[0].network: dimensions hold 4 NPUs but the DP group has tp*dp = 2"),
+        ("Qwen3-30B-A3B", {"dp": 2, "tp": 2, "enable_expert_parallel": True,
+                           "network": {"dims": [{"topology": "Ring", "npus": 4, "bw_gbps": 10, "latency_ns": 1}]}},
+         "instances[0].network.dims: TP ranks span the innermost dimensions"),
+        ("Qwen3-30B-A3B", {"dp": 2, "enable_expert_parallel": True, "network": None},
+         "instances[0].network: a DP group of 2 NPUs"),
+    ],
+)
+def test_dp_group_errors_name_the_field(model: str, over: dict, expect: str):
+    d = _inst(**{k: v for k, v in over.items() if v is not None})
+    if "network" in over and over["network"] is None:  # None: no network at all
+        d.pop("network")
+    with pytest.raises(ConfigError) as e:
+        resolve(parse_config(small_run_dict(model=model, instances=[d]), "x.yaml"))
+    assert expect in str(e.value)
+
+
+def test_dp_group_expands_to_members():
+    d = _inst(dp=2, tp=2, enable_expert_parallel=True,
+              network={"dims": [{"topology": "FullyConnected", "npus": 2, "bw_gbps": 100, "latency_ns": 100},
+                                {"topology": "Ring", "npus": 2, "bw_gbps": 10, "latency_ns": 1000}]})
+    run = resolve(parse_config(small_run_dict(model="Qwen3-30B-A3B", instances=[d]), "x.yaml"))
+    assert [i.name for i in run.instances] == ["g-dp0", "g-dp1"]
+    assert [i.dp_rank for i in run.instances] == [0, 1] and {i.dp_group for i in run.instances} == {"g"}
+    m = run.instances[0]
+    assert (m.ep, m.num_npus, len(m.dims), len(m.group_dims)) == (4, 2, 1, 2)  # own dims: the TP dimension
+    # a dense model's DP members are independent engines; they are members all the same
+    dense = resolve(parse_config(small_run_dict(instances=[_inst(dp=2)]), "x.yaml"))
+    assert [i.name for i in dense.instances] == ["g-dp0", "g-dp1"]
 
 
 def test_per_rank_weights_and_kv_follow_ep():

@@ -222,3 +222,36 @@ class SkewedRouter:
             raise ValueError("the skewed router needs a numpy Generator (the run's seeded stream)")
         log_w = -self.zipf_s * np.log(np.arange(1, placement.num_experts + 1, dtype=float))
         return _sample(num_tokens, top_k, placement, log_w, rng)
+
+
+@register_router("round_robin")
+@dataclass(frozen=True)
+class RoundRobinRouter:
+    """Deterministic routing that spreads assignments evenly: token i takes experts i*k .. i*k+k-1 (mod E).
+
+    The t*k assignments walk the experts cyclically, so every expert gets floor or ceil of t*k/E of them
+    and min(E, t*k) experts are activated: the best case a load-balancing loss aims at, with no sampling.
+    """
+
+    name: str = "round_robin"
+
+    def route(self, num_tokens: int, top_k: int, placement: ExpertPlacement,
+              rng: np.random.Generator | None = None) -> RoutingResult:
+        _check(num_tokens, top_k, placement)
+        e, ep = placement.num_experts, placement.ep
+        t, k = num_tokens, top_k
+        total = t * k
+        per_expert = np.full(e, total // e, dtype=np.int64)
+        per_expert[: total % e] += 1
+        rank_of = placement.rank_of_expert()
+        assignments = np.bincount(rank_of, weights=per_expert, minlength=ep)
+        experts = np.bincount(rank_of, weights=(per_expert > 0).astype(float), minlength=ep)
+        if t == 0:
+            tokens = np.zeros(ep)
+        else:  # token i's experts are the window [i*k, i*k+k) mod E: count the tokens whose window meets each rank
+            hit = np.zeros((t, ep), dtype=bool)
+            choice = (np.arange(t)[:, None] * k + np.arange(k)[None, :]) % e
+            hit[np.arange(t)[:, None], rank_of[choice]] = True
+            tokens = hit.sum(axis=0)
+        return RoutingResult(t, k, tuple(float(x) for x in assignments), tuple(float(x) for x in tokens),
+                             tuple(float(x) for x in experts))

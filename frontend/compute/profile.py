@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -35,6 +36,9 @@ from frontend.compute.errors import ProfileError
 from frontend.compute.interp import Grid4D, Table1D
 from frontend.compute.roofline import Roofline
 from frontend.compute.skew import SkewFit
+
+if TYPE_CHECKING:
+    from frontend.compute.moe_routing import RoutingResult
 
 __all__ = ["ProfileError", "ProfileModel", "load_profile_model"]
 
@@ -48,7 +52,8 @@ class ProfileModel:
     """Per-operator latency from a measured bundle for one (model, dtype, TP)."""
 
     def __init__(self, model_dir: Path, dtype: str, tp: int, roofline: Roofline, arch_override: str | None = None,
-                 base_dir: Path | None = None, warn: Callable[[str], None] | None = None) -> None:
+                 base_dir: Path | None = None, warn: Callable[[str], None] | None = None,
+                 expert_parallel: bool = False) -> None:
         self.dir = Path(model_dir)
         vdir = self.dir / dtype
         if not (vdir / "meta.yaml").is_file():
@@ -69,16 +74,19 @@ class ProfileModel:
                  float(r["time_us"]) * 1000.0) for r in _read_csv(tdir / "attention.csv")]
         self.attn = Grid4D(rows, "attention", self._extrapolating)
         self.moe = None
-        if (tdir / "moe.csv").is_file():
+        # with expert parallelism every rank holds whole experts (their own TP size is 1, vLLM FusedMoE with EP),
+        # so the expert table is the TP-1 one whatever the attention's TP
+        mdir = vdir / "tp1" if expert_parallel else tdir
+        if (mdir / "moe.csv").is_file():
             by_ae: dict[int, list[tuple[int, float]]] = {}
-            for r in _read_csv(tdir / "moe.csv"):
+            for r in _read_csv(mdir / "moe.csv"):
                 by_ae.setdefault(int(r["activated_experts"]), []).append((int(r["tokens"]), float(r["time_us"]) * 1e3))
             self.moe = {ae: Table1D([k for k, _ in sorted(v)], [t for _, t in sorted(v)], f"moe[{ae}].tokens",
                                     self._extrapolating) for ae, v in by_ae.items()}
         self.skew = SkewFit.from_bundle(self.meta, tdir, tp, str(vdir / "meta.yaml"))
-        self._check_operators(tdir)
+        self._check_operators(tdir, mdir)
 
-    def _check_operators(self, tdir: Path) -> None:
+    def _check_operators(self, tdir: Path, mdir: Path) -> None:
         """Every operator the architecture runs has a table; a profiled operator nobody runs is reported."""
         moe = self.roof.model.is_moe
         tables = {"dense": self.dense, "per_sequence": self.per_seq}
@@ -89,7 +97,7 @@ class ProfileModel:
                 raise ProfileError(f"architecture {self.arch.path.name} runs {cat} operator {name!r}, but "
                                    f"{tdir}/{cat}.csv has only {sorted(tables[cat])}")
             if cat == "moe" and self.moe is None:
-                raise ProfileError(f"architecture {self.arch.path.name} runs MoE operator {name!r}, but {tdir} "
+                raise ProfileError(f"architecture {self.arch.path.name} runs MoE operator {name!r}, but {mdir} "
                                    "has no moe.csv")
         for cat, table in tables.items():
             unused = sorted(set(table) - set(used))
@@ -162,13 +170,39 @@ class ProfileModel:
         m = self.roof.model
         e, k = m.num_experts, max(1, m.experts_per_token)
         touched = e * (1 - (1 - k / e) ** max(1, tokens))
+        return self._moe_at(tokens, touched)
+
+    def moe_ops(self, tokens: int, routing: RoutingResult) -> list[OpCost]:
+        """The MoE block under expert parallelism: the slowest EP rank's share of the measured block.
+
+        moe.csv times the whole block for `tokens` tokens, k experts each, with exactly `activated_experts`
+        distinct experts: its work is tokens x k token-expert rows over that many experts' weights. An EP rank
+        that computes a_r rows over x_r of its local experts does the same work as the table's point
+        (a_r / k tokens, x_r experts), so that point is its time; the block costs the slowest rank's. Points
+        below one token or below the table's fewest activated experts are read at those edges (a lower
+        bound the table cannot resolve).
+        """
+        if not self.moe:
+            raise ProfileError("expert parallelism needs the bundle's moe.csv (tp1/moe.csv: whole experts)")
+        k = max(1, self.roof.model.experts_per_token)
+        worst = 0.0
+        for a, x in zip(routing.assignments_per_rank, routing.experts_per_rank, strict=True):
+            if a <= 0:
+                continue
+            worst = max(worst, self._moe_at(max(1.0, a / k), x))
+        roof = {o.name: o for o in self.roof.moe_ops(tokens, routing)}
+        return [self._op("moe", worst, roof)]
+
+    def _moe_at(self, tokens: float, activated: float) -> float:
+        """moe.csv at (tokens, activated experts): linear in tokens per column, then between columns."""
+        assert self.moe is not None
         aes = sorted(self.moe)
-        lo = max([a for a in aes if a <= touched] or [aes[0]])
-        hi = min([a for a in aes if a >= touched] or [aes[-1]])
+        lo = max([a for a in aes if a <= activated] or [aes[0]])
+        hi = min([a for a in aes if a >= activated] or [aes[-1]])
         a = self.moe[lo](tokens)
         if hi == lo:
             return a
-        return a + (touched - lo) / (hi - lo) * (self.moe[hi](tokens) - a)
+        return a + (activated - lo) / (hi - lo) * (self.moe[hi](tokens) - a)
 
     # ---- ComputeModel ----
     def prologue_ops(self, shape: BatchShape) -> list[OpCost]:
@@ -200,4 +234,5 @@ def load_profile_model(inst, cfg, roof: Roofline, base_dir: Path | None = None, 
         p = base_dir / p
     if not p.is_dir():
         raise ProfileError(f"profile bundle {path} is not a directory")
-    return ProfileModel(p, inst.engine.dtype, inst.tp, roof, cfg.architecture, base_dir, warn)
+    return ProfileModel(p, inst.engine.dtype, inst.tp, roof, cfg.architecture, base_dir, warn,
+                        expert_parallel=inst.enable_expert_parallel)

@@ -6,6 +6,7 @@ reason; the CLI prints it and exits 2.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,12 @@ class ResolvedInstance:
     enable_expert_parallel: bool = False
     ep: int = 1
     expert_placement: str = "linear"
+    # DP group membership (dp > 1): the group's name (the configured instance name, with a replica index),
+    # this member's DP rank, and the network of the whole group (dp x tp NPUs, TP dimensions first); `dims`
+    # above are then this member's TP dimensions only
+    dp_group: str | None = None
+    dp_rank: int = 0
+    group_dims: list[NetworkDim] = field(default_factory=list)
 
     @property
     def num_npus(self) -> int:
@@ -218,6 +225,9 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                                        load_network_preset))
         else:
             dims = list(inst.network.dims)
+    group_dims: list[NetworkDim] = []
+    if inst.dp > 1:
+        dims, group_dims = _split_dp_dims(prefix, inst, dims), dims
     if npus > 1:
         if not dims:
             raise ConfigError(f"{prefix}.network: an instance of {npus} NPUs (tp={inst.tp}, pp={inst.pp}) needs a network")
@@ -272,22 +282,45 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
     return ResolvedInstance(name=name, hardware=hw, model=model, engine=engine, tp=inst.tp, pp=inst.pp, dims=dims,
                             node=node, num_gpu_blocks=blocks, kv_block_bytes=block_bytes, weight_bytes_per_npu=weights,
                             activation_reserve_bytes=reserve, tiers=tiers, dp=inst.dp,
-                            enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement)
+                            enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
+                            group_dims=group_dims)
 
 
-def _refuse_unsimulated_moe(prefix: str, inst: InstanceConfig) -> None:
-    """Refuse to run what is configured and validated but not yet simulated (issue 13).
+def _split_dp_dims(prefix: str, inst: InstanceConfig, dims: list[NetworkDim]) -> list[NetworkDim]:
+    """The TP dimensions of a DP group's network: the group spans dp x tp NPUs, TP ranks innermost (vLLM
+    orders ranks DP-major: global rank = dp_rank * tp + tp_rank), so the first dimensions must hold
+    exactly tp NPUs and the rest dp. Returns the TP dimensions (empty for tp = 1)."""
+    if inst.pp > 1:
+        raise ConfigError(f"{prefix}.pp: dp={inst.dp} with pp={inst.pp}: data-parallel groups of pipelined engines "
+                          "are not simulated; use pp: 1 with dp")
+    group = inst.tp * inst.dp
+    if not dims:
+        raise ConfigError(f"{prefix}.network: a DP group of {group} NPUs (tp={inst.tp} x dp={inst.dp}) needs a network "
+                          "spanning all of them")
+    prod = math.prod(d.npus for d in dims)
+    if prod != group:
+        raise ConfigError(f"{prefix}.network: dimensions hold {prod} NPUs but the DP group has tp*dp = {group}")
+    inner = 1
+    k = 0
+    while inner < inst.tp and k < len(dims):
+        inner *= dims[k].npus
+        k += 1
+    if inner != inst.tp:
+        raise ConfigError(f"{prefix}.network.dims: TP ranks span the innermost dimensions, so the first dimensions' "
+                          f"NPUs must multiply to tp={inst.tp} (got {[d.npus for d in dims]}); list the TP dimensions first")
+    return list(dims[:k])
 
-    The per-rank memory of DP and EP is resolved (resolve_instance), but the engine still runs one
-    tp x pp engine core with TP-sharded experts: no DP lockstep, no expert routing in the compute,
-    no EP collectives. Running such a file would silently time a different deployment.
-    """
-    if inst.dp > 1:
-        raise ConfigError(f"{prefix}.dp: dp={inst.dp}: data-parallel groups in lockstep are not simulated yet "
-                          "(issue 13); use replicas for independent engines")
-    if inst.enable_expert_parallel:
-        raise ConfigError(f"{prefix}.enable_expert_parallel: expert-parallel compute and communication are not "
-                          "simulated yet (issue 13); leave it out to time TP-sharded experts")
+
+def _check_dp_group(prefix: str, inst: InstanceConfig, ri: ResolvedInstance, cfg: RunConfig) -> None:
+    """What a DP group of MoE engines needs that the simulator does not model is refused by name."""
+    if not ri.model.is_moe:
+        return  # dense DP members are independent engines (no collective ties them); see frontend/cluster.py
+    if not inst.enable_expert_parallel:
+        raise ConfigError(f"{prefix}.enable_expert_parallel: dp={inst.dp} with MoE model {ri.model.name} and TP-sharded "
+                          "experts (vLLM then shards every expert over tp x dp ranks) is not simulated; set "
+                          "enable_expert_parallel: true")
+    if ri.tiers:
+        raise ConfigError(f"{prefix}: kv.tiers with a DP group (dp={inst.dp}) are not simulated; drop the tiers or dp")
 
 
 def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
@@ -307,9 +340,19 @@ def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
             owner[name] = i
             all_names.append(name)
             n = inst.node if inst.node is not None else node
-            instances.append(resolve_instance(f"instances[{i}]", inst, name, cfg, n, catalog))
+            ri = resolve_instance(f"instances[{i}]", inst, name, cfg, n, catalog)
+            if inst.dp == 1:
+                instances.append(ri)
+            else:
+                _check_dp_group(f"instances[{i}]", inst, ri, cfg)
+                for d in range(inst.dp):
+                    member = f"{name}-dp{d}"
+                    if member in owner:
+                        raise ConfigError(f"instances[{i}].name: DP member name {member!r} is also an instance name; "
+                                          "rename one of them")
+                    owner[member] = i
+                    instances.append(dataclasses.replace(ri, name=member, dp_group=name, dp_rank=d))
             node = n + 1
-        _refuse_unsimulated_moe(f"instances[{i}]", inst)
     total_blocks = sum(i.num_gpu_blocks for i in instances)
     if total_blocks > MAX_CLUSTER_BLOCKS:
         raise ConfigError(f"instances: {len(instances)} instances hold {total_blocks:,} KV blocks in all (more than "

@@ -106,6 +106,10 @@ class EngineConfig(Strict):
     scheduler_reserve_full_isl: bool = Field(
         True, description="admit a waiting request only if blocks for its whole remaining prompt are free (vLLM >= 0.11)")
     scheduler_overhead_ns: int = Field(0, ge=0, le=10**12, description="host time per iteration not overlapped with the GPU")
+    enforce_eager: bool = Field(
+        False, description="vLLM --enforce-eager: no CUDA graphs. With CUDA graphs (vLLM's default) the members of "
+                           "a DP group pad their batches to the group's largest token count (vLLM's DP padding, "
+                           "gpu_model_runner get_dp_padding), so every member runs the same graph size")
     async_scheduling: bool = Field(
         True, description="vLLM's async scheduling (default in 0.19, as the reference runs' resolved config shows): "
                           "step N+2 is planned when step N ends, so a request arriving during a step joins the "
@@ -256,9 +260,24 @@ class BackendConfig(Strict):
 
 
 class RouterConfig(Strict):
-    policy: Literal["round_robin", "least_loaded", "session_affinity", "kv_overlap"] = "round_robin"
+    policy: Literal["round_robin", "least_loaded", "session_affinity", "kv_overlap", "dp_balance"] | None = Field(
+        None, description="default: dp_balance (vLLM's DP load balancer) when every instance is a DP member, "
+                          "else round_robin")
+    stats_interval_ms: float = Field(
+        100.0, gt=0, le=1e9, description="dp_balance: how often the engines' waiting/running counts reach the "
+                                         "balancer (vLLM's DP coordinator publishes them every 100 ms)")
     pressure_threshold: float = Field(0.9, gt=0, le=1.0)
     load_weight: float = Field(1.0, ge=0)
+
+
+class MoEConfig(Strict):
+    """Expert routing (gating) of MoE layers under expert parallelism (frontend/compute/moe_routing.py)."""
+
+    routing: Literal["balanced", "random", "skewed", "round_robin"] = Field(
+        "balanced", description="balanced: expected load of uniform routing (closed form); random: one seeded "
+                                "uniform sample per iteration; skewed: Zipf(zipf_s) expert popularity, seeded; "
+                                "round_robin: token i takes experts i*k .. i*k+k-1 (mod E)")
+    zipf_s: float = Field(1.0, ge=0, le=10, description="skewed routing: Zipf exponent of expert popularity")
 
 
 class PolicyConfig(Strict):
@@ -307,6 +326,7 @@ class RunConfig(Strict):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    moe: MoEConfig = Field(default_factory=MoEConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     base_dir: Path | None = Field(None, exclude=True)

@@ -132,6 +132,8 @@ class InstanceRuntime:
         self.run_ahead = False  # time decode-run steps in closed form (set by the engine, see module docstring)
         self.closed_form_steps = 0
         self._base: TimingBase | None = None
+        self._begin_step = getattr(compute, "begin_step", None)  # step-keyed compute (expert routing samples)
+        self.unit = None  # the cluster unit that steps this instance (frontend/cluster.py), set by the engine
 
     def _apply_evict_first(self) -> None:
         fq = self.pool.free_queue
@@ -189,13 +191,22 @@ class InstanceRuntime:
         """A routed request reaches this instance's engine core (see `Scheduler.receive`)."""
         self.scheduler.receive(req, now_ns, self.busy)
 
-    def step(self, now_ns: int = 0) -> StepOutcome | None:
+    def plan_step(self, now_ns: int) -> IterationPlan | None:
+        """The scheduler's next step (None: nothing to run), counted; `step` times it."""
         plan = self.scheduler.schedule()
         if self.scheduler.take_incoming(now_ns) and plan is None:
             plan = self.scheduler.schedule()  # nothing was planned ahead: the engine core idles, then takes them
         if plan is None:
             return None
         self.iterations += 1
+        if self._begin_step is not None:
+            self._begin_step(self.iterations)
+        return plan
+
+    def step(self, now_ns: int = 0) -> StepOutcome | None:
+        plan = self.plan_step(now_ns)
+        if plan is None:
+            return None
         if plan.run_ahead and self._base is not None:
             out = self._closed_form(plan, self._base)
             if out is not None:

@@ -64,6 +64,8 @@ def _engine_fields(kw: dict[str, Any], kv: dict[str, Any], sched: dict[str, Any]
         out["async_scheduling"] = bool(sched["async_scheduling"])
     if "enable_chunked_prefill" in sched:
         out["enable_chunked_prefill"] = bool(sched["enable_chunked_prefill"])
+    if kw.get("enforce_eager") is not None:
+        out["enforce_eager"] = bool(kw["enforce_eager"])
     if kw.get("dtype") in _DTYPES:
         out["dtype"] = _DTYPES[kw["dtype"]]
     return out

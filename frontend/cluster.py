@@ -1,0 +1,208 @@
+"""The cluster layer: what steps together. The engine steps units, not instances.
+
+Why: an instance is one engine core (scheduler, KV, compute), but what advances simulated time is
+whatever the hardware runs as one step. A plain instance is its own unit (`SoloUnit`). The members of
+a data-parallel group of a MoE model are one unit (`LockstepGroup`): their MoE layers exchange tokens
+every layer, so every member runs every step, and a step ends for all of them at once (vLLM's DP
+"waves": while any member has work, all step; an idle member runs a dummy batch, vLLM
+`execute_dummy_batch`). The engine loop stays the same for both: a unit plans and times a step and
+returns one outcome per member that ran.
+
+A lockstep step, per layer of the group (ranks d * tp + t, TP innermost on the network):
+  member d: norms, projections at the padded token count, attention over its own batch, TP all-reduce;
+  all ranks: all-gather of hidden states + router logits over the DP dimensions (the EP dispatch),
+  each rank's experts (the slowest EP rank's time, frontend/compute/expert_parallel.py),
+  reduce-scatter back (the combine), TP all-reduce.
+Every layer ends in collectives over the whole group, so the group advances at its slowest member's
+pace each layer: the group runs one compute/collective chain whose attention is the slowest member's
+and whose other operators are at the group's token count. With CUDA graphs (vLLM's default, not
+`enforce_eager`) every member pads its batch to the group's largest token count (vLLM's DP padding), so
+those operators are the same on every member; under `enforce_eager` each operator costs its slowest
+member's (an upper bound of the per-layer maximum). The straggler semantics is a barrier at each
+collective: a collective starts when its last member issues it, as NCCL's does.
+
+Dense models with dp > 1 have no such tie: their members are independent engines (SoloUnits).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from astra_bridge.backend import Backend, InstanceSystem
+from astra_bridge.embedded.network import Dimension, SystemKnobs
+from chakra_gen.builder import BuildSpec, MicroBatchCost, build_graphs
+from frontend.compute.batch import BatchShape, OpCost
+from frontend.config.schema import SystemConfig
+from frontend.instance.plan import IterationPlan
+from frontend.instance.runtime import InstanceRuntime, StepOutcome
+
+
+class SoloUnit:
+    """One instance stepping on its own."""
+
+    __slots__ = ("name", "inst", "members", "busy")
+
+    def __init__(self, inst: InstanceRuntime) -> None:
+        self.name = inst.name
+        self.inst = inst
+        self.members = (inst,)
+        self.busy = False
+
+    def step(self, now_ns: int) -> list[tuple[InstanceRuntime, StepOutcome]] | None:
+        out = self.inst.step(now_ns)
+        return None if out is None else [(self.inst, out)]
+
+
+@dataclass
+class GroupStats:
+    steps: int = 0
+    dummy_member_steps: int = 0  # member-steps run as a 1-token dummy batch
+    padded_tokens: int = 0  # tokens added by padding to the group's largest batch, over all members and steps
+
+
+class LockstepGroup:
+    """The members of one DP group of a MoE model, stepping together (see the module docstring)."""
+
+    def __init__(self, name: str, members: list[InstanceRuntime], backend: Backend, sys_cfg: SystemConfig) -> None:
+        self.name = name
+        self.members = tuple(sorted(members, key=lambda m: m.inst.dp_rank))
+        self.busy = False
+        self.backend = backend
+        ri = self.members[0].inst
+        self.dp = len(self.members)
+        self.tp = ri.tp
+        self.capture_sizes = [] if ri.engine.enforce_eager else cudagraph_capture_sizes(ri.engine.max_num_seqs)
+        self.overhead_ns = ri.engine.scheduler_overhead_ns
+        self.stats = GroupStats()
+        dims = ri.group_dims
+        n_tp_dims = len(ri.dims)
+        tp_inv = tuple(i < n_tp_dims for i in range(len(dims)))
+        self.spec = BuildSpec(num_layers=ri.model.num_layers, tp=ri.tp, pp=1, hidden_size=ri.model.hidden_size,
+                              act_dtype_bytes=ri.dtype_bytes, tp_involved_dims=tp_inv if ri.tp > 1 else None,
+                              dp=self.dp, dp_involved_dims=tuple(not x for x in tp_inv))
+        self.system = InstanceSystem(
+            name=name, num_npus=self.dp * ri.tp, knobs=SystemKnobs.from_config(sys_cfg), comm_groups=(), tiers=(),
+            dims=tuple(Dimension(d.topology, d.npus, d.bw_gbps, d.latency_ns, d.algorithm) for d in dims),
+            peak_tflops=ri.hardware.peak_tflops.get(ri.engine.dtype, 0.0))
+        self._dummy_shape = BatchShape(q=[1], ctx=[0], num_sampled=0)
+        # per rank: hidden states and router logits of each padded token (model dtype, vLLM's router is a
+        # ReplicatedLinear in the model dtype)
+        m = ri.model
+        self._dispatch_per_token = (m.hidden_size + m.num_experts) * ri.dtype_bytes
+        self._combine_per_token = m.hidden_size * ri.dtype_bytes
+        self.iterations = 0
+
+    def step(self, now_ns: int) -> list[tuple[InstanceRuntime, StepOutcome]] | None:
+        plans = [m.plan_step(now_ns) for m in self.members]
+        if all(p is None for p in plans):
+            return None
+        self.iterations += 1
+        st = self.stats
+        st.steps += 1
+        shapes = []
+        for m, p in zip(self.members, plans, strict=True):
+            if p is None:
+                st.dummy_member_steps += 1
+                shapes.append(self._dummy_shape)
+            else:
+                shapes.append(m.shape_of(p))
+        tokens = max(s.num_tokens for s in shapes)
+        padded = padded_tokens(tokens, self.capture_sizes)
+        if padded:
+            tokens = padded
+            st.padded_tokens += sum(tokens - s.num_tokens for s in shapes)
+        # the tokens the experts see: every member's padded batch under a CUDA graph, else their real tokens
+        routed = self.dp * tokens if padded else sum(s.num_tokens for s in shapes)
+        cost = self._group_cost(shapes, tokens, routed, bool(padded))
+        spec = self.spec
+        spec.moe_dispatch_bytes = int(tokens * self._dispatch_per_token)
+        spec.moe_combine_bytes = int(self.dp * tokens * self._combine_per_token)
+        graphs = build_graphs(spec, [cost])
+        result = self.backend.run(self.system, graphs, start_ns=now_ns)
+        dur = max(1, result.duration_ns) + self.overhead_ns
+        outs = []
+        tb = graphs[0].tensor_bytes_total()
+        for m, p in zip(self.members, plans, strict=True):
+            if p is None:
+                p = IterationPlan(m.name, [], [], [])
+                m.iterations += 1
+            outs.append((m, StepOutcome(p, result, dur, graphs, tb, self.tp)))
+        return outs
+
+    def _group_cost(self, shapes: list[BatchShape], tokens: int, routed: int, pad: bool) -> MicroBatchCost:
+        """One chain for the whole group: attention and the per-sequence head at the slowest member, the
+        rest at the padded token count (or, under enforce_eager, each operator at its slowest member)."""
+        lead = self.members[0].compute
+        per = []
+        for m, s in zip(self.members, shapes, strict=True):
+            c = m.compute
+            per.append((c.prologue_ops(s), c.layer_ops(s, tokens_routed=routed), c.epilogue_ops(s)))
+        if pad:
+            pad_shape = BatchShape(q=[tokens], ctx=[0], num_sampled=1)
+            prologue = lead.prologue_ops(pad_shape)
+            layer = list(lead.layer_ops(pad_shape, tokens_routed=routed))
+            k = next(i for i, o in enumerate(layer) if o.name == "attention")
+            layer[k] = _slowest([p[1][_index(p[1], "attention")] for p in per])
+        else:
+            prologue = _per_op_max([p[0] for p in per])
+            layer = _per_op_max([p[1] for p in per])
+        epilogue = _per_op_max([p[2] for p in per])
+        return MicroBatchCost(prologue, layer, epilogue, tokens)
+
+
+def cudagraph_capture_sizes(max_num_seqs: int) -> list[int]:
+    """vLLM's default CUDA-graph capture sizes (vllm/config/vllm.py, _set_cudagraph_sizes, v0.11+): up to
+    min(2 x max_num_seqs, 512) tokens, sizes 1, 2, 4, then every 8 below 256, then every 16."""
+    top = min(2 * max_num_seqs, 512)
+    sizes = [i for i in (1, 2, 4) if i <= top] + list(range(8, min(top + 1, 256), 8)) + list(range(256, top + 1, 16))
+    return sizes
+
+
+def padded_tokens(tokens: int, capture_sizes: list[int]) -> int:
+    """The token count a CUDA-graph step runs: the smallest capture size holding `tokens`; 0 when the step
+    runs eagerly (no capture size is that large, or CUDA graphs are off), and then nothing is padded.
+    vLLM pads the members of a DP group to their largest batch only for a CUDA-graph step
+    (gpu_model_runner: coordinate_batch_across_dp with allow_dp_padding when a graph runs)."""
+    if not capture_sizes or tokens > capture_sizes[-1]:
+        return 0
+    return capture_sizes[bisect_left(capture_sizes, tokens)]
+
+
+def _index(ops: list[OpCost], name: str) -> int:
+    return next(i for i, o in enumerate(ops) if o.name == name)
+
+
+def _slowest(ops: list[OpCost]) -> OpCost:
+    return max(ops, key=lambda o: o.duration_ns)
+
+
+def _per_op_max(lists: list[list[OpCost]]) -> list[OpCost]:
+    """Position by position, the slowest member's operator (the members run the same operator list)."""
+    return [_slowest(list(col)) for col in zip(*lists, strict=True)]
+
+
+def build_units(instances: list[InstanceRuntime], backend: Backend, sys_cfg: SystemConfig) -> list:
+    """Solo units for independent instances, one LockstepGroup per DP group of a MoE model."""
+    units: list = []
+    groups: dict[str, list[InstanceRuntime]] = {}
+    for inst in instances:
+        ri = inst.inst
+        if ri.dp_group is not None and ri.model.is_moe:
+            if ri.dp_group not in groups:
+                groups[ri.dp_group] = []
+                units.append(ri.dp_group)  # placeholder keeps the configured order
+            groups[ri.dp_group].append(inst)
+        else:
+            units.append(SoloUnit(inst))
+    out = []
+    for u in units:
+        if isinstance(u, str):
+            g = LockstepGroup(u, groups[u], backend, sys_cfg)
+            for m in g.members:
+                m.unit = g
+            out.append(g)
+        else:
+            u.inst.unit = u
+            out.append(u)
+    return out
