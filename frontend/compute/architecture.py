@@ -25,7 +25,7 @@ ARCH_DIR = REPO / "configs" / "architectures"
 # under the same names share a file (Mistral and Qwen2 layers are Llama's; Qwen2's q/k/v bias is
 # inside qkv_proj).
 ARCH_BY_MODEL_TYPE = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "qwen3",
-                      "qwen3_moe": "qwen3_moe", "mixtral": "mixtral"}
+                      "qwen3_moe": "qwen3_moe", "mixtral": "mixtral", "deepseek_v3": "deepseek_v3"}
 CATEGORIES = ("dense", "per_sequence", "attention", "moe")
 
 
