@@ -21,7 +21,7 @@ class IterationCapture(IterationHook):
     compute_time: str = "exact"
 
     def take(self, k: int, inst, out, start_ns: int) -> None:
-        self.jobs.append((k, inst.name, inst.system, [with_micro_durations(g, self.compute_time) for g in out.graphs]))
+        self.jobs.append((k, inst.name, inst.timing_system, [with_micro_durations(g, self.compute_time) for g in out.graphs]))
 
 
 def compare_backends(resolved, iterations: set[int]) -> list[dict]:

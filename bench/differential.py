@@ -204,9 +204,44 @@ def memory_cases(rng: random.Random) -> list[Case]:
     return cases
 
 
+def ep_chain_cases() -> list[Case]:
+    """Expert-parallel lockstep chains as chakra_gen.builder writes them (frontend/cluster.py): per layer a TP
+    all-reduce on the TP dimensions, the EP dispatch all-gather and combine reduce-scatter on the DP ones,
+    the TP all-reduce after the experts; several networks and chunkings. Deterministic (no rng), so adding
+    them leaves the other cases as they were."""
+    from chakra_gen.builder import BuildSpec, MicroBatchCost, build_graphs
+    from frontend.compute.batch import OpCost
+
+    def op(name: str, us: float) -> OpCost:
+        return OpCost(name, int(us * 1000), 1000, 1000)
+
+    layer = [op("layernorm", 3.0), op("qkv_proj", 7.6), op("attention", 11.4), op("o_proj", 6.6), op("layernorm", 3.0),
+             op("moe_gate", 3.0), op("moe", 111.7)]
+    cases = []
+    for tp, dp, dims, splits, tokens in (
+            (1, 2, (Dimension("FullyConnected", 2, 14.9, 14000.0, "ring"),), 1, 96),
+            (1, 8, (Dimension("Switch", 8, 450.0, 500.0, "direct"),), 1, 512),
+            (2, 2, (Dimension("FullyConnected", 2, 300.0, 500.0, "ring"), Dimension("Switch", 2, 50.0, 2000.0, "ring")),
+             4, 189),
+            (2, 4, (Dimension("Ring", 2, 200.0, 500.0, "ring"), Dimension("Ring", 4, 100.0, 700.0, "halvingDoubling")),
+             3, 1024),
+            (1, 4, (Dimension("Ring", 4, 100.0, 700.0, "ring"),), 4, 33)):
+        spec = BuildSpec(num_layers=6, tp=tp, pp=1, hidden_size=2048, act_dtype_bytes=2, dp=dp,
+                         tp_involved_dims=tuple(i < (1 if tp > 1 else 0) for i in range(len(dims))) if tp > 1 else None,
+                         dp_involved_dims=tuple(not (tp > 1 and i == 0) for i in range(len(dims))),
+                         moe_dispatch_bytes=tokens * (2048 + 128) * 2, moe_combine_bytes=dp * tokens * 2048 * 2)
+        mb = MicroBatchCost([op("embedding", 3.0)], layer, [op("final_layernorm", 3.0), op("lm_head", 113.9)], tokens)
+        graphs = build_graphs(spec, [mb])
+        name = f"EP chain tp{tp} dp{dp} {'x'.join(d.topology for d in dims)} {tokens} tokens /{splits}"
+        system = InstanceSystem("ep", tp * dp, dims, knobs=SystemKnobs(preferred_dataset_splits=splits))
+        cases.append(Case(name, "EP chain", [(system, graphs)]))
+    return cases
+
+
 def synthetic_cases(rng: random.Random, quick: bool = False) -> list[Case]:
     """Every case built from graphs directly (the reference table's cases; same rng, same cases)."""
-    return collective_cases(rng, quick) + skew_and_auto_cases(rng) + p2p_and_group_cases(rng) + memory_cases(rng)
+    return collective_cases(rng, quick) + skew_and_auto_cases(rng) + p2p_and_group_cases(rng) + memory_cases(rng) + \
+        ep_chain_cases()
 
 
 # ---------------- serving runs ----------------
@@ -219,7 +254,7 @@ def _run_config(raw: dict, iterations: set[int], name: str) -> list[tuple[Instan
 
     class Capture(IterationHook):
         def take(self, k, inst, out, start_ns):  # noqa: ANN001
-            jobs.append((inst.system, list(out.graphs)))
+            jobs.append((inst.timing_system, list(out.graphs)))
 
     run = resolve(parse_config(raw, name, REPO / "configs" / "examples"), name)
     run.config.backend.kind = "embedded"
@@ -310,6 +345,21 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
         kv={"offload": "write_back", "tiers": [{"name": "dram", "kind": "dram", "capacity_gib": 64,
                                                  "bw_gbps": 25, "latency_ns": 2000, "scope": "node"}]},
         n_req=60)
+    # expert parallelism over DP groups in lockstep (frontend/cluster.py): all-gather / reduce-scatter of the
+    # MoE dispatch and combine on the DP dimensions, TP all-reduces on the TP ones
+    ep = {"enable_expert_parallel": True}
+    add("dp2 ep2 pcie qwen3-30b", "serving EP", "Qwen3-30B-A3B",
+        {"dp": 2, **ep, "network": {"preset": "pcie5-rtxpro6000-2"}}, system={"preferred_dataset_splits": 1},
+        hw="RTXPRO6000")
+    add("dp8 ep8 nvswitch qwen3-30b", "serving EP", "Qwen3-30B-A3B",
+        {"dp": 8, **ep, "network": {"preset": "h100-nvlink-8"}}, n_req=48)
+    add("tp2 dp2 ep4 2-D qwen3-30b", "serving TP+EP", "Qwen3-30B-A3B",
+        {"tp": 2, "dp": 2, **ep, "network": dims(("FullyConnected", 2, 300.0, 500.0, "ring"),
+                                                 ("Switch", 2, 50.0, 2000.0, "ring"))})
+    add("dp4 ep4 ring splits4 qwen3-30b", "serving EP", "Qwen3-30B-A3B",
+        {"dp": 4, **ep, "network": dims(("Ring", 4, 100.0, 700.0, "ring"))}, system={"preferred_dataset_splits": 4})
+    add("tp4 ep4 dp1 nvlink qwen3-30b", "serving TP+EP", "Qwen3-30B-A3B",
+        {"tp": 4, **ep, "network": {"preset": "h100-nvlink-4"}})
     return out
 
 
@@ -396,8 +446,10 @@ def live_runs(binary: str, n_req: int) -> list[str]:
                         "output_tokens": {"dist": "lognormal", "mean": 30, "sigma": 0.5, "min": 1, "max": 128}}}
     tp4pp2 = yaml.safe_load((REPO / "configs/examples/h100-2x4-llama3.1-70b-tp4pp2.yaml").read_text())
     tp4pp2["workload"]["num_requests"] = n_req
+    ep8 = yaml.safe_load((REPO / "configs/examples/h100x8-qwen3-30b-a3b-ep8.yaml").read_text())
+    ep8["workload"]["num_requests"] = n_req
     tmp = Path(tempfile.mkdtemp(prefix="astraserve-live-"))
-    for raw in (tp4, tp4pp2):
+    for raw in (tp4, tp4pp2, ep8):
         cfg = tmp / f"{raw['name']}.yaml"
         cfg.write_text(yaml.safe_dump(raw))
         rows = {}

@@ -215,6 +215,11 @@ def _chain_template(spec: BuildSpec, mb: MicroBatchCost, stage: int = 0) -> Chai
         layer_bytes += op.bytes
         if rs is not None and op.name == "moe":
             layer.append(("moe.combine", COLL, 0, 0, 0, rs))
+            if ar is not None:
+                # the TP all-reduce must not depend directly on the reduce-scatter: ASTRA-sim f66c1da ends by
+                # segfault on some chains of two directly dependent collectives (bench/differential.py found it),
+                # so a 0 ns compute node (1 ns in both backends) separates them
+                layer.append(("moe.combine.done", COMP, 0, 0, 0, None))
         if ar is not None and op.name in ALLREDUCE_AFTER:
             layer.append((op.name + ".allreduce", COLL, 0, 0, 0, ar))
     pro = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.prologue] if stage == 0 else []

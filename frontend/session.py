@@ -196,6 +196,9 @@ class IterationHook:
     counter: int = field(default=0, kw_only=True)
 
     def __call__(self, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
+        unit = inst.unit
+        if unit is not None and unit.members[0] is not inst:
+            return  # a lockstep group's step is one set of graphs: counted once, at its first member
         k = self.counter
         self.counter += 1
         if k in self.wanted:
@@ -215,11 +218,12 @@ class ChakraDumper(IterationHook):
         from chakra_gen.et_io import with_micro_durations
 
         d = self.out_dir / f"iter{k}"
-        write_input_set(d, inst.system, out.graphs, metadata={"instance": inst.name, "iteration": k})
+        system = inst.timing_system  # a lockstep group's step covers all its ranks
+        write_input_set(d, system, out.graphs, metadata={"instance": inst.name, "iteration": k})
         from astra_bridge.embedded.backend import make_executor
 
         micro = [with_micro_durations(g) for g in out.graphs]
-        r = make_executor(inst.system).run(micro)
+        r = make_executor(system).run(micro)
         (d / "embedded.json").write_text(json.dumps({
             "instance": inst.name, "iteration": k, "start_ns": start_ns,
             "per_rank_finish_ns": r.per_rank_finish_ns,

@@ -31,7 +31,7 @@ def _reference() -> tuple[dict, dict]:
 def test_reference_covers_every_issue_row():
     data, _ = _reference()
     rows = {r["row"] for r in data["rows"]}
-    assert {"collective", "multi-dim", "p2p", "comm-group", "memory", "skewed collective", "auto splits"} <= rows
+    assert {"collective", "multi-dim", "p2p", "comm-group", "memory", "skewed collective", "auto splits", "EP chain"} <= rows
     names = " ".join(r["case"] for r in data["rows"])
     for needle in ("AG halvingDoubling", "A2A direct", "baseline", "FIFO", "/3", "/7", "inv10", "spans dims",
                    "PER_NODE_MEMORY_EXPANSION 1 NPU", "MEMORY_POOL 4 NPU"):

@@ -135,6 +135,11 @@ class InstanceRuntime:
         self._begin_step = getattr(compute, "begin_step", None)  # step-keyed compute (expert routing samples)
         self.unit = None  # the cluster unit that steps this instance (frontend/cluster.py), set by the engine
 
+    @property
+    def timing_system(self) -> InstanceSystem:
+        """The system this instance's steps are timed on: a lockstep group's (all its ranks) or its own."""
+        return getattr(self.unit, "system", None) or self.system
+
     def _apply_evict_first(self) -> None:
         fq = self.pool.free_queue
         for b in reversed(self.evict_first):
