@@ -360,6 +360,21 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
         {"dp": 4, **ep, "network": dims(("Ring", 4, 100.0, 700.0, "ring"))}, system={"preferred_dataset_splits": 4})
     add("tp4 ep4 dp1 nvlink qwen3-30b", "serving TP+EP", "Qwen3-30B-A3B",
         {"tp": 4, **ep, "network": {"preset": "h100-nvlink-4"}})
+    add("dp4 ep4 all-to-all 2-D qwen3-30b", "serving EP all-to-all", "Qwen3-30B-A3B",
+        {"dp": 4, **ep, "network": dims(("Switch", 2, 450.0, 500.0, "direct"), ("Switch", 2, 50.0, 2000.0, "ring"))})
+    out[-1][2]["moe"] = {"routing": "random", "dispatch": "all_to_all"}
+    # DeepSeek-V3 (MLA, shared expert, 3 dense layers in the prologue): the wide-EP example over two nodes,
+    # and TP2 x DP4 on H200 so the dense layers' TP all-reduces run too
+    import yaml
+
+    ds = yaml.safe_load((REPO / "configs/examples/h100-2x8-deepseek-v3-ep16.yaml").read_text())
+    add("dp16 ep16 2-node deepseek-v3", "serving EP wide", "DeepSeek-V3", ds["instances"][0],
+        system=ds["backend"]["system"], n_req=32)
+    out[-1][2]["engine"] = ds["engine"]
+    add("tp2 dp4 ep8 h200 deepseek-v3", "serving TP+EP dense prefix", "DeepSeek-V3",
+        {"tp": 2, "dp": 4, **ep, "network": dims(("Switch", 2, 450.0, 500.0, "direct"), ("Switch", 4, 450.0, 500.0, "ring"))},
+        hw="H200", n_req=24)
+    out[-1][2]["engine"]["dtype"] = "fp8"
     return out
 
 

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SETS = {
     "RTX4090-Llama-3.1-8B": "validate-rtx4090-llama3.1-8b.yaml",
     "RTXPRO6000-Qwen3-32B": "validate-rtxpro6000-qwen3-32b-tp2.yaml",
+    "RTXPRO6000-Qwen3-30B-A3B": "validate-rtxpro6000-qwen3-30b-a3b-dp2ep2.yaml",
 }
 
 
@@ -59,7 +60,37 @@ def light_load(ref: Path, run_dir: Path, n: int = 6) -> list[str]:
     return lines
 
 
+def per_group_step(results: dict) -> list[str]:
+    """A DP group's step (every member the same batch): the chain's compute and collectives, profile vs roofline."""
+    from frontend.cluster import padded_tokens
+
+    shapes = [("decode 1 x ctx 512 per member", BatchShape([1], [511], 1)),
+              ("decode 64 x ctx 1024 per member", BatchShape([1] * 64, [1023] * 64, 64)),
+              ("decode 128 x ctx 1024 per member", BatchShape([1] * 128, [1023] * 128, 128)),
+              ("prefill 1024 per member", BatchShape([1024], [0], 1)),
+              ("mixed 1536 + 32 decode per member", BatchShape([1536] + [1] * 32, [0] + [800] * 32, 33))]
+    out = [f"  {'batch':34s} {'profile ms':>10s} {'roofline ms':>11s} {'error':>8s} {'of which collectives ms':>24s}"]
+    for name, sh in shapes:
+        row = []
+        for compute in ("profile", "roofline"):
+            _, res = results[compute]
+            g = res.instances[0].unit
+            t = padded_tokens(sh.num_tokens, g.capture_sizes)
+            tokens = t or sh.num_tokens
+            cost = g._group_cost([sh] * g.dp, tokens, g.dp * tokens, bool(t))
+            g.size_collectives(tokens)
+            from chakra_gen.builder import build_graphs
+
+            r = g.backend.run(g.system, build_graphs(g.spec, [cost]), start_ns=0)
+            row.append((r.duration_ns / 1e6, r.comm_ns / 1e6))
+        (p, pc), (q, _) = row
+        out.append(f"  {name:34s} {p:10.3f} {q:11.3f} {100 * (q - p) / p:+7.1f}% {pc:24.3f}")
+    return out
+
+
 def per_iteration(run, res) -> list[str]:
+    if run.instances[0].dp_group is not None:
+        return []
     inst = run.instances[0]
     rt = res.instances[0]
     roof = rt.compute if not isinstance(rt.compute, ProfileModel) else rt.compute.roof
@@ -114,8 +145,12 @@ def main() -> None:
             t = tables[c]["throughput"]
             print(f"{c}: output throughput {t['sim_output_tok_s']:.1f} tok/s vs {t['real_output_tok_s']:.1f} "
                   f"({t['error_pct']:+.2f}%); worst |error| {worst[c]:.2f}%")
-        print("per-iteration compute, roofline vs profile (all layers + head), same batch:")
-        print("\n".join(per_iteration(*results["profile"])))
+        if run.instances[0].dp_group is not None:
+            print("per-step time of the DP group (compute and collectives), roofline vs profile, same batches:")
+            print("\n".join(per_group_step(results)))
+        else:
+            print("per-iteration compute, roofline vs profile (all layers + head), same batch:")
+            print("\n".join(per_iteration(*results["profile"])))
         print("start of the run (lightly loaded), profile path:")
         print("\n".join(light_load(ref, dirs["profile"])))
         print()

@@ -75,6 +75,9 @@ class BuildSpec:
     dp_involved_dims: tuple[bool, ...] | None = None
     moe_dispatch_bytes: int = 0
     moe_combine_bytes: int = 0
+    # "allgather_reducescatter" (vLLM's default EP path) or "all_to_all" (sparse dispatch/combine, DeepEP-style:
+    # each rank sends each token only to the ranks holding its experts; both sizes are ASTRA-sim ALL_TO_ALL sizes)
+    moe_collective: str = "allgather_reducescatter"
 
     @property
     def num_npus(self) -> int:
@@ -151,6 +154,9 @@ def _stage_graph(spec: BuildSpec, rank: int, mbs: list[MicroBatchCost]) -> Graph
         if first_stage:
             for op in mb.prologue:
                 add_comp(f"{pre}{op.name}", op)
+                if tp > 1 and op.name in ALLREDUCE_AFTER:  # a leading dense layer's row-parallel output
+                    state["last"] = g.add(f"{pre}{op.name}.allreduce", COLL, deps=(state["last"],),
+                                          attrs=_tp_attrs(spec, stage, mb.num_tokens))
         for li in layers:
             gate = load_ids[li][-1] if (mb_i == 0 and li in load_ids) else -1
             for op in mb.layer:
@@ -204,8 +210,11 @@ def _chain_template(spec: BuildSpec, mb: MicroBatchCost, stage: int = 0) -> Chai
     ag = rs = None
     if spec.dp > 1:
         inv = {"involved_dim": list(spec.dp_involved_dims)} if spec.dp_involved_dims is not None else {}
-        ag = {"comm_type": int(CollectiveType.ALL_GATHER), "comm_size": int(spec.moe_dispatch_bytes), **inv}
-        rs = {"comm_type": int(CollectiveType.REDUCE_SCATTER), "comm_size": int(spec.moe_combine_bytes), **inv}
+        a2a = spec.moe_collective == "all_to_all"
+        ag = {"comm_type": int(CollectiveType.ALL_TO_ALL if a2a else CollectiveType.ALL_GATHER),
+              "comm_size": int(spec.moe_dispatch_bytes), **inv}
+        rs = {"comm_type": int(CollectiveType.ALL_TO_ALL if a2a else CollectiveType.REDUCE_SCATTER),
+              "comm_size": int(spec.moe_combine_bytes), **inv}
     layer = []
     layer_bytes = 0
     for op in mb.layer:
@@ -222,11 +231,16 @@ def _chain_template(spec: BuildSpec, mb: MicroBatchCost, stage: int = 0) -> Chai
                 layer.append(("moe.combine.done", COMP, 0, 0, 0, None))
         if ar is not None and op.name in ALLREDUCE_AFTER:
             layer.append((op.name + ".allreduce", COLL, 0, 0, 0, ar))
-    pro = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.prologue] if stage == 0 else []
+    pro = []
+    if stage == 0:  # a model's leading dense layers run in the prologue, with their TP all-reduces
+        for o in mb.prologue:
+            pro.append((o.name, COMP, o.duration_ns, o.flops, o.bytes, None))
+            if ar is not None and o.name in ALLREDUCE_AFTER:
+                pro.append((o.name + ".allreduce", COLL, 0, 0, 0, ar))
     epi = [(o.name, COMP, o.duration_ns, o.flops, o.bytes, None) for o in mb.epilogue] if stage == spec.pp - 1 else []
     n_layers = len(spec.stage_layers(stage))
     t = ChainTemplate(pro, layer, n_layers, epi)
-    t._types = _COMP_COLL if len(layer) > len(mb.layer) else _COMP_ONLY
+    t._types = _COMP_COLL if len(layer) > len(mb.layer) or len(pro) > len(mb.prologue) else _COMP_ONLY
     if not pro and not epi and not n_layers:
         t._types = frozenset()
     t._bytes = n_layers * layer_bytes + sum(n[4] for n in pro) + sum(n[4] for n in epi)

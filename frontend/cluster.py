@@ -35,7 +35,7 @@ from chakra_gen.builder import BuildSpec, MicroBatchCost, build_graphs
 from frontend.compute.batch import BatchShape, OpCost
 from frontend.config.schema import SystemConfig
 from frontend.instance.plan import IterationPlan
-from frontend.instance.runtime import InstanceRuntime, StepOutcome
+from frontend.instance.runtime import InstanceRuntime, StepOutcome, prologue_ops, repeated_layers
 
 
 class SoloUnit:
@@ -59,12 +59,20 @@ class GroupStats:
     steps: int = 0
     dummy_member_steps: int = 0  # member-steps run as a 1-token dummy batch
     padded_tokens: int = 0  # tokens added by padding to the group's largest batch, over all members and steps
+    imbalance_sum: float = 0.0  # straggler EP rank's assignments / mean, summed over steps
+    imbalance_max: float = 1.0
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "dummy_member_steps": self.dummy_member_steps, "padded_tokens": self.padded_tokens,
+                "mean_straggler_imbalance": round(self.imbalance_sum / self.steps, 6) if self.steps else 1.0,
+                "max_straggler_imbalance": round(self.imbalance_max, 6)}
 
 
 class LockstepGroup:
     """The members of one DP group of a MoE model, stepping together (see the module docstring)."""
 
-    def __init__(self, name: str, members: list[InstanceRuntime], backend: Backend, sys_cfg: SystemConfig) -> None:
+    def __init__(self, name: str, members: list[InstanceRuntime], backend: Backend, sys_cfg: SystemConfig,
+                 moe_dispatch: str = "allgather_reducescatter") -> None:
         self.name = name
         self.members = tuple(sorted(members, key=lambda m: m.inst.dp_rank))
         self.busy = False
@@ -78,7 +86,7 @@ class LockstepGroup:
         dims = ri.group_dims
         n_tp_dims = len(ri.dims)
         tp_inv = tuple(i < n_tp_dims for i in range(len(dims)))
-        self.spec = BuildSpec(num_layers=ri.model.num_layers, tp=ri.tp, pp=1, hidden_size=ri.model.hidden_size,
+        self.spec = BuildSpec(num_layers=repeated_layers(ri.model), tp=ri.tp, pp=1, hidden_size=ri.model.hidden_size,
                               act_dtype_bytes=ri.dtype_bytes, tp_involved_dims=tp_inv if ri.tp > 1 else None,
                               dp=self.dp, dp_involved_dims=tuple(not x for x in tp_inv))
         self.system = InstanceSystem(
@@ -92,6 +100,19 @@ class LockstepGroup:
         self._dispatch_per_token = (m.hidden_size + m.num_experts) * ri.dtype_bytes
         self._combine_per_token = m.hidden_size * ri.dtype_bytes
         self.iterations = 0
+        self._dense_prefix = bool(m.dense_prefix_layers)
+        # a roofline member whose only batch-shape-dependent operator is attention (not MLA: its kv_b_proj is too)
+        c0 = self.members[0].compute
+        self._attention_only = (not self._dense_prefix and not m.is_mla and hasattr(c0, "inner")
+                                and callable(getattr(c0.inner, "attention", None)))
+        self._attention_index: int | None = None
+        # the padded operator lists by (tokens, tokens routed), when the routing is deterministic (a closed form
+        # or round robin): a serving run repeats the same few sizes
+        self._memo_padded = bool(getattr(c0, "deterministic", False))
+        self._padded: dict[tuple[int, int], tuple] = {}
+        self._routing = None  # the routing of the step being costed (sizes the all-to-all)
+        self.dispatch = moe_dispatch
+        self.spec.moe_collective = moe_dispatch
 
     def step(self, now_ns: int) -> list[tuple[InstanceRuntime, StepOutcome]] | None:
         plans = [m.plan_step(now_ns) for m in self.members]
@@ -115,9 +136,13 @@ class LockstepGroup:
         # the tokens the experts see: every member's padded batch under a CUDA graph, else their real tokens
         routed = self.dp * tokens if padded else sum(s.num_tokens for s in shapes)
         cost = self._group_cost(shapes, tokens, routed, bool(padded))
-        spec = self.spec
-        spec.moe_dispatch_bytes = int(tokens * self._dispatch_per_token)
-        spec.moe_combine_bytes = int(self.dp * tokens * self._combine_per_token)
+        r = self._routing
+        if r is not None:
+            imb = r.imbalance
+            st.imbalance_sum += imb
+            if imb > st.imbalance_max:
+                st.imbalance_max = imb
+        spec = self.size_collectives(tokens)
         graphs = build_graphs(spec, [cost])
         result = self.backend.run(self.system, graphs, start_ns=now_ns)
         dur = max(1, result.duration_ns) + self.overhead_ns
@@ -130,24 +155,74 @@ class LockstepGroup:
             outs.append((m, StepOutcome(p, result, dur, graphs, tb, self.tp)))
         return outs
 
+    def size_collectives(self, tokens: int) -> BuildSpec:
+        """The build spec with this step's EP exchange sizes (per rank `tokens` entering the MoE block).
+
+        allgather_reducescatter: every rank all-gathers its hidden states and router logits (ASTRA-sim's
+        all-gather size is one rank's part) and reduce-scatters the dp x tokens outputs. all_to_all: a token
+        goes to each other rank holding one of its experts, with probability p = tokens the busiest rank
+        receives / tokens routed (the step's routing); one rank's buffer for all n ranks (ASTRA-sim's
+        all-to-all size, S / n to each) is tokens x p x n x hidden x dtype bytes, the same back for the combine.
+        """
+        spec = self.spec
+        if self.dispatch == "all_to_all":
+            r = self._routing
+            p = max(r.tokens_per_rank) / r.num_tokens if (r is not None and r.num_tokens) else 1.0
+            size = int(tokens * p * self.dp * self._combine_per_token)
+            spec.moe_dispatch_bytes = spec.moe_combine_bytes = max(1, size)
+        else:
+            spec.moe_dispatch_bytes = int(tokens * self._dispatch_per_token)
+            spec.moe_combine_bytes = int(self.dp * tokens * self._combine_per_token)
+        return spec
+
     def _group_cost(self, shapes: list[BatchShape], tokens: int, routed: int, pad: bool) -> MicroBatchCost:
         """One chain for the whole group: attention and the per-sequence head at the slowest member, the
         rest at the padded token count (or, under enforce_eager, each operator at its slowest member)."""
         lead = self.members[0].compute
+        seen: dict[int, tuple] = {}  # members with the same shape object (idle members' dummy) cost once
         per = []
         for m, s in zip(self.members, shapes, strict=True):
-            c = m.compute
-            per.append((c.prologue_ops(s), c.layer_ops(s, tokens_routed=routed), c.epilogue_ops(s)))
+            hit = seen.get(id(s))
+            if hit is None:
+                c = m.compute
+                if pad and self._attention_only:  # attention is the one shape-dependent operator: cost it alone
+                    hit = (None, c.inner.attention(s), None)
+                elif pad:  # only the shape-dependent operators are read: the inner model's list (no EP routing)
+                    inner = getattr(c, "inner", c)
+                    pro = prologue_ops(c, s) if self._dense_prefix else None
+                    hit = (pro, inner.layer_ops(s), c.epilogue_ops(s))
+                else:
+                    hit = (prologue_ops(c, s), c.layer_ops(s, tokens_routed=routed), c.epilogue_ops(s))
+                seen[id(s)] = hit
+            per.append(hit)
         if pad:
-            pad_shape = BatchShape(q=[tokens], ctx=[0], num_sampled=1)
-            prologue = lead.prologue_ops(pad_shape)
-            layer = list(lead.layer_ops(pad_shape, tokens_routed=routed))
-            k = next(i for i, o in enumerate(layer) if o.name == "attention")
-            layer[k] = _slowest([p[1][_index(p[1], "attention")] for p in per])
+            key = (tokens, routed)
+            hit = self._padded.get(key) if self._memo_padded else None
+            if hit is None:
+                pad_shape = BatchShape(q=[tokens], ctx=[0], num_sampled=1)
+                hit = (prologue_ops(lead, pad_shape), lead.layer_ops(pad_shape, tokens_routed=routed),
+                       getattr(lead, "last_routing", None))
+                if self._memo_padded and len(self._padded) < 16384:
+                    self._padded[key] = hit
+            prologue, layer, self._routing = hit
+            if self._dense_prefix:
+                prologue = _attention_at_slowest(prologue, [p[0] for p in per])
+            if self._attention_only:
+                layer = list(layer)
+                k = self._attention_index
+                if k is None or layer[k].name != "attention":
+                    k = self._attention_index = next(i for i, o in enumerate(layer) if o.name == "attention")
+                layer[k] = max((p[1] for p in per), key=_duration)
+            else:
+                layer = _attention_at_slowest(layer, [p[1] for p in per])
         else:
             prologue = _per_op_max([p[0] for p in per])
             layer = _per_op_max([p[1] for p in per])
-        epilogue = _per_op_max([p[2] for p in per])
+            self._routing = getattr(lead, "last_routing", None)
+        if pad and self._attention_only:  # the roofline head: the norm over the padded tokens, the rest per sample
+            epilogue = lead.epilogue_ops(BatchShape(q=[tokens], ctx=[0], num_sampled=max(s.num_sampled for s in shapes)))
+        else:
+            epilogue = _per_op_max([p[2] for p in per])
         return MicroBatchCost(prologue, layer, epilogue, tokens)
 
 
@@ -169,8 +244,24 @@ def padded_tokens(tokens: int, capture_sizes: list[int]) -> int:
     return capture_sizes[bisect_left(capture_sizes, tokens)]
 
 
-def _index(ops: list[OpCost], name: str) -> int:
-    return next(i for i, o in enumerate(ops) if o.name == name)
+# operators whose cost depends on the sequences of the batch, not only on its token count: attention, and
+# MLA's kv_b_proj (the expanded form runs over each prefill's whole context)
+SHAPE_DEPENDENT = frozenset(("attention", "kv_b_proj"))
+
+
+def _attention_at_slowest(padded: list[OpCost], members: list[list[OpCost]]) -> list[OpCost]:
+    """The padded operator list with every attention (one per layer it holds) at its slowest member's.
+    Member lists hold the same operators up to the MoE block, which may differ (the inner model's
+    TP-style block against the padded list's EP block); shape-dependent operators come before it."""
+    out = list(padded)
+    for i, o in enumerate(out):
+        if o.name in SHAPE_DEPENDENT:
+            out[i] = max((m[i] for m in members), key=_duration)
+    return out
+
+
+def _duration(o: OpCost) -> int:
+    return o.duration_ns
 
 
 def _slowest(ops: list[OpCost]) -> OpCost:
@@ -182,7 +273,8 @@ def _per_op_max(lists: list[list[OpCost]]) -> list[OpCost]:
     return [_slowest(list(col)) for col in zip(*lists, strict=True)]
 
 
-def build_units(instances: list[InstanceRuntime], backend: Backend, sys_cfg: SystemConfig) -> list:
+def build_units(instances: list[InstanceRuntime], backend: Backend, sys_cfg: SystemConfig,
+                moe_dispatch: str = "allgather_reducescatter") -> list:
     """Solo units for independent instances, one LockstepGroup per DP group of a MoE model."""
     units: list = []
     groups: dict[str, list[InstanceRuntime]] = {}
@@ -198,7 +290,7 @@ def build_units(instances: list[InstanceRuntime], backend: Backend, sys_cfg: Sys
     out = []
     for u in units:
         if isinstance(u, str):
-            g = LockstepGroup(u, groups[u], backend, sys_cfg)
+            g = LockstepGroup(u, groups[u], backend, sys_cfg, moe_dispatch)
             for m in g.members:
                 m.unit = g
             out.append(g)

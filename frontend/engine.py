@@ -56,7 +56,7 @@ class Engine:
         self.run_cfg = run
         self.instances = instances
         self.backend = backend
-        self.units = build_units(instances, backend, run.config.backend.system)
+        self.units = build_units(instances, backend, run.config.backend.system, run.config.moe.dispatch)
         self.router = Router(run.config.router, instances)
         self.orch = orchestrator
         self.retention = None

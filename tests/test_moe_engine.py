@@ -31,7 +31,7 @@ def _run(dp: int = 2, tp: int = 1, workload: dict | None = None, **over):
 def _units(run):
     be = make_backend(run)
     insts = build_instances(run, be)
-    return insts, build_units(insts, be, run.config.backend.system), be
+    return insts, build_units(insts, be, run.config.backend.system, run.config.moe.dispatch), be
 
 
 def _req(i: int, t_ns: int, prompt: int, out: int) -> Request:
@@ -177,3 +177,72 @@ def test_lockstep_run_finishes_every_request():
     assert res.request_log.finished == run.config.workload.num_requests
     names = {r.instance for r in res.requests}
     assert names == {"g-dp0", "g-dp1"}
+
+
+def _deepseek(tp: int = 2, dp: int = 4):
+    inst = {"name": "g", "hardware": "H200", "tp": tp, "dp": dp, "enable_expert_parallel": True,
+            "network": {"dims": [{"topology": "Switch", "npus": n, "bw_gbps": 450, "latency_ns": 500}
+                                 for n in (tp, dp) if n > 1]}}
+    d = small_run_dict(model="DeepSeek-V3", instances=[inst])
+    d["engine"] = {**d["engine"], "dtype": "fp8"}
+    return resolve(parse_config(d, "x.yaml"))
+
+
+def test_dense_prefix_layers_run_once_in_the_prologue_with_their_all_reduces():
+    run = _deepseek()
+    insts, (g,), _ = _units(run)
+    m = run.instances[0].model
+    assert (m.dense_prefix_layers, g.spec.num_layers, insts[0].spec.num_layers) == (3, 58, 58)
+    for inst in insts:
+        inst.scheduler.add(_req(int(inst.name[-1]), 0, 40, 2))
+    outs = g.step(0)
+    t = outs[0][1].graphs[0].template
+    pro = [n[0] for n in t.prologue]
+    assert pro.count("gate_up_proj") == 3 and pro.count("down_proj.allreduce") == 3 and pro.count("o_proj.allreduce") == 3
+    assert "moe.dispatch" not in pro and t.num_layers == 58
+    assert [n[0] for n in t.layer].count("moe.dispatch") == 1
+
+
+def test_mla_kv_is_the_latent_on_every_tp_rank_and_weights_follow_the_layers():
+    from frontend.config.loader import weight_bytes_per_npu
+
+    run = _deepseek()
+    ri = run.instances[0]
+    m = ri.model
+    assert ri.kv_block_bytes == 16 * (512 + 64) * 1 * 61  # block x latent x fp8 x layers, whatever tp
+    assert _deepseek(tp=1, dp=8).instances[0].kv_block_bytes == ri.kv_block_bytes
+    # per NPU: attention and dense layers over TP, routed experts over EP, embeddings over TP
+    dense = 3 * m.dense_layer_params() / 2
+    moe = 58 * ((m.layer_params() - m.routed_expert_params()) / 2 + m.routed_expert_params() / 8)
+    emb = 2 * m.vocab_size * m.hidden_size / 2
+    assert weight_bytes_per_npu(m, 1, 2, 1, 8, True) == int(dense + moe + emb)
+    assert ri.weight_bytes_per_npu == int(dense + moe + emb)
+
+
+def test_all_to_all_dispatch_sends_tokens_only_where_their_experts_are():
+    run = _run(dp=4, moe={"routing": "balanced", "dispatch": "all_to_all"})
+    insts, (g,), _ = _units(run)
+    assert g.dispatch == "all_to_all"
+    for inst in insts:
+        inst.scheduler.add(_req(int(inst.name[-1]), 0, 64, 2))
+    outs = g.step(0)
+    t = outs[0][1].graphs[0].template
+    colls = {n[0]: n[5] for n in t.layer if n[1] == COLL}
+    assert colls["moe.dispatch"]["comm_type"] == colls["moe.combine"]["comm_type"] == CollectiveType.ALL_TO_ALL
+    m = run.instances[0].model
+    r = g._routing
+    p = max(r.tokens_per_rank) / r.num_tokens  # a token reaches a given rank with this probability (top-8 of 128)
+    assert 0.5 < p < 1.0 and r.num_tokens == 4 * 64
+    assert colls["moe.dispatch"]["comm_size"] == int(64 * p * 4 * m.hidden_size * 2)
+
+
+def test_summary_reports_the_groups_padding_dummies_and_imbalance():
+    from frontend.metrics.report import summarize
+
+    run = _run(moe={"routing": "skewed", "zipf_s": 1.0})
+    res, extra = simulate(run)
+    s = summarize(res, extra)["moe"]
+    assert s["routing"] == "skewed" and len(s["groups"]) == 1
+    grp = s["groups"][0]
+    assert grp["members"] == ["g-dp0", "g-dp1"] and grp["steps"] > 0
+    assert grp["mean_straggler_imbalance"] > 1.0 and grp["max_straggler_imbalance"] >= grp["mean_straggler_imbalance"]

@@ -79,7 +79,23 @@ class NetworkContext:
         """A collective on a named comm group smaller than the system runs ASTRA-sim's group plan: one
         ring over the group's NPUs, whatever algorithms the dimensions are configured with; a group
         of every NPU (and a collective without a group) runs the configured per-dimension algorithms
-        (a group of every NPU on all dimensions)."""
+        (a group of every NPU on all dimensions). Memoized per (type, size, group, involved dims): a
+        serving run repeats the same few sizes."""
+        inv = attrs.get("involved_dim")
+        key = (attrs["comm_type"], attrs["comm_size"], attrs.get("pg_name"), tuple(inv) if inv is not None else None)
+        memo = self._coll_memo
+        hit = memo.get(key)
+        if hit is None:
+            hit = self._coll_time(attrs)
+            if len(memo) < 65536:
+                memo[key] = hit
+        return hit
+
+    @cached_property
+    def _coll_memo(self) -> dict:
+        return {}
+
+    def _coll_time(self, attrs: dict) -> int:
         pg = attrs.get("pg_name")
         if pg:
             members = self.comm_groups.get(pg)

@@ -25,7 +25,7 @@ import numpy as np
 from frontend.compute.batch import BatchShape, OpCost
 from frontend.compute.moe_routing import ExpertPlacement, RoutingResult, make_router
 
-MOE_OPS = ("moe_gate", "moe")
+MOE_OPS = ("moe_gate", "moe", "shared_experts")  # the inner model's MoE block, replaced whole
 
 
 class ExpertParallelCompute:

@@ -229,6 +229,9 @@ def load_profile_model(inst, cfg, roof: Roofline, base_dir: Path | None = None, 
             if warn:
                 warn(f"{inst.name}: no profile bundle for {key} on {inst.hardware.name}; using the roofline model")
             return roof
+    if inst.model.dense_prefix_layers:
+        raise ProfileError(f"{inst.name}: model {inst.model.name} has {inst.model.dense_prefix_layers} leading dense "
+                           "layers, which the profile path does not cost; use --compute roofline")
     p = Path(path)
     if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
         p = base_dir / p

@@ -185,12 +185,19 @@ def weight_bytes_per_npu(model: ModelSpec, dtype_bytes: float, tp: int, pp: int,
     """
     layers_per_stage = math.ceil(model.num_layers / pp)
     emb = model.vocab_size * model.hidden_size * dtype_bytes / tp
-    if enable_expert_parallel:
-        routed = model.routed_expert_params()
-        layer = (model.layer_params() - routed) * dtype_bytes / tp + routed * dtype_bytes / ep
-    else:
-        layer = model.layer_params() * dtype_bytes / tp
-    return int(layer * layers_per_stage + emb * (1 if pp > 1 else (1 if model.tie_word_embeddings else 2)))
+    prefix = model.dense_prefix_layers  # DeepSeek's leading dense layers: no routed experts
+
+    def layer_bytes(i: int) -> float:
+        params = model.layer_params_at(i)
+        routed = model.routed_expert_params() if (model.is_moe and i >= prefix) else 0
+        if enable_expert_parallel:
+            return (params - routed) * dtype_bytes / tp + routed * dtype_bytes / ep
+        return params * dtype_bytes / tp
+
+    # the heaviest pipeline stage (with a dense prefix the first stage is lighter than the others)
+    stage = max(sum(layer_bytes(i) for i in range(s, min(model.num_layers, s + layers_per_stage)))
+                for s in range(0, model.num_layers, layers_per_stage))
+    return int(stage + emb * (1 if pp > 1 else (1 if model.tie_word_embeddings else 2)))
 
 
 def _catalog_entry(catalog: dict[tuple[str, Path], Any] | None, kind: str, path: Path, load: Any) -> Any:
@@ -215,6 +222,9 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
     engine = inst.engine or cfg.engine
     _instance_errors(prefix, inst, model, hw, engine)
     ep, placement = _moe_parallel(prefix, inst, model)
+    if model.dense_prefix_layers and inst.pp > 1:
+        raise ConfigError(f"{prefix}.pp: model {model.name} has {model.dense_prefix_layers} leading dense layers; "
+                          "pipeline stages of such a model are not simulated (use pp: 1)")
     npus = inst.tp * inst.pp
     dims: list[NetworkDim] = []
     if inst.network is not None:
@@ -253,8 +263,8 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
     b = DTYPE_BYTES[engine.dtype]
     kv_b = DTYPE_BYTES[engine.dtype if engine.kv_cache_dtype == "auto" else engine.kv_cache_dtype]
     layers_per_stage = math.ceil(model.num_layers / inst.pp)
-    kv_heads_per_npu = max(1, model.num_kv_heads // inst.tp)
-    block_bytes = int(engine.block_size * 2 * kv_heads_per_npu * model.head_dim * kv_b * layers_per_stage)
+    # per NPU: its KV heads (GQA), or MLA's compressed latent, which every TP rank holds whole
+    block_bytes = int(engine.block_size * model.kv_bytes_per_token_per_layer(kv_b, inst.tp) * layers_per_stage)
     weights = weight_bytes_per_npu(model, b, inst.tp, inst.pp, ep, inst.enable_expert_parallel)
     reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
                else activation_reserve_bytes(model, engine, inst.tp))

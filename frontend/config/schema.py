@@ -278,6 +278,11 @@ class MoEConfig(Strict):
                                 "uniform sample per iteration; skewed: Zipf(zipf_s) expert popularity, seeded; "
                                 "round_robin: token i takes experts i*k .. i*k+k-1 (mod E)")
     zipf_s: float = Field(1.0, ge=0, le=10, description="skewed routing: Zipf exponent of expert popularity")
+    dispatch: Literal["allgather_reducescatter", "all_to_all"] = Field(
+        "allgather_reducescatter",
+        description="EP token exchange of a DP group: vLLM's default all-gather of hidden states and router logits "
+                    "then reduce-scatter of the outputs, or a sparse all-to-all dispatch and combine (DeepEP-style "
+                    "backends: a token goes only to the ranks holding its experts)")
 
 
 class PolicyConfig(Strict):

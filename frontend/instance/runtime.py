@@ -53,6 +53,20 @@ def tp_involved_dims(inst: ResolvedInstance) -> tuple[bool, ...] | None:
     return tuple(inv)
 
 
+def repeated_layers(model) -> int:
+    """Layers the chain repeats: all of them, or the MoE layers of a model with leading dense layers (those
+    run once each, in the prologue: see prologue_ops)."""
+    return model.num_layers - model.dense_prefix_layers
+
+
+def prologue_ops(compute, shape: BatchShape) -> list:
+    """The operators before the repeated layer: the embedding and, for a MoE model with leading dense
+    layers (DeepSeek's first_k_dense_replace), those layers' operators, layer after layer."""
+    pro = compute.prologue_ops(shape)
+    k = getattr(compute, "dense_prefix_layers", 0)
+    return pro + k * compute.dense_prefix_layer_ops(shape) if k else pro
+
+
 class StepOutcome:
     """One planned and timed step. `tensor_bytes` is what rank 0's operators read and write (its graph's
     tensor bytes), `num_ranks` the number of per-NPU graphs; `graphs` are built on first access when the
@@ -105,7 +119,7 @@ class InstanceRuntime:
         self.pool = BlockPool(inst.num_gpu_blocks, eng.block_size, eng.enable_prefix_caching)
         max_len = eng.max_model_len or inst.model.max_position_embeddings
         self.scheduler = Scheduler(inst.name, eng, self.pool, max_len, priority)
-        self.spec = BuildSpec(num_layers=inst.model.num_layers, tp=inst.tp, pp=inst.pp,
+        self.spec = BuildSpec(num_layers=repeated_layers(inst.model), tp=inst.tp, pp=inst.pp,
                               hidden_size=inst.model.hidden_size, act_dtype_bytes=inst.dtype_bytes,
                               tp_involved_dims=tp_involved_dims(inst))
         self.lower_tiers = list(tiers or [])
@@ -158,7 +172,7 @@ class InstanceRuntime:
                 shape = BatchShape(q=[q], ctx=[done], num_sampled=1)
                 c = self.costs(shape)
                 total += sum(o.duration_ns for o in c.prologue + c.epilogue) + \
-                    self.inst.model.num_layers * sum(o.duration_ns for o in c.layer)
+                    self.spec.num_layers * sum(o.duration_ns for o in c.layer)
                 done += q
             self._prefill_est[key] = total
         return self._prefill_est[key]
@@ -168,7 +182,7 @@ class InstanceRuntime:
 
     def costs(self, shape: BatchShape) -> MicroBatchCost:
         c = self.compute
-        return MicroBatchCost(c.prologue_ops(shape), c.layer_ops(shape), c.epilogue_ops(shape), shape.num_tokens)
+        return MicroBatchCost(prologue_ops(c, shape), c.layer_ops(shape), c.epilogue_ops(shape), shape.num_tokens)
 
     def spec_for(self, plan: IterationPlan) -> BuildSpec:
         """The build spec with this iteration's KV transfers (per NPU, per layer)."""

@@ -78,6 +78,20 @@ def rejection_summary(result: RunResult) -> dict[str, Any]:
     return {code: {"count": n, "example": log.reason_example[code]} for code, n in sorted(log.reasons.items())}
 
 
+def moe_summary(result: RunResult) -> dict[str, Any]:
+    """DP groups in lockstep (steps, dummy batches, padding, EP straggler imbalance) and the routing used."""
+    groups = {}
+    for inst in result.instances:
+        stats = getattr(inst.unit, "stats", None)
+        if stats is not None and inst.unit.name not in groups:
+            g = inst.unit
+            groups[g.name] = {"members": [m.name for m in g.members], "dispatch": g.dispatch, **stats.as_dict()}
+    if not groups:
+        return {}
+    moe = (result.info.get("config") or {}).get("moe") or {}
+    return {"routing": moe.get("routing"), "groups": list(groups.values())}
+
+
 def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     log = result.request_log
     it = result.iterations
@@ -107,6 +121,9 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
 
     if it.tier_names:
         s["kv_tiers"] = tier_summary(result)
+    moe = moe_summary(result)
+    if moe:
+        s["moe"] = moe
     if result.orchestrator is not None:
         s["agents"] = program_summary(result)
     if len(result.instances) > 1:
