@@ -298,3 +298,26 @@ def build_units(instances: list[InstanceRuntime], backend: Backend, sys_cfg: Sys
             u.inst.unit = u
             out.append(u)
     return out
+
+
+class Cluster:
+    """The cluster layer the engine drives: the units that step, and cross-instance coordination (prefill/
+    decode hand-offs, frontend/pd.py). The engine asks it where a new request really goes and what a
+    finished step set in motion; without disaggregation both are identities."""
+
+    def __init__(self, instances: list[InstanceRuntime], backend: Backend, sys_cfg: SystemConfig, run_cfg,
+                 schedule_timer) -> None:
+        self.units = build_units(instances, backend, sys_cfg, run_cfg.moe.dispatch)
+        self.pd = None
+        if any(i.inst.role == "prefill" for i in instances):
+            from frontend.pd import PDCoordinator
+
+            self.pd = PDCoordinator(run_cfg.pd, instances, schedule_timer)
+        # new requests go to the instances that take them: all but decode instances
+        self.entry = [i for i in instances if i.inst.role != "decode"]
+
+    def route_new(self, req, inst: InstanceRuntime) -> InstanceRuntime:
+        return inst if self.pd is None else self.pd.admit_new(req, inst)
+
+    def after_complete(self, inst: InstanceRuntime, now: int) -> list[InstanceRuntime]:
+        return [] if self.pd is None else self.pd.after_complete(inst, now)

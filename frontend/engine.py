@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from astra_bridge.backend import Backend
-from frontend.cluster import build_units
+from frontend.cluster import Cluster
 from frontend.config.loader import ResolvedRun
 from frontend.errors import InternalError
 from frontend.instance.runtime import InstanceRuntime, StepOutcome
@@ -46,6 +46,7 @@ class RunResult:
     orchestrator: object | None = None
     retention: object | None = None
     info: dict = field(default_factory=dict)  # what ran: resolved config, backend, compute model, bundles
+    pd: object | None = None  # the prefill/decode coordinator (frontend/pd.py), when instances have roles
 
 
 class Engine:
@@ -56,8 +57,9 @@ class Engine:
         self.run_cfg = run
         self.instances = instances
         self.backend = backend
-        self.units = build_units(instances, backend, run.config.backend.system, run.config.moe.dispatch)
-        self.router = Router(run.config.router, instances)
+        self.cluster = Cluster(instances, backend, run.config.backend.system, run.config, self.schedule_timer)
+        self.units = self.cluster.units
+        self.router = Router(run.config.router, self.cluster.entry)
         self.orch = orchestrator
         self.retention = None
         self._events: list[tuple[int, int, int, object]] = []
@@ -151,13 +153,15 @@ class Engine:
             while events and events[0][0] == now:
                 _, kind, seq, payload = heapq.heappop(events)
                 if kind == TIMER:
-                    payload()  # type: ignore[operator]
+                    woken = payload()  # type: ignore[operator]
+                    if woken is not None:  # an instance the timer gave work (a KV transfer ended)
+                        touched.append(woken.unit)
                     continue
                 if kind == ARRIVAL:
                     req = payload  # type: ignore[assignment]
                     if seq < LATER_SEQ:
                         feed()
-                    inst = self.router.choose(req, now)
+                    inst = self.cluster.route_new(req, self.router.choose(req, now))
                     reason = inst.scheduler.rejection_reason(req)
                     if reason:
                         req.status = "rejected"
@@ -185,6 +189,8 @@ class Engine:
                                         heapq.heappush(events, (child.arrival_ns, ARRIVAL, self._seq, child))
                                         self._seq += 1
                         inst.busy = False
+                        for w in self.cluster.after_complete(inst, now):
+                            touched.append(w.unit)
                     unit.busy = False
                     touched.append(unit)
             for unit in touched:
@@ -232,4 +238,4 @@ class Engine:
                          wall_s=time.perf_counter() - t0, instances=self.instances,
                          backend_stats={**self.backend.stats(),
                                         "closed_form": sum(i.closed_form_steps for i in self.instances)},
-                         router=self.router)
+                         router=self.router, pd=self.cluster.pd)

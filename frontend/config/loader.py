@@ -95,6 +95,7 @@ class ResolvedInstance:
     # DP group membership (dp > 1): the group's name (the configured instance name, with a replica index),
     # this member's DP rank, and the network of the whole group (dp x tp NPUs, TP dimensions first); `dims`
     # above are then this member's TP dimensions only
+    role: str = "mixed"  # prefill | decode | mixed (prefill/decode disaggregation)
     dp_group: str | None = None
     dp_rank: int = 0
     group_dims: list[NetworkDim] = field(default_factory=list)
@@ -293,7 +294,7 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                             node=node, num_gpu_blocks=blocks, kv_block_bytes=block_bytes, weight_bytes_per_npu=weights,
                             activation_reserve_bytes=reserve, tiers=tiers, dp=inst.dp,
                             enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
-                            group_dims=group_dims)
+                            group_dims=group_dims, role=inst.role)
 
 
 def _split_dp_dims(prefix: str, inst: InstanceConfig, dims: list[NetworkDim]) -> list[NetworkDim]:
@@ -363,6 +364,16 @@ def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
                     owner[member] = i
                     instances.append(dataclasses.replace(ri, name=member, dp_group=name, dp_rank=d))
             node = n + 1
+    roles = {i.role for i in instances}
+    if "prefill" in roles and "decode" not in roles:
+        raise ConfigError("instances: prefill instances need at least one role: decode instance to hand their KV to")
+    if "decode" in roles and not roles & {"prefill", "mixed"}:
+        raise ConfigError("instances: decode instances need a role: prefill (or mixed) instance to take new requests")
+    if "prefill" in roles and any(i.dp_group is not None and i.model.is_moe for i in instances):
+        raise ConfigError("instances: prefill/decode disaggregation with DP groups of MoE engines is not simulated")
+    if "prefill" in roles and len({i.model.name for i in instances}) > 1:
+        raise ConfigError("instances: prefill/decode disaggregation between instances of different models is not "
+                          "simulated (a decode instance must serve the prefill instance's model)")
     total_blocks = sum(i.num_gpu_blocks for i in instances)
     if total_blocks > MAX_CLUSTER_BLOCKS:
         raise ConfigError(f"instances: {len(instances)} instances hold {total_blocks:,} KV blocks in all (more than "

@@ -135,6 +135,9 @@ class InstanceConfig(Strict):
         False, description="vLLM --enable-expert-parallel: whole experts per rank over EP ranks (no TP sharding)")
     ep: int | None = Field(None, ge=1, le=65536, description="expert-parallel size; default tp x dp when "
                                                              "enable_expert_parallel, as vLLM derives it")
+    role: Literal["mixed", "prefill", "decode"] = Field(
+        "mixed", description="prefill/decode disaggregation (frontend/pd.py): a prefill instance computes prompts "
+                             "and hands their KV to a decode instance; mixed serves whole requests")
     expert_placement: Literal["linear", "round_robin"] | None = Field(
         None, description="vLLM --expert-placement-strategy: linear (rank r holds a contiguous block of "
                           "experts) or round_robin (expert e on rank e mod ep); default linear")
@@ -285,6 +288,30 @@ class MoEConfig(Strict):
                     "backends: a token goes only to the ranks holding its experts)")
 
 
+class LinkConfig(Strict):
+    bw_gbps: float = Field(gt=0, le=1e9, description="per-GPU bandwidth of the link, GB/s (1e9 B)")
+    latency_ns: float = Field(ge=0, le=1e12)
+
+
+class PDConfig(Strict):
+    """Prefill/decode disaggregation: how prompts' KV reaches the decode instances (frontend/pd.py)."""
+
+    decode_router: Literal["round_robin", "least_loaded"] = Field(
+        "least_loaded", description="which decode instance takes a prefilled request")
+    local_prefill_max_tokens: int = Field(
+        0, ge=0, le=10**9, description="conditional disaggregation: a request whose prompt, less what the chosen "
+                                       "decode instance has cached, is at most this many tokens is prefilled on "
+                                       "the decode instance itself (0: never)")
+    scale_up: LinkConfig = Field(
+        default_factory=lambda: LinkConfig(bw_gbps=450.0, latency_ns=1000.0),
+        description="GPU-to-GPU path between instances on one node (default: NVLink 4 through NVSwitch, 450 GB/s "
+                    "per direction per GPU, as configs/networks/h100-nvlink-8.yaml)")
+    scale_out: LinkConfig = Field(
+        default_factory=lambda: LinkConfig(bw_gbps=50.0, latency_ns=2000.0),
+        description="per-GPU NIC path between nodes (default: one 400 Gb/s NDR InfiniBand NIC per GPU, as "
+                    "configs/networks/h100-2x4-ib.yaml)")
+
+
 class PolicyConfig(Strict):
     scheduling: Literal["fcfs", "program_fcfs", "plas"] = "fcfs"
     retention: Literal["lru", "ttl_pin", "min_waste", "invocation_distance"] = "lru"
@@ -332,6 +359,7 @@ class RunConfig(Strict):
     backend: BackendConfig = Field(default_factory=BackendConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     moe: MoEConfig = Field(default_factory=MoEConfig)
+    pd: PDConfig = Field(default_factory=PDConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     base_dir: Path | None = Field(None, exclude=True)

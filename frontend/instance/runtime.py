@@ -212,6 +212,7 @@ class InstanceRuntime:
 
     def plan_step(self, now_ns: int) -> IterationPlan | None:
         """The scheduler's next step (None: nothing to run), counted; `step` times it."""
+        self.scheduler.now_ns = now_ns
         plan = self.scheduler.schedule()
         if self.scheduler.take_incoming(now_ns) and plan is None:
             plan = self.scheduler.schedule()  # nothing was planned ahead: the engine core idles, then takes them

@@ -81,6 +81,14 @@ class Scheduler:
         self.incoming: list[Request] = []  # arrived during the running step, not yet queued (async scheduling)
         self.run_ahead = run_ahead
         self._run: DecodeRun | None = None
+        # prefill/decode disaggregation (frontend/pd.py): prefilled requests leaving this (prefill) instance,
+        # requests holding blocks here while their KV arrives, those whose KV has arrived, and the hook told
+        # when a remote-KV request got its blocks (it starts the transfer)
+        self.handed_off: list[Request] = []
+        self.awaiting_kv: list[Request] = []
+        self.kv_ready: list[Request] = []
+        self.on_remote_admit: Callable[[Request, int], None] | None = None
+        self.now_ns = 0  # the time of the step being planned (set by the instance runtime)
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -151,7 +159,25 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(victim)
 
+    def kv_arrived(self, req: Request) -> None:
+        """The prompt's KV of a remote-KV request is in this instance's blocks: it joins the running batch at the
+        next schedule and computes its last prompt token there, which samples its first token (vLLM's decode
+        side recomputes the last prompt token: the prefill side's logits are not transferred)."""
+        self.awaiting_kv.remove(req)
+        self.kv_ready.append(req)
+
+    def _take_kv_ready(self) -> None:
+        self.sync()  # a decode run ends: the running batch changes
+        for req in self.kv_ready:
+            req.remote_kv = False
+            req.num_computed_tokens = req.input_tokens - 1
+            req.status = "running"
+            self.running.append(req)
+        self.kv_ready = []
+
     def schedule(self) -> IterationPlan | None:
+        if self.kv_ready:
+            self._take_kv_ready()
         run = self._run
         if run is not None:
             plan = self._run_step(run)
@@ -364,6 +390,19 @@ class Scheduler:
             if not eng.enable_chunked_prefill and num_new > budget:
                 break
             num_new = min(num_new, budget)
+            if req.remote_kv:  # blocks for the whole prompt now; its KV arrives from the prefill instance
+                if not pool.allocate(req, rest, hits, in_hbm):
+                    break
+                waiting.popleft()
+                pool.count_lookup(req, len(hits))
+                req.cached_tokens = in_hbm
+                if hits:
+                    req.cached_tokens_by_tier["hbm"] = in_hbm
+                req.status = "awaiting_kv"
+                self.awaiting_kv.append(req)
+                if self.on_remote_admit is not None:
+                    self.on_remote_admit(req, in_hbm)
+                continue
             if req.swapped_blocks:  # swapped KV needs its blocks back too
                 ok = pool.allocate(req, in_hbm + num_new, computed=0)
             else:
@@ -474,6 +513,7 @@ class Scheduler:
             return self._run_complete(run, end_ns)
         self.sync()
         finished = []
+        handed: list[Request] = []
         pool = self.pool
         bs = pool.block_size
         for req, n in zip(plan.requests, plan.num_new_tokens, strict=True):
@@ -484,6 +524,14 @@ class Scheduler:
             if req.hashes and c // bs > req.num_hashed_blocks:
                 pool.cache_full_blocks(req, c)
             if c >= req.input_tokens + req.num_output_done:
+                if req.handoff:  # prefilled for a decode instance: the token sampled here is not the client's
+                    # the blocks stay allocated here until the KV has left (vLLM delays freeing them on the
+                    # prefill side); the request's own block list is the decode side's from now on
+                    req.kv_src_blocks, req.block_ids = req.block_ids, []
+                    req.num_hashed_blocks = 0
+                    req.status = "handed_off"
+                    handed.append(req)
+                    continue
                 d = req.num_output_done + 1
                 req.num_output_done = d
                 if req.first_token_ns < 0:
@@ -494,6 +542,17 @@ class Scheduler:
                     finished.append(req)
         if finished:
             self._retire(finished)
+        if handed:
+            gone = {id(r) for r in handed}
+            self.running = [r for r in self.running if id(r) not in gone]
+            self.handed_off.extend(handed)
         if self.run_ahead:
             self._start_run()
         return finished
+
+    def release_kv_source(self, req: Request) -> None:
+        """The handed-off request's KV has reached its decode instance: free its blocks here."""
+        self.pool.release(req.kv_src_blocks)
+        req.kv_src_blocks = []
+        if self.after_free is not None:
+            self.after_free()

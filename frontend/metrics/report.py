@@ -124,6 +124,8 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
     moe = moe_summary(result)
     if moe:
         s["moe"] = moe
+    if result.pd is not None:
+        s["pd"] = result.pd.stats.summary()
     if result.orchestrator is not None:
         s["agents"] = program_summary(result)
     if len(result.instances) > 1:

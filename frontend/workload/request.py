@@ -117,6 +117,11 @@ class Request:
     seq: int = 0  # arrival order, the FCFS key
     swapped_blocks: int = 0  # blocks held in host memory by a swap preemption
     ready_ns: int = -1  # when the turn became ready (its arrival at the router)
+    # prefill/decode disaggregation (frontend/pd.py): prefilled here and handed to a decode instance; waiting on a
+    # decode instance for the prompt's KV from its prefill instance; the prefill side's blocks until the transfer ends
+    handoff: bool = False
+    remote_kv: bool = False
+    kv_src_blocks: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
