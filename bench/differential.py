@@ -256,6 +256,9 @@ def _run_config(raw: dict, iterations: set[int], name: str) -> list[tuple[Instan
         def take(self, k, inst, out, start_ns):  # noqa: ANN001
             jobs.append((inst.timing_system, list(out.graphs)))
 
+        def transfer(self, k, req, system, graphs, start_ns):  # noqa: ANN001
+            jobs.append((system, list(graphs)))  # a prefill/decode KV transfer (frontend/pd.py)
+
     run = resolve(parse_config(raw, name, REPO / "configs" / "examples"), name)
     run.config.backend.kind = "embedded"
     simulate(run, dump=Capture(iterations))
@@ -363,6 +366,17 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
     add("dp4 ep4 all-to-all 2-D qwen3-30b", "serving EP all-to-all", "Qwen3-30B-A3B",
         {"dp": 4, **ep, "network": dims(("Switch", 2, 450.0, 500.0, "direct"), ("Switch", 2, 50.0, 2000.0, "ring"))})
     out[-1][2]["moe"] = {"routing": "random", "dispatch": "all_to_all"}
+    # prefill/decode disaggregation: the iterations of both instances and the KV transfers between them
+    add("pd 1p1d tp4 ib llama70b", "serving PD", "Llama-3.1-70B",
+        {"tp": 4, "role": "prefill", "node": 0, "network": {"preset": "h100-nvlink-4"}})
+    out[-1][2]["instances"].append({"name": "i1", "hardware": "H100-SXM", "tp": 4, "role": "decode", "node": 1,
+                                    "network": {"preset": "h100-nvlink-4"}})
+    add("pd 2p1d tp2->tp4 llama8b", "serving PD fan-in", "Llama-3.1-8B",
+        {"tp": 2, "role": "prefill", "node": 0, "network": dims(("Switch", 2, 450.0, 500.0, "direct"))})
+    out[-1][2]["instances"] += [
+        {"name": "i1", "hardware": "H100-SXM", "tp": 2, "role": "prefill", "node": 1,
+         "network": dims(("Switch", 2, 450.0, 500.0, "direct"))},
+        {"name": "i2", "hardware": "H100-SXM", "tp": 4, "role": "decode", "node": 0, "network": {"preset": "h100-nvlink-4"}}]
     # DeepSeek-V3 (MLA, shared expert, 3 dense layers in the prologue): the wide-EP example over two nodes,
     # and TP2 x DP4 on H200 so the dense layers' TP all-reduces run too
     import yaml
@@ -464,7 +478,9 @@ def live_runs(binary: str, n_req: int) -> list[str]:
     ep8 = yaml.safe_load((REPO / "configs/examples/h100x8-qwen3-30b-a3b-ep8.yaml").read_text())
     ep8["workload"]["num_requests"] = n_req
     tmp = Path(tempfile.mkdtemp(prefix="astraserve-live-"))
-    for raw in (tp4, tp4pp2, ep8):
+    pd = yaml.safe_load((REPO / "configs/examples/pd-1p1d-h100-llama3.1-70b.yaml").read_text())
+    pd["workload"]["num_requests"] = n_req
+    for raw in (tp4, tp4pp2, ep8, pd):
         cfg = tmp / f"{raw['name']}.yaml"
         cfg.write_text(yaml.safe_dump(raw))
         rows = {}

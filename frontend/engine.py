@@ -161,7 +161,14 @@ class Engine:
                     req = payload  # type: ignore[assignment]
                     if seq < LATER_SEQ:
                         feed()
-                    inst = self.cluster.route_new(req, self.router.choose(req, now))
+                    chosen = self.router.choose(req, now)
+                    if chosen is None:  # a model nobody serves
+                        req.status = "rejected"
+                        req.reject_reason = self.router.unserved_reason(req)
+                        log.add(req)
+                        done += 1
+                        continue
+                    inst = self.cluster.route_new(req, chosen)
                     reason = inst.scheduler.rejection_reason(req)
                     if reason:
                         req.status = "rejected"

@@ -16,9 +16,10 @@ KV connector that the decode side pulls from (NixlConnector; vLLM docs "Disaggre
    heads x head_dim x layers x KV dtype bytes; MLA: the latent). Each prefill rank holds 1/tp_p of it and
    each decode rank needs 1/tp_d, so min(tp_p, tp_d) GPU pairs move it in parallel, each over its own
    path: the scale-up link when both instances are on one node, else the scale-out NIC (`pd.scale_up`,
-   `pd.scale_out`). The prefill instance's egress and the decode instance's ingress are FIFO resources:
-   a transfer starts when both are free, so concurrent transfers share the links' bandwidth in turn.
-   time = latency + bytes / (lanes x bw).
+   `pd.scale_out`). The transfer is a Chakra graph (SEND/RECV per GPU pair, `transfer_graphs`) timed by the
+   run's backend, embedded or the ASTRA-sim binary: latency + bytes / (lanes x bw) on the analytical
+   network. The prefill instance's egress and the decode instance's ingress are FIFO resources: a
+   transfer starts when both are free, so concurrent transfers share the links' bandwidth in turn.
 4. When the KV has arrived the prefill side frees its blocks and the request joins the decode batch: its
    first step recomputes the last prompt token and samples the first token (the client's TTFT: arrival to
    that step's end, transfer and decode-side queueing included).
@@ -28,14 +29,17 @@ decode instance already caches, is short is prefilled on that decode instance it
 "conditional" P/D: short prefills do not pay the transfer).
 
 Not modelled: layer-by-layer streaming of the KV while the prefill runs (the pull starts when the prefill
-ends, as vLLM's NixlConnector does), the transfer inside the Chakra traces (it is timed here, not by the
-backend), P and D of different models.
+ends, as vLLM's NixlConnector does; the transfer is its own graph, not inside the prefill step's), P and D of
+different models.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from astra_bridge.backend import InstanceSystem
+from astra_bridge.embedded.network import Dimension
+from chakra_gen.graph import COMP, RECV, SEND, Graph
 from frontend.config.models import DTYPE_BYTES
 from frontend.config.schema import PDConfig
 from frontend.instance.runtime import InstanceRuntime
@@ -95,6 +99,8 @@ class PDCoordinator:
         self.decoders = [i for i in instances if i.inst.role == "decode"]
         self.by_name = {i.name: i for i in instances}
         self.schedule_timer = schedule_timer
+        self.backend = instances[0].backend
+        self.on_transfer = None  # hook (request, system, graphs, start ns): Chakra dumps, differential captures
         self.stats = PDStats()
         self._rr = 0
         self._free_at: dict[tuple[str, str], int] = {}  # (instance, "out" | "in") -> when its links are free
@@ -154,11 +160,14 @@ class PDCoordinator:
         kv_b = DTYPE_BYTES[eng.dtype if eng.kv_cache_dtype == "auto" else eng.kv_cache_dtype]
         nbytes = tokens * dst.inst.model.kv_bytes_per_token(kv_b)
         link = self.cfg.scale_up if src.inst.node == dst.inst.node else self.cfg.scale_out
-        lanes = max(1, min(src.inst.num_npus, dst.inst.num_npus))
-        busy = int(nbytes / (lanes * link.bw_gbps))  # GB/s = B/ns
+        system, graphs = transfer_graphs(src.inst.num_npus, dst.inst.num_npus, int(nbytes), link.bw_gbps,
+                                         link.latency_ns, f"{src.name}->{dst.name}")
         start = max(now, self._free_at.get((src.name, "out"), 0), self._free_at.get((dst.name, "in"), 0))
-        self._free_at[(src.name, "out")] = self._free_at[(dst.name, "in")] = start + busy
-        end = start + busy + int(link.latency_ns)
+        took = self.backend.run(system, graphs, start_ns=start).duration_ns if nbytes else 0
+        self._free_at[(src.name, "out")] = self._free_at[(dst.name, "in")] = start + took
+        end = start + took
+        if self.on_transfer is not None:
+            self.on_transfer(req, system, graphs, start)
         self.stats.transfers.append(TransferRecord(req.request_id, src.name, dst.name, int(nbytes), handoff_ns, now,
                                                    start, end))
 
@@ -168,3 +177,32 @@ class PDCoordinator:
             return dst
 
         self.schedule_timer(end, arrived)
+
+
+def transfer_graphs(tp_src: int, tp_dst: int, nbytes: int, bw_gbps: float, latency_ns: float, name: str
+                    ) -> tuple[InstanceSystem, list[Graph]]:
+    """One KV transfer as Chakra graphs over the two instances' ranks, for either backend to time.
+
+    Ranks side * tp + i (side 0: the prefill instance, 1: the decode instance, tp = the larger TP). The
+    network has the instances' scale-up dimension inside (unused by the transfer) and a 2-NPU dimension
+    between the instances: the per-GPU link the KV crosses (bw in GB/s = 1e9 B/s, converted to ASTRA-sim's
+    GiB/s). min(tp_src, tp_dst) GPU pairs i -> tp + i each SEND/RECV their 1/lanes of the bytes, so they move
+    in parallel; other ranks hold one 1 ns compute node (every rank needs a workload).
+    """
+    tp = max(tp_src, tp_dst)
+    lanes = max(1, min(tp_src, tp_dst))
+    link = Dimension("FullyConnected", 2, bw_gbps * 1e9 / 2**30, float(latency_ns), "ring")  # one hop: end to end
+    dims = (Dimension("FullyConnected", tp, 1e6, 0.0, "ring"), link) if tp > 1 else (link,)
+    part = -(-nbytes // lanes)
+    graphs = []
+    for r in range(2 * tp):
+        g = Graph(rank=r)
+        side, i = divmod(r, tp)
+        if i >= lanes:
+            g.add("idle", COMP, duration_ns=1)
+        elif side == 0:
+            g.add("kv.send", SEND, attrs={"comm_dst": tp + i, "comm_tag": 1, "comm_size": part})
+        else:
+            g.add("kv.recv", RECV, attrs={"comm_src": i, "comm_tag": 1, "comm_size": part})
+        graphs.append(g)
+    return InstanceSystem(name=f"kv {name}", num_npus=2 * tp, dims=dims), graphs

@@ -133,7 +133,17 @@ def policy_names() -> list[str]:
     return sorted(_POLICIES)
 
 
+def model_key(name: str) -> str:
+    """A model name as requests and instances are matched: the last path part, case-insensitive
+    ("meta-llama/Llama-3.1-8B" and "llama-3.1-8b" are one model)."""
+    return name.rsplit("/", 1)[-1].lower()
+
+
 class Router:
+    """The configured policy over the instances that take new requests; a request naming a model is routed
+    among the instances serving that model only (one policy object per model), and one for a model nobody
+    serves gets no instance (`choose` returns None, the engine rejects it with `unserved_reason`)."""
+
     def __init__(self, cfg: RouterConfig, instances: list[InstanceRuntime]) -> None:
         self.cfg = cfg
         self.instances = instances
@@ -143,6 +153,11 @@ class Router:
             name = "dp_balance" if dp else "round_robin"
         self.policy_name = name
         self.policy = _POLICIES[name](cfg, instances)
+        by_model: dict[str, list[InstanceRuntime]] = {}
+        for i in instances:
+            by_model.setdefault(model_key(i.inst.model.name), []).append(i)
+        self._by_model = by_model
+        self._model_policies: dict[str, object] = {}
 
     @property
     def affinity_hits(self) -> int:
@@ -156,7 +171,21 @@ class Router:
     def affinity(self) -> dict[str, str]:
         return getattr(self.policy, "affinity", {})
 
-    def choose(self, req: Request, now_ns: int = 0) -> InstanceRuntime:
+    def choose(self, req: Request, now_ns: int = 0) -> InstanceRuntime | None:
+        if req.model is not None:
+            key = model_key(req.model)
+            insts = self._by_model.get(key)
+            if not insts:
+                return None
+            if len(insts) != len(self.instances):
+                pol = self._model_policies.get(key)
+                if pol is None:
+                    pol = self._model_policies[key] = _POLICIES[self.policy_name](self.cfg, insts)
+                return insts[0] if len(insts) == 1 else pol.choose(req, now_ns)  # type: ignore[attr-defined]
         if len(self.instances) == 1:
             return self.instances[0]
         return self.policy.choose(req, now_ns)
+
+    def unserved_reason(self, req: Request) -> str:
+        return (f"no instance serves model {req.model!r} (instances serve "
+                f"{sorted({i.inst.model.name for i in self.instances})})")

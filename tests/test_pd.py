@@ -113,3 +113,23 @@ def test_role_errors_name_the_problem():
     d = small_run_dict(instances=[{"name": "p", "hardware": "H100-SXM", "role": "warm"}])
     with pytest.raises(ConfigError, match=r"instances\[0\].role"):
         parse_config(d, "x.yaml")
+
+
+def test_a_transfer_is_a_chakra_graph_per_gpu_pair_and_is_dumped(tmp_path):
+    from chakra_gen.graph import RECV, SEND
+    from frontend.pd import transfer_graphs
+    from frontend.session import ChakraDumper
+
+    system, graphs = transfer_graphs(4, 2, 1000, 50.0, 2000.0, "p->d")
+    assert system.num_npus == 8 and len(graphs) == 8
+    sends = [(g.rank, g.attrs[0]) for g in graphs if g.types[0] == SEND]
+    recvs = [(g.rank, g.attrs[0]) for g in graphs if g.types[0] == RECV]
+    assert sends == [(0, {"comm_dst": 4, "comm_tag": 1, "comm_size": 500}),
+                     (1, {"comm_dst": 5, "comm_tag": 1, "comm_size": 500})]  # 2 lanes: the decode side has 2 GPUs
+    assert [r for r, _ in recvs] == [4, 5]
+    run = _pd_run(n_req=6)
+    dump = ChakraDumper({0, 1, 2}, tmp_path)
+    simulate(run, dump=dump)
+    kv = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("iter-kv"))
+    assert kv == ["iter-kv0", "iter-kv1", "iter-kv2"]
+    assert (tmp_path / "iter-kv0" / "workload.0.et").is_file() and (tmp_path / "iter-kv0" / "embedded.json").is_file()

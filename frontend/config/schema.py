@@ -181,6 +181,9 @@ class SyntheticWorkload(Strict):
     prompt_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=900, sigma=1.0))
     output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=250, sigma=0.9))
     shared_prefix_tokens: int = Field(0, ge=0, le=MAX_TOKENS, description="system-prompt tokens shared by every request")
+    model_mix: dict[str, Annotated[float, Field(gt=0, le=1e9)]] = Field(
+        default_factory=dict, description="multi-model clusters: each request asks for one of these models, drawn "
+                                          "with these relative weights (empty: requests name no model)")
 
 
 class JsonlWorkload(Strict):
@@ -188,6 +191,28 @@ class JsonlWorkload(Strict):
     path: str
     num_requests: int | None = Field(None, ge=1, le=MAX_COUNT)
     time_scale: float = Field(1.0, gt=0, le=1e6, description="multiply arrival times (e.g. 0.5 = twice the rate)")
+
+
+class TraceWorkload(Strict):
+    """A production trace replayed as flat requests (frontend/workload/trace.py and one module per format)."""
+
+    kind: Literal["trace"] = "trace"
+    format: Literal["azure", "burstgpt", "mooncake"] | None = Field(
+        None, description="azure (TIMESTAMP,ContextTokens,GeneratedTokens CSV), burstgpt (BurstGPT CSV), mooncake "
+                          "(JSONL with hash_ids); detected from the file's first line when omitted")
+    path: str
+    num_requests: int | None = Field(None, ge=1, le=MAX_COUNT)
+    time_scale: float = Field(1.0, gt=0, le=1e6, description="multiply arrival times (e.g. 0.5 = twice the rate)")
+    start_s: float | None = Field(None, ge=0, le=1e9, description="time window on the trace's own clock (s)")
+    end_s: float | None = Field(None, gt=0, le=1e9)
+    sample: float = Field(1.0, gt=0, le=1, description="replay this fraction of the rows (seeded with the run seed)")
+    use_trace_models: bool = Field(False, description="burstgpt: each request asks for its row's Model")
+
+    @model_validator(mode="after")
+    def _check(self) -> TraceWorkload:
+        if self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s:
+            raise ValueError(f"start_s ({self.start_s:g}) must be before end_s ({self.end_s:g})")
+        return self
 
 
 class ToolDist(Strict):
@@ -228,7 +253,7 @@ class AgentWorkload(Strict):
         return self
 
 
-Workload = Annotated[SyntheticWorkload | JsonlWorkload | AgentWorkload, Field(discriminator="kind")]
+Workload = Annotated[SyntheticWorkload | JsonlWorkload | AgentWorkload | TraceWorkload, Field(discriminator="kind")]
 
 
 class ComputeConfig(Strict):

@@ -83,8 +83,13 @@ def parse_flat(obj: dict[str, Any], where: str, idx: int) -> Request:
     rid = obj.get("request_id", f"req-{idx}")
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise WorkloadError(f"{where}: field 'request_id' must be a string, got {rid!r}")
+    model = obj.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise WorkloadError(f"{where}: field 'model' must be a non-empty string (a model an instance serves), "
+                            f"got {model!r}")
     return Request(request_id=str(rid), arrival_ns=arr, input_tokens=inp,
-                   output_tokens=out, content=TokenContent(ids=ids), output_content=TokenContent(ids=oids), seq=idx)
+                   output_tokens=out, content=TokenContent(ids=ids), output_content=TokenContent(ids=oids), seq=idx,
+                   model=model)
 
 
 def read_jsonl(path: str | Path, limit: int | None = None, time_scale: float = 1.0

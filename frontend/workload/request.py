@@ -98,6 +98,7 @@ class Request:
     output_content: TokenContent = field(default_factory=TokenContent)
     program_id: str | None = None
     turn_index: int = 0
+    model: str | None = None  # the model the client asked for (None: whichever the router picks)
     # --- runtime state ---
     instance: str = ""
     num_computed_tokens: int = 0

@@ -105,6 +105,13 @@ def _generate(cfg: SyntheticWorkload, seed: int, prompt_state, output_state, chu
     carry = 0.0
     t0 = 0.0
     shared = cfg.shared_prefix_tokens
+    # the model of each request from its own stream (seed, 1), so a mix changes nothing else of the workload
+    mix = sorted(cfg.model_mix.items())
+    rm = np.random.default_rng([seed, 1]) if mix else None
+    names = [k for k, _ in mix]
+    weights = np.array([w for _, w in mix], dtype=float)
+    if mix:
+        weights /= weights.sum()
     for lo in range(0, n, chunk):
         m = min(chunk, n - lo)
         g = _gaps(a.process, a.rate_per_s, a.cv, m, ra)
@@ -115,6 +122,7 @@ def _generate(cfg: SyntheticWorkload, seed: int, prompt_state, output_state, chu
         arrivals = (t - t0).astype(np.int64).tolist()
         prompts = sample_dist(cfg.prompt_tokens, rp, m).tolist()
         outputs = sample_dist(cfg.output_tokens, ro, m).tolist()
+        models = [names[k] for k in rm.choice(len(names), size=m, p=weights)] if rm is not None else [None] * m
         for j in range(m):
             i = lo + j
             p = prompts[j]
@@ -122,4 +130,4 @@ def _generate(cfg: SyntheticWorkload, seed: int, prompt_state, output_state, chu
             if shared:
                 content = TokenContent(segments=[(SHARED_PREFIX_KEY, shared), (1000 + i, p)])
             yield Request(request_id=f"req-{i}", arrival_ns=arrivals[j], input_tokens=p + shared,
-                          output_tokens=outputs[j], content=content, seq=i)
+                          output_tokens=outputs[j], content=content, seq=i, model=models[j])
