@@ -246,3 +246,26 @@ def test_summary_reports_the_groups_padding_dummies_and_imbalance():
     grp = s["groups"][0]
     assert grp["members"] == ["g-dp0", "g-dp1"] and grp["steps"] > 0
     assert grp["mean_straggler_imbalance"] > 1.0 and grp["max_straggler_imbalance"] >= grp["mean_straggler_imbalance"]
+
+
+@pytest.mark.parametrize("compute, bound", [("roofline", 10.0), ("profile", 30.0)])
+def test_the_dp2_ep2_reference_set_is_reproduced(tmp_path, compute: str, bound: float):
+    """The RTX PRO 6000 Qwen3-30B-A3B DP2+EP2 set: roofline within the issue's 10% on every TTFT/TPOT/E2E
+    statistic; the profile path is held to its current 30% (TPOT and E2E within 10%) so a regression shows."""
+    from pathlib import Path
+
+    from frontend.config.loader import load_and_resolve
+    from frontend.metrics.report import write_outputs
+    from frontend.validation.compare import compare
+    from tests.conftest import LSS, need_shared
+
+    need_shared()
+    repo = Path(__file__).resolve().parents[1]
+    run = load_and_resolve(repo / "configs/examples/validate-rtxpro6000-qwen3-30b-a3b-dp2ep2.yaml",
+                           {"compute": {"kind": compute}} if compute == "roofline" else None)
+    res, extra = simulate(run)
+    write_outputs(res, tmp_path, extra)
+    table = compare(tmp_path, LSS / "validation" / "RTXPRO6000-Qwen3-30B-A3B" / "vllm")
+    errs = {(k, st): v["error_pct"] for k, stats in table["latency"].items() for st, v in stats.items()}
+    assert max(abs(e) for e in errs.values()) < bound, errs
+    assert max(abs(e) for (k, _), e in errs.items() if k != "ttft") < 10.0, errs
