@@ -97,16 +97,19 @@ def _bug(e: BaseException) -> None:
 
 
 def _overrides(workload: Path | None, num_requests: int | None, backend: str | None, profile: Path | None,
-               engine_meta: Path | None, compute: str | None = None, seed: int | None = None) -> dict[str, Any]:
+               engine_meta: Path | None, compute: str | None = None, seed: int | None = None,
+               workload_format: str | None = None) -> dict[str, Any]:
     ov: dict[str, Any] = {}
     if num_requests is not None and not 1 <= num_requests <= 100_000_000:
         raise ConfigError(f"--num-requests: expected 1..100000000, got {num_requests}")
+    if workload_format is not None and workload is None:
+        raise ConfigError("--workload-format: names the format of --workload FILE; give --workload too")
     if workload is not None:
         if not workload.is_file():
             from frontend.workload.jsonl import WorkloadError
 
             raise WorkloadError(f"--workload {workload}: no such file")
-        ov["workload"] = {"kind": "jsonl", "path": str(workload.resolve())}
+        ov["workload"] = _workload_override(workload, workload_format)
         if num_requests is not None:
             ov["workload"]["num_requests"] = num_requests
     elif num_requests is not None:
@@ -134,6 +137,19 @@ def _overrides(workload: Path | None, num_requests: int | None, backend: str | N
 
         ov["engine"] = engine_from_meta(engine_meta)
     return ov
+
+
+def _workload_override(path: Path, fmt: str | None) -> dict[str, Any]:
+    """--workload FILE [--workload-format NAME]: the project's JSONL, or a trace (format detected when omitted)."""
+    from frontend.workload.sources import BUILTIN_FORMATS, detect_format
+
+    if fmt is None:
+        fmt = detect_format(path) or "jsonl"
+    elif fmt != "jsonl" and fmt not in BUILTIN_FORMATS:
+        raise ConfigError(f"--workload-format: expected jsonl, {', '.join(BUILTIN_FORMATS)}, got {fmt!r}")
+    if fmt == "jsonl":
+        return {"kind": "jsonl", "path": str(path.resolve())}
+    return {"kind": "trace", "path": str(path.resolve()), "format": fmt}
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -188,7 +204,10 @@ def run(
     config: Annotated[Path, typer.Argument(help="run file (YAML)")],
     out: Annotated[Path | None, typer.Option(help="output directory (default: the config's output.dir)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
-    workload: Annotated[Path | None, typer.Option(help="JSONL workload replacing the config's")] = None,
+    workload: Annotated[Path | None, typer.Option(help="workload replacing the config's: the project's JSONL or a "
+                                                  "trace (Azure / BurstGPT CSV, Mooncake JSONL)")] = None,
+    workload_format: Annotated[str | None, typer.Option(help="jsonl | azure | burstgpt | mooncake (default: "
+                                                        "detected from the file's first line)")] = None,
     num_requests: Annotated[int | None, typer.Option(help="limit/override the number of requests")] = None,
     backend: Annotated[str | None, typer.Option(help="embedded | astra-sim")] = None,
     compute: Annotated[str | None, typer.Option(help="roofline | profile: the compute model (roofline ignores a "
@@ -211,7 +230,7 @@ def run(
     from frontend.metrics.report import write_summary
     from frontend.session import ChakraDumper, parse_iteration_spec, simulate
 
-    ov = _overrides(workload, num_requests, backend, profile, engine_meta, compute, seed)
+    ov = _overrides(workload, num_requests, backend, profile, engine_meta, compute, seed, workload_format)
     if compute == "profile" and profile is None and load_config(config).compute.profile is None:
         raise ConfigError("--compute profile: no profile bundle: give --profile DIR or compute.profile in the run file")
     pol = {k: v for k, v in (("scheduling", scheduling), ("retention", retention), ("prefetch", prefetch)) if v}
@@ -330,6 +349,26 @@ def backends_check(config: Annotated[Path | None, typer.Argument(help="run file 
         ok, detail = probe_binary(path)
         t.add_row("astra-sim", "yes" if ok else "no", f"{path}: {detail}")
     _console().print(t)
+
+
+@app.command()
+@guarded
+def convert(
+    src: Annotated[Path, typer.Argument(metavar="IN", help="a trace file (Azure / BurstGPT CSV, Mooncake JSONL)")],
+    dst: Annotated[Path, typer.Argument(metavar="OUT", help="the project's flat JSONL to write")],
+    fmt: Annotated[str | None, typer.Option("--format", help="azure | burstgpt | mooncake (default: detected from "
+                                            "the file's first line)")] = None,
+    num_requests: Annotated[int | None, typer.Option(help="convert only the first N requests")] = None,
+) -> None:
+    """Convert a trace to the project's JSONL (request_id, arrival_time_ns, input_toks, output_toks[, input_tok_ids])."""
+    from frontend.workload.trace import convert_to_jsonl
+
+    if num_requests is not None and not 1 <= num_requests <= 100_000_000:
+        raise ConfigError(f"--num-requests: expected 1..100000000, got {num_requests}")
+    n, notes = convert_to_jsonl(src, dst, fmt, num_requests)
+    for note in notes:
+        print(note)
+    print(f"wrote {n} requests to {dst}")
 
 
 @app.command()
@@ -494,6 +533,7 @@ def profile_cmd(
 # fixed value. tests/test_startup.py checks this table against the typer command, so the two cannot drift.
 RUN_OPTIONS: dict[str, tuple[str, type]] = {
     "--out": ("out", Path), "--seed": ("seed", int), "--workload": ("workload", Path),
+    "--workload-format": ("workload_format", str),
     "--num-requests": ("num_requests", int), "--backend": ("backend", str), "--compute": ("compute", str),
     "--profile": ("profile", Path), "--engine-meta": ("engine_meta", Path), "--dump-chakra": ("dump_chakra", Path),
     "--dump-iterations": ("dump_iterations", str), "--router": ("router", str), "--scheduling": ("scheduling", str),

@@ -62,58 +62,23 @@ def parse_iteration_spec(spec: str, flag: str = "--dump-iterations") -> set[int]
 
 def _resolve_path(run: ResolvedRun, path: str, field: str) -> Path:
     """A workload file as given, else beside the run file; a missing one is an error naming its field."""
-    from frontend.workload.jsonl import WorkloadError
+    from frontend.workload.sources import resolve_path
 
-    p = Path(path)
-    if not p.is_absolute() and run.config.base_dir is not None and not p.exists():
-        cand = run.config.base_dir / p
-        if cand.exists():
-            return cand
-    if not path or not p.is_file():
-        raise WorkloadError(f"{field}: {path!r} is not a workload file")
-    return p
+    return resolve_path(run, path, field)
 
 
 def load_workload(run: ResolvedRun, seed: int):
-    """(flat requests, agent programs or None, tool distributions, notes)."""
-    from frontend.workload.jsonl import read_jsonl
+    """(flat requests, agent programs or None, tool distributions, notes): the source registered for the run's
+    workload kind (frontend/workload/sources.py) loads it."""
+    from frontend.workload.sources import load_workload as load
 
-    wl = run.config.workload
-    if wl.kind == "agents":
-        from frontend.agents.generators import default_tools, generate, read_dag_jsonl, sessions_to_programs
-
-        if wl.trace:
-            path = _resolve_path(run, wl.trace, "workload.trace")
-            first = _first_line(path)
-            if '"turns"' in first:
-                progs = read_dag_jsonl(path)
-                return [], progs, dict(wl.tools), []
-            reqs, sessions = read_jsonl(path, None, 1.0)
-            return reqs, sessions_to_programs(sessions), dict(wl.tools), []
-        return [], generate(wl, seed), default_tools(wl), []
-    if wl.kind == "jsonl":
-        reqs, sessions = read_jsonl(_resolve_path(run, wl.path, "workload.path"), wl.num_requests, wl.time_scale)
-        progs = None
-        if sessions:
-            from frontend.agents.generators import sessions_to_programs
-
-            progs = sessions_to_programs(sessions)
-        return reqs, progs, {}, []
-    from frontend.workload.synthetic import synthetic_requests
-
-    return synthetic_requests(wl, seed), None, {}, []
+    return load(run, seed)
 
 
 def _first_line(path: Path) -> str:
-    from frontend.workload.jsonl import WorkloadError
+    from frontend.workload.sources import first_line
 
-    if not path.is_file():
-        return ""
-    try:
-        with path.open("rb") as f:
-            return f.readline(1 << 20).decode("utf-8", errors="replace")
-    except OSError as e:
-        raise WorkloadError(f"{path}: cannot read ({e.strerror})") from None
+    return first_line(path)
 
 
 def bundle_path(inst, cfg, base_dir: Path | None) -> Path | None:
