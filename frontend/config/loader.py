@@ -33,12 +33,24 @@ MAX_BLOCKS = 4_000_000
 MAX_CLUSTER_BLOCKS = 16_000_000
 
 
+def _workload_kinds() -> frozenset[str]:
+    from typing import get_args
+
+    from frontend.config.schema import Workload
+
+    union = get_args(Workload)[0]
+    return frozenset(get_args(c.model_fields["kind"].annotation)[0] for c in get_args(union))
+
+
+_WORKLOAD_KINDS = _workload_kinds()
+
+
 def _fmt_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for p in loc:
         if isinstance(p, int):
             parts.append(f"[{p}]")
-        elif p in ("synthetic", "jsonl", "agents") and parts and parts[-1] == "workload":
+        elif parts and parts[-1] == "workload" and p in _WORKLOAD_KINDS:  # pydantic's union tag, not a field
             continue
         else:
             parts.append(("." if parts else "") + str(p))
