@@ -223,6 +223,8 @@ def run(
     prefetch: Annotated[str | None, typer.Option(help="none | invocation_distance")] = None,
     run_ahead: Annotated[bool, typer.Option("--run-ahead/--no-run-ahead", help="advance runs of unchanged decode "
                                             "batches in one step (outputs are identical either way)")] = True,
+    timeline: Annotated[Path | None, typer.Option(help="also write a Chrome/Perfetto trace (JSON) of the run here: "
+                                                 "iterations, requests, tool gaps, KV transfers, counters")] = None,
 ) -> None:
     """Simulate a serving run and write requests.csv, iterations.csv, summary.json and run_info.json."""
     from frontend.config.loader import load_and_resolve, load_config
@@ -282,6 +284,12 @@ def run(
         stage.commit()
         if dump_stage is not None:
             dump_stage.commit()
+    if timeline is not None:  # from the committed CSVs: the run streamed its rows there
+        from frontend.metrics.timeline import write_timeline
+
+        write_timeline(result, timeline, run_dir=out_dir)
+        if not quiet:
+            _console().print(f"timeline in {timeline} (open in ui.perfetto.dev or chrome://tracing)")
     if dump is not None:
         missing = sorted(dump.wanted - set(dump.written))
         if missing:
@@ -465,6 +473,28 @@ def validate(
         con.print(f"wrote {out_dir / p.name}")
 
 
+@app.command()
+@guarded
+def plot(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="a run's output directory (requests.csv, "
+                                              "iterations.csv) or a sweep's (results.csv)")],
+    x: Annotated[str | None, typer.Option(help="sweep: the parameter column on the x axis (default: the first "
+                                          "swept one)")] = None,
+    y: Annotated[list[str] | None, typer.Option(help="sweep: a metric column to plot (repeatable; default: "
+                                                "ttft_ms_p99, tpot_ms_p50, output_tokens_per_s_per_gpu)")] = None,
+    latency: Annotated[str | None, typer.Option(help="sweep: the Pareto plot's latency column (default "
+                                                "ttft_ms_p99)")] = None,
+    throughput: Annotated[str | None, typer.Option(help="sweep: the Pareto plot's throughput column (default "
+                                                   "output_tokens_per_s_per_gpu)")] = None,
+) -> None:
+    """Write PNG plots into DIR: latency CDFs and per-instance time series of a run; metric vs parameter and the
+    throughput/latency Pareto front of a sweep."""
+    from frontend.metrics.plots import plot as draw
+
+    for p in draw(directory, x, y, latency, throughput):
+        _console().print(f"wrote {p}")
+
+
 @app.command("profile")
 @guarded
 def profile_cmd(
@@ -537,7 +567,7 @@ RUN_OPTIONS: dict[str, tuple[str, type]] = {
     "--num-requests": ("num_requests", int), "--backend": ("backend", str), "--compute": ("compute", str),
     "--profile": ("profile", Path), "--engine-meta": ("engine_meta", Path), "--dump-chakra": ("dump_chakra", Path),
     "--dump-iterations": ("dump_iterations", str), "--router": ("router", str), "--scheduling": ("scheduling", str),
-    "--retention": ("retention", str), "--prefetch": ("prefetch", str),
+    "--retention": ("retention", str), "--prefetch": ("prefetch", str), "--timeline": ("timeline", Path),
 }
 RUN_FLAGS: dict[str, tuple[str, bool]] = {"--quiet": ("quiet", True), "-q": ("quiet", True),
                                           "--run-ahead": ("run_ahead", True), "--no-run-ahead": ("run_ahead", False)}
