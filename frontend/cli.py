@@ -559,6 +559,154 @@ def profile_cmd(
     _console().print(f"wrote bundle {path} ({dtype}/meta.yaml, {dtype}/tp{tp}/*.csv)")
 
 
+def _ray_address(ray: bool, address: str | None) -> str | None:
+    """--ray / --ray-address ADDRESS: None = local processes; "" = ray.init()'s default (RAY_ADDRESS or a local
+    Ray)."""
+    if address is not None:
+        return address
+    return "" if ray else None
+
+
+@app.command()
+@guarded
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="sweep file (YAML): base:, grid:, samples:, seeds:, overrides:")],
+    out: Annotated[Path, typer.Option(help="output directory (results.csv; re-running resumes)")],
+    workers: Annotated[int | None, typer.Option(help="local worker processes (default: CPU count)")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="run the points as Ray tasks (RAY_ADDRESS, a running local "
+                                                    "Ray or a new one); needs ray (pip install ray)")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="the Ray cluster to run on (implies --ray)")] = None,
+    slo: Annotated[list[str] | None, typer.Option(help="SLO, e.g. ttft_p99_ms=2000 (adds slo_met and goodput "
+                                                       "columns; repeatable)")] = None,
+    usd_per_gpu_hour: Annotated[float | None, typer.Option(help="GPU price: adds goodput per dollar")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress")] = False,
+) -> None:
+    """Run a grid (and random samples) of a run file's fields, times seeds; one row per point in DIR/results.csv."""
+    from frontend.study.slo import parse_slos
+    from frontend.study.sweep import load_sweep, run_sweep
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: expected at least 1, got {workers}")
+    if usd_per_gpu_hour is not None and not usd_per_gpu_hour > 0:
+        raise ConfigError(f"--usd-per-gpu-hour: expected a positive price, got {usd_per_gpu_hour}")
+    parse_slos(slo or [])
+    spec = load_sweep(sweep_file)
+    if slo:
+        spec.slos = list(slo)
+    if usd_per_gpu_hour is not None:
+        spec.usd_per_gpu_hour = usd_per_gpu_hour
+    if spec.usd_per_gpu_hour is not None and not spec.slos:
+        raise ConfigError("--usd-per-gpu-hour: goodput per dollar needs an SLO (--slo or slo: in the sweep file)")
+    err = _console(stderr=True)
+    bar = not quiet and sys.stderr.isatty()
+    state: dict[str, Any] = {"done": 0, "total": 0}
+    prog = None
+    task = None
+
+    def on_start(todo: int, skipped: int) -> None:
+        nonlocal prog, task
+        state["total"] = todo
+        if not quiet:
+            err.print(f"sweep: {todo} points to run, {skipped} already in {out}/results.csv", highlight=False)
+        if bar and todo:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            # refreshed by hand (no refresher thread), so the worker processes can be forked
+            prog = Progress(TextColumn("sweep"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), console=err, transient=True, auto_refresh=False)
+            prog.start()
+            task = prog.add_task("sweep", total=todo)
+            prog.refresh()
+
+    def on_row(row: dict[str, Any]) -> None:
+        state["done"] += 1
+        if prog is not None:
+            prog.update(task, advance=1)
+            prog.refresh()
+        elif not quiet:
+            params = " ".join(f"{k}={row.get(k)}" for k in spec.params)
+            what = f"error: {row['error']}" if row.get("error") else \
+                f"TTFT p99 {_fmt(row.get('ttft_ms_p99'), '.1f')} ms, {_fmt(row.get('throughput_tok_s'), '.0f')} tok/s"
+            print(f"[{state['done']}/{state['total']}] {row['point_id']} {params} seed={row.get('seed')}: {what} "
+                  f"({row['wall_s']:.1f} s)", file=sys.stderr, flush=True)
+
+    try:
+        res = run_sweep(spec, out, workers, _ray_address(ray, ray_address), on_start, on_row)
+    finally:
+        if prog is not None:
+            prog.stop()
+    if not quiet:
+        note = f", {res.parquet}" if res.parquet else " (no pyarrow: results.parquet skipped)"
+        _console().print(f"sweep: {res.ran} points run, {res.skipped} skipped, {res.wall_s:.1f} s wall; "
+                         f"{res.path}{note}", highlight=False)
+    if res.failed:
+        fail(f"{len(res.failed)} of {res.total} points failed (their rows hold the error; re-running retries "
+             f"them), e.g. {res.failed[0]['point_id']}: {res.failed[0]['error']}")
+
+
+@app.command()
+@guarded
+def capacity(
+    config: Annotated[Path, typer.Argument(help="run file (YAML)")],
+    slo: Annotated[list[str], typer.Option(help="SLO the run must meet, e.g. ttft_p99_ms=2000 (repeatable)")],
+    num_requests: Annotated[int | None, typer.Option(help="limit/override the number of requests")] = None,
+    workload: Annotated[Path | None, typer.Option(help="JSONL workload replacing the config's")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
+    backend: Annotated[str | None, typer.Option(help="embedded | astra-sim")] = None,
+    compute: Annotated[str | None, typer.Option(help="roofline | profile")] = None,
+    profile: Annotated[Path | None, typer.Option(help="profile bundle model folder")] = None,
+    rate_lo: Annotated[float | None, typer.Option(help="lower end of the first bracket, req/s (default: half the "
+                                                       "run file's rate)")] = None,
+    rate_hi: Annotated[float | None, typer.Option(help="upper end of the first bracket, req/s (default: twice "
+                                                       "the run file's rate)")] = None,
+    tolerance: Annotated[float, typer.Option(help="stop when (failing - passing) <= tolerance x passing")] = 0.05,
+    workers: Annotated[int | None, typer.Option(help="local worker processes (default: CPU count)")] = None,
+    per_round: Annotated[int | None, typer.Option(help="rates run in parallel per round (default: max(2, "
+                                                       "workers))")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="run the rates as Ray tasks")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="the Ray cluster to run on (implies --ray)")] = None,
+    usd_per_gpu_hour: Annotated[float | None, typer.Option(help="GPU price: adds goodput per dollar")] = None,
+    out: Annotated[Path | None, typer.Option(help="write DIR/capacity.csv (every rate tried)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="only the answer")] = False,
+) -> None:
+    """Find the highest arrival rate that meets the SLOs (bracketing, then parallel bisection)."""
+    from frontend.study.capacity import find_capacity, write_capacity_csv
+    from frontend.study.slo import parse_slos
+
+    slos = parse_slos(slo)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: expected at least 1, got {workers}")
+    if per_round is not None and not 1 <= per_round <= 64:
+        raise ConfigError(f"--per-round: expected 1..64, got {per_round}")
+    ov = _overrides(workload, num_requests, backend, profile, None, compute, seed)
+
+    def on_round(rnd: int, rows: list[dict[str, Any]]) -> None:
+        if not quiet:
+            got = ", ".join(f"{r['rate_per_s']:g} {'pass' if r['slo_met'] else 'fail'}" for r in rows)
+            print(f"round {rnd}: {got}", file=sys.stderr, flush=True)
+
+    res = find_capacity(config, slos, ov, rate_lo, rate_hi, tolerance, workers, per_round, _ray_address(ray, ray_address),
+                        usd_per_gpu_hour, on_round)
+    if out is not None:
+        write_capacity_csv(res, out / "capacity.csv")
+    con = _console()
+    for n in res.notes:
+        con.print(f"[yellow]note:[/] {n}", highlight=False)
+    names = " ".join(str(s) for s in slos)
+    lo, hi = res.bracket
+    if res.rate is None:
+        fail(f"capacity: no arrival rate meets {names} (lowest tried {res.rows[0]['rate_per_s']:g} req/s fails)")
+    best = next(r for r in res.rows if r["rate_per_s"] == res.rate)
+    bracket = f"[{lo:g} passing, {hi:g} failing]" if hi is not None else f"[{lo:g} passing, none failing]"
+    con.print(f"capacity: {res.rate:g} req/s meets {names}; bracket {bracket}, {res.rounds} rounds, "
+              f"{len(res.rows)} runs; goodput {best['goodput_rps']:g} req/s "
+              f"({best['goodput_rps_per_gpu']:g} per GPU)", highlight=False)
+    if out is not None:
+        con.print(f"rates tried in {out / 'capacity.csv'}", highlight=False)
+    if not res.converged:
+        fail(f"capacity: the search did not close the bracket to --tolerance {tolerance:g} (see notes)")
+
+
 # `astraserve run`'s options for the start-up fast path below: option -> (parameter, type); flags map to a
 # fixed value. tests/test_startup.py checks this table against the typer command, so the two cannot drift.
 RUN_OPTIONS: dict[str, tuple[str, type]] = {
