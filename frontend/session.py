@@ -159,6 +159,7 @@ class IterationHook:
 
     wanted: set[int]
     counter: int = field(default=0, kw_only=True)
+    transfers: int = field(default=0, kw_only=True)  # KV transfers seen (prefill/decode disaggregation)
 
     def __call__(self, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
         unit = inst.unit
@@ -171,6 +172,15 @@ class IterationHook:
 
     def take(self, k: int, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
         raise NotImplementedError
+
+    def transfer(self, k: int, req, system, graphs: list, start_ns: int) -> None:
+        """The k-th KV transfer of a prefill/decode deployment (frontend/pd.py): its own graphs. Default: ignored."""
+
+    def on_transfer(self, req, system, graphs: list, start_ns: int) -> None:
+        k = self.transfers
+        self.transfers += 1
+        if k in self.wanted:
+            self.transfer(k, req, system, graphs, start_ns)
 
 
 @dataclass
@@ -198,6 +208,18 @@ class ChakraDumper(IterationHook):
                     "(compute durations rounded to whole microseconds, as ASTRA-sim reads them)",
         }, indent=2) + "\n")
         self.written.append(k)
+
+    def transfer(self, k: int, req, system, graphs: list, start_ns: int) -> None:
+        """KV transfers go to iter-kv<k>/ (the k-th transfer of the run), ASTRA-sim input sets like iterations."""
+        from astra_bridge.embedded.backend import make_executor
+        from astra_bridge.inputs import write_input_set
+
+        d = self.out_dir / f"iter-kv{k}"
+        write_input_set(d, system, graphs, metadata={"transfer": k, "request": req.request_id})
+        r = make_executor(system).run(graphs)
+        (d / "embedded.json").write_text(json.dumps({
+            "transfer": k, "request": req.request_id, "start_ns": start_ns,
+            "per_rank_finish_ns": r.per_rank_finish_ns, "duration_ns": r.duration_ns}, indent=2) + "\n")
 
 
 def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], None] | None = None,
@@ -282,6 +304,8 @@ def _simulate(run: ResolvedRun, seed: int | None, progress, dump: ChakraDumper |
                             system_prompt_tokens=sys_tokens)
     engine = Engine(run, insts, backend, progress=progress, on_step=dump, orchestrator=orch,
                     keep_records=files is None, run_ahead=run_ahead)
+    if dump is not None and engine.cluster.pd is not None:
+        engine.cluster.pd.on_transfer = dump.on_transfer
     if files is not None:
         engine.request_log.attach(files[0])
         engine.log.attach(files[1])
