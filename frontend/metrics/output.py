@@ -20,7 +20,10 @@ from typing import Any
 from frontend.errors import InternalError, UserError
 
 # every name a run may write; stale ones are removed when a new run lands in the same directory
-RUN_OUTPUTS = ("requests.csv", "iterations.csv", "programs.csv", "summary.json", "run_info.json")
+# `astraserve plot RUN_DIR` draws these into a run directory (frontend/metrics/plots.py): a later run there
+# removes them with the rest of the earlier run's outputs, so no plot outlives the tables it was drawn from
+RUN_PLOTS = ("latency_cdf.png", "throughput.png", "batch_size.png", "kv_usage.png")
+RUN_OUTPUTS = ("requests.csv", "iterations.csv", "programs.csv", "summary.json", "run_info.json") + RUN_PLOTS
 VALIDATE_OUTPUTS = ("validate.json", "validate_cdf.png", "validate_timeseries.png")
 
 

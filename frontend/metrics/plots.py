@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from frontend.errors import UserError
+from frontend.metrics.output import RUN_PLOTS  # noqa: F401 - the names a run owns, listed with its outputs
 
-RUN_PLOTS = ("latency_cdf.png", "throughput.png", "batch_size.png", "kv_usage.png")
 MAX_LINES = 16  # instances (or parameter combinations) drawn as separate lines; more are left out
 DEFAULT_Y = ("ttft_ms_p99", "tpot_ms_p50", "output_tokens_per_s_per_gpu", "tok_s_per_gpu")
 DEFAULT_LATENCY = ("ttft_ms_p99", "e2e_ms_p99", "tpot_ms_p99", "ttft_ms_p50")
