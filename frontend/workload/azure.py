@@ -13,7 +13,7 @@ from pathlib import Path
 
 from frontend.workload.jsonl import MAX_TIME_NS, WorkloadError
 from frontend.workload.sources import TraceRow, register_trace_format
-from frontend.workload.trace import csv_rows, parse_count
+from frontend.workload.trace import csv_header_has, csv_rows, parse_count
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -48,8 +48,7 @@ def parse_timestamp(v: str, where: str) -> int:
 @register_trace_format("azure")
 class AzureTrace:
     def detect(self, first_line: str) -> bool:
-        cols = {c.strip() for c in first_line.strip().split(",")}
-        return set(COLUMNS) <= cols
+        return csv_header_has(first_line, COLUMNS)
 
     def rows(self, path: Path) -> Iterator[TraceRow]:
         for line, row, rec in csv_rows(path, COLUMNS, "Azure"):

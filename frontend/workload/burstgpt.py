@@ -12,7 +12,7 @@ from pathlib import Path
 
 from frontend.workload.jsonl import WorkloadError
 from frontend.workload.sources import TraceRow, register_trace_format
-from frontend.workload.trace import NS_PER_S, csv_rows, parse_count, parse_time
+from frontend.workload.trace import NS_PER_S, csv_header_has, csv_rows, parse_count, parse_time
 
 COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
 
@@ -20,8 +20,7 @@ COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
 @register_trace_format("burstgpt")
 class BurstGPTTrace:
     def detect(self, first_line: str) -> bool:
-        cols = {c.strip() for c in first_line.strip().split(",")}
-        return set(COLUMNS) <= cols
+        return csv_header_has(first_line, COLUMNS)
 
     def rows(self, path: Path) -> Iterator[TraceRow]:
         for line, row, rec in csv_rows(path, COLUMNS, "BurstGPT"):

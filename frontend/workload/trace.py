@@ -157,6 +157,11 @@ def convert_to_jsonl(src: str | Path, dst: str | Path, fmt: str | None = None,
 
 # ---- CSV helpers for the formats ----
 
+def csv_header_has(first_line: str, columns: tuple[str, ...]) -> bool:
+    """Format detection of a CSV trace: its header line names all of `columns`."""
+    return set(columns) <= {c.strip() for c in first_line.strip().split(",")}
+
+
 def csv_rows(path: Path, required: tuple[str, ...], fmt: str) -> Iterator[tuple[int, int, dict[str, str]]]:
     """(line, data row index, {column: value}) per data row; the header must hold `required`."""
     try:
