@@ -6,11 +6,12 @@ Deployments (TP4 instances, each on its own node; KV over 400 Gb/s InfiniBand pe
   2P1D: two prefill + one decode TP4 instance (12 GPUs).
 Workloads (Poisson arrivals, lognormal lengths): prefill-heavy (prompts ~4000, outputs ~120 tokens) and
 decode-heavy (prompts ~500, outputs ~700 tokens). Printed: TTFT and TPOT p50/p99, output tokens/s per GPU,
-output tokens per GPU-hour and per dollar at --usd-per-gpu-hour (an example price: set your own), and the
+output tokens per GPU-hour and per dollar (summary.json `cost`: the H100-SXM catalog entry's rental price,
+$2.95 per GPU-hour, the May 2026 median of 37 providers, aimultiple.com/gpu-index), and the
 simulation's wall time against the colocated run with the same GPU count (min of --repeats).
 DistServe (arXiv 2401.09670) and Splitwise (arXiv 2311.18677) report that disaggregation removes the
 prefill-decode interference that inflates TPOT in colocated serving, at the cost of the KV transfer in TTFT.
-Usage: python bench/bench_pd.py [--requests N] [--usd-per-gpu-hour X] [--repeats R]
+Usage: python bench/bench_pd.py [--requests N] [--repeats R]
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ def _raw(insts: list[dict], prompt: dict, output: dict, rate: float, n: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
-    ap.add_argument("--usd-per-gpu-hour", type=float, default=3.0, help="example price; set your own")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     for wl, (prompt, output, rate) in WORKLOADS.items():
@@ -79,7 +79,7 @@ def main() -> None:
             base_wall = base_wall or wall
             print(f"{name:18s} {gpus:4d} {s['ttft_ms']['p50']:9.1f} {s['ttft_ms']['p99']:9.1f} "
                   f"{s['tpot_ms']['p50']:9.2f} {s['tpot_ms']['p99']:9.2f} {tps:10.1f} {per_h / 1e6:10.3f} "
-                  f"{per_h / a.usd_per_gpu_hour:9.0f} {kv:7.1f} {wall:7.3f}"
+                  f"{s['cost']['output_tokens_per_usd']:9.0f} {kv:7.1f} {wall:7.3f}"
                   + (f" ({wall / base_wall:.2f}x colocated)" if name != "colocated 2x TP4" else ""))
         print()
 

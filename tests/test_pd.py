@@ -133,3 +133,19 @@ def test_a_transfer_is_a_chakra_graph_per_gpu_pair_and_is_dumped(tmp_path):
     kv = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("iter-kv"))
     assert kv == ["iter-kv0", "iter-kv1", "iter-kv2"]
     assert (tmp_path / "iter-kv0" / "workload.0.et").is_file() and (tmp_path / "iter-kv0" / "embedded.json").is_file()
+
+
+def test_cost_is_gpu_hours_at_each_hardware_entrys_price_and_absent_without_one():
+    d = small_run_dict(instances=[{"name": "p", "hardware": "H100-SXM", "role": "prefill", "node": 0},
+                                  {"name": "d", "hardware": "L40S", "role": "decode", "node": 1}])
+    d["workload"]["num_requests"] = 10
+    res, extra = simulate(resolve(parse_config(d, "x.yaml")))
+    s = summarize(res, extra)
+    hours = s["simulated_duration_s"] / 3600
+    assert s["cost"]["gpus"] == 2
+    assert s["cost"]["usd"] == pytest.approx((2.95 + 1.46) * hours, rel=1e-4)
+    assert s["cost"]["output_tokens_per_usd"] == pytest.approx(sum(r.output_tokens for r in res.requests)
+                                                               / s["cost"]["usd"], rel=1e-3)
+    d["instances"][1]["hardware"] = "RTXPRO6000"  # no rental price with a source in its entry
+    res, extra = simulate(resolve(parse_config(d, "x.yaml")))
+    assert "cost" not in summarize(res, extra)

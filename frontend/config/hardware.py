@@ -56,6 +56,9 @@ class HardwareSpec(BaseModel):
                                 "without it the roofline assumes attention tiles always fill the GPU")
     power: PowerSpec = Field(default_factory=PowerSpec)
     profiles: dict[str, str] = Field(default_factory=dict)  # "<model>/<dtype>/tp<N>" -> bundle dir
+    cost_per_hour_usd: float | None = Field(
+        None, gt=0, le=1e6, description="rental price of one GPU for an hour (the entry's comment names the source "
+                                        "and date); summary.json's `cost` needs it on every instance's hardware")
 
     @field_validator("peak_tflops")
     @classmethod

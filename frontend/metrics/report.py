@@ -78,6 +78,18 @@ def rejection_summary(result: RunResult) -> dict[str, Any]:
     return {code: {"count": n, "example": log.reason_example[code]} for code, n in sorted(log.reasons.items())}
 
 
+def cost_summary(result: RunResult, output_tokens: int, duration_s: float) -> dict[str, Any]:
+    """GPU-hours of the run (every instance's GPUs for the simulated duration) at its hardware entries' rental
+    prices (`cost_per_hour_usd`, each with its source); empty unless every instance's hardware has a price."""
+    prices = [(i.inst.num_npus, i.inst.hardware.cost_per_hour_usd) for i in result.instances]
+    if not prices or any(p is None for _, p in prices) or duration_s <= 0:
+        return {}
+    gpus = sum(n for n, _ in prices)
+    usd = sum(n * p for n, p in prices) * duration_s / 3600.0
+    return {"gpus": gpus, "gpu_hours": round(gpus * duration_s / 3600.0, 6), "usd": round(usd, 6),
+            "output_tokens_per_usd": round(output_tokens / usd, 3) if usd else 0.0}
+
+
 def moe_summary(result: RunResult) -> dict[str, Any]:
     """DP groups in lockstep (steps, dummy batches, padding, EP straggler imbalance) and the routing used."""
     groups = {}
@@ -126,6 +138,9 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         s["moe"] = moe
     if result.pd is not None:
         s["pd"] = result.pd.stats.summary()
+    cost = cost_summary(result, out_tokens, dur_s)
+    if cost:
+        s["cost"] = cost
     if result.orchestrator is not None:
         s["agents"] = program_summary(result)
     if len(result.instances) > 1:
