@@ -197,9 +197,10 @@ class TraceWorkload(Strict):
     """A production trace replayed as flat requests (frontend/workload/trace.py and one module per format)."""
 
     kind: Literal["trace"] = "trace"
-    format: Literal["azure", "burstgpt", "mooncake"] | None = Field(
+    format: Literal["azure", "burstgpt", "mooncake", "swe_traj"] | None = Field(
         None, description="azure (TIMESTAMP,ContextTokens,GeneratedTokens CSV), burstgpt (BurstGPT CSV), mooncake "
-                          "(JSONL with hash_ids); detected from the file's first line when omitted")
+                          "(JSONL with hash_ids), swe_traj (mini-swe-agent .traj.json trajectories, a file or a "
+                          "directory, replayed as agent programs); detected from the file's first line when omitted")
     path: str
     num_requests: int | None = Field(None, ge=1, le=MAX_COUNT)
     time_scale: float = Field(1.0, gt=0, le=1e6, description="multiply arrival times (e.g. 0.5 = twice the rate)")
@@ -207,6 +208,11 @@ class TraceWorkload(Strict):
     end_s: float | None = Field(None, gt=0, le=1e9)
     sample: float = Field(1.0, gt=0, le=1, description="replay this fraction of the rows (seeded with the run seed)")
     use_trace_models: bool = Field(False, description="burstgpt: each request asks for its row's Model")
+    chars_per_token: float = Field(4.0, gt=0, le=100, description="swe_traj: token estimate of a message without "
+                                   "usage counts = ceil(characters / chars_per_token)")
+    tools: dict[str, ToolDist] = Field(default_factory=dict, description="swe_traj: tool durations where the "
+                                       "trajectory has no timestamps (default bash lognormal 2000 ms, sigma 1); a "
+                                       "distribution named here replaces that tool's measured gaps")
 
     @model_validator(mode="after")
     def _check(self) -> TraceWorkload:
@@ -339,7 +345,8 @@ class PDConfig(Strict):
 
 class PolicyConfig(Strict):
     scheduling: Literal["fcfs", "program_fcfs", "plas"] = "fcfs"
-    retention: Literal["lru", "ttl_pin", "min_waste", "invocation_distance"] = "lru"
+    retention: Literal["lru", "ttl_pin", "min_waste", "invocation_distance", "saga"] = Field(
+        "lru", description="lru | ttl_pin | min_waste | invocation_distance | saga (frontend/policies/retention/)")
     ttl_ms: float = Field(2000.0, ge=0, le=1e12)
     ttl_policy: Literal["fixed", "utility"] = Field(
         "fixed", description="ttl_pin: 'fixed' pins for ttl_ms when the tool's mean is within it (Continuum's "

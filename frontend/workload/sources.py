@@ -13,6 +13,7 @@ Mooncake, ...): each format module registers a `TraceFormat` with `@register_tra
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,9 +60,9 @@ _SOURCES: dict[str, WorkloadSource] = {}
 _FORMATS: dict[str, TraceFormat] = {}
 # built-in plug-ins, imported on first use
 BUILTIN_SOURCES = {"synthetic": "frontend.workload.synthetic_source", "jsonl": "frontend.workload.jsonl_source",
-                   "agents": "frontend.workload.agents_source", "trace": "frontend.workload.trace"}
+                   "agents": "frontend.workload.agents_source", "trace": "frontend.workload.agent_traces"}
 BUILTIN_FORMATS = {"azure": "frontend.workload.azure", "burstgpt": "frontend.workload.burstgpt",
-                   "mooncake": "frontend.workload.mooncake"}
+                   "mooncake": "frontend.workload.mooncake", "swe_traj": "frontend.workload.swe_traj"}
 
 
 def _register(table: dict, name: str) -> Callable[[S], S]:
@@ -83,8 +84,12 @@ def register_trace_format(name: str) -> Callable[[S], S]:
 
 
 def get_source(kind: str) -> WorkloadSource:
-    if kind not in _SOURCES and kind in BUILTIN_SOURCES:
-        importlib.import_module(BUILTIN_SOURCES[kind])
+    mod = BUILTIN_SOURCES.get(kind)
+    # the built-in module is loaded unless a source from outside frontend.workload took the kind (importing
+    # frontend.workload.trace alone registers the flat part of `trace`, which agent_traces wraps)
+    if mod is not None and mod not in sys.modules and (
+            kind not in _SOURCES or type(_SOURCES[kind]).__module__.startswith("frontend.workload.")):
+        importlib.import_module(mod)
     try:
         return _SOURCES[kind]
     except KeyError:
