@@ -205,8 +205,9 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output directory (default: the config's output.dir)")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
     workload: Annotated[Path | None, typer.Option(help="workload replacing the config's: the project's JSONL or a "
-                                                  "trace (Azure / BurstGPT CSV, Mooncake JSONL)")] = None,
-    workload_format: Annotated[str | None, typer.Option(help="jsonl | azure | burstgpt | mooncake (default: "
+                                                  "trace (Azure / BurstGPT CSV, Mooncake JSONL, mini-swe-agent "
+                                                  "trajectories)")] = None,
+    workload_format: Annotated[str | None, typer.Option(help="jsonl | azure | burstgpt | mooncake | swe_traj (default: "
                                                         "detected from the file's first line)")] = None,
     num_requests: Annotated[int | None, typer.Option(help="limit/override the number of requests")] = None,
     backend: Annotated[str | None, typer.Option(help="embedded | astra-sim")] = None,
@@ -362,10 +363,11 @@ def backends_check(config: Annotated[Path | None, typer.Argument(help="run file 
 @app.command()
 @guarded
 def convert(
-    src: Annotated[Path, typer.Argument(metavar="IN", help="a trace file (Azure / BurstGPT CSV, Mooncake JSONL)")],
+    src: Annotated[Path, typer.Argument(metavar="IN", help="a trace file (Azure / BurstGPT CSV, Mooncake JSONL, "
+                                                          "mini-swe-agent trajectories)")],
     dst: Annotated[Path, typer.Argument(metavar="OUT", help="the project's flat JSONL to write")],
-    fmt: Annotated[str | None, typer.Option("--format", help="azure | burstgpt | mooncake (default: detected from "
-                                            "the file's first line)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="azure | burstgpt | mooncake | swe_traj (default: "
+                                            "detected from the file's first line)")] = None,
     num_requests: Annotated[int | None, typer.Option(help="convert only the first N requests")] = None,
 ) -> None:
     """Convert a trace to the project's JSONL (request_id, arrival_time_ns, input_toks, output_toks[, input_tok_ids])."""
