@@ -1,0 +1,2 @@
+"""Prefetch policies (KV loaded back from the tier ahead of need), one module each; the package imports
+them all."""
