@@ -220,7 +220,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or table")] = False,
     router: Annotated[str | None, typer.Option(help="round_robin | least_loaded | session_affinity | kv_overlap")] = None,
     scheduling: Annotated[str | None, typer.Option(help="fcfs | program_fcfs | plas")] = None,
-    retention: Annotated[str | None, typer.Option(help="lru | ttl_pin | min_waste | invocation_distance")] = None,
+    retention: Annotated[str | None, typer.Option(help="lru | ttl_pin | min_waste | invocation_distance | saga")] = None,
     prefetch: Annotated[str | None, typer.Option(help="none | invocation_distance")] = None,
     run_ahead: Annotated[bool, typer.Option("--run-ahead/--no-run-ahead", help="advance runs of unchanged decode "
                                             "batches in one step (outputs are identical either way)")] = True,
