@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import frontend.cli as cli
-from frontend.errors import ConfigError
-from frontend.study.capacity import find_capacity, write_capacity_csv
+from frontend.errors import ConfigError, UserError
+from frontend.study.capacity import find_capacity, knob_for, write_capacity_csv
 from frontend.study.slo import SLO, good_requests, goodput, meets, parse_slo, parse_slos
 from frontend.study.sweep import execute, load_sweep, make_tasks, point_id, run_sweep
 from tests.conftest import small_run_dict
@@ -187,6 +187,98 @@ def test_capacity_refuses_agent_workloads_and_bad_flags(tmp_path: Path):
     agents.write_text(json.dumps(small_run_dict(workload={"kind": "agents", "num_programs": 2})))
     with pytest.raises(Exception, match="no arrival rate to search"):
         find_capacity(agents, parse_slos(["ttft_p99_ms=1"]), {})
+
+
+def _azure_csv(path: Path, gaps_s: list[float], seed: int = 3) -> Path:
+    """An Azure-format trace: one row per gap (arrival = running sum of the gaps), seeded token counts."""
+    import random
+    from datetime import datetime, timedelta
+
+    rng = random.Random(seed)
+    t0 = datetime(2023, 11, 16, 18, 15, 46)
+    t, lines = 0.0, ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for g in gaps_s:
+        t += g
+        stamp = (t0 + timedelta(seconds=t)).strftime("%Y-%m-%d %H:%M:%S.%f") + "0"
+        lines.append(f"{stamp},{min(2000, int(rng.lognormvariate(5.5, 0.8)) + 1)},"
+                     f"{min(200, int(rng.lognormvariate(3.6, 0.5)) + 1)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _trace_run(tmp_path: Path, **wl) -> Path:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps(small_run_dict(workload={"kind": "trace", "path": "azure.csv", **wl})))
+    return cfg
+
+
+def test_capacity_over_an_azure_trace_matches_a_direct_time_scale_sweep(tmp_path: Path):
+    import random
+
+    rng = random.Random(7)
+    _azure_csv(tmp_path / "azure.csv", [rng.expovariate(50.0) for _ in range(40)])
+    cfg = _trace_run(tmp_path, time_scale=2.0)
+    knob = knob_for(cfg, {})
+    assert knob.path == "workload.time_scale" and knob.base_rate == pytest.approx(knob.natural_rate / 2)
+    slos = parse_slos(["ttft_p99_ms=200"])
+    res = find_capacity(cfg, slos, {}, rate_lo=25, rate_hi=400, tolerance=0.1, workers=2)
+    lo, hi = res.bracket
+    assert res.knob == "workload.time_scale"
+    assert res.converged and res.rate == lo and lo < hi and hi - lo <= 0.1 * lo and 25 < lo < hi < 400
+    for row in res.rows:  # every evaluated rate was run as natural rate / time_scale
+        assert row["workload.time_scale"] == pytest.approx(knob.natural_rate / row["rate_per_s"])
+    # a direct sweep over time_scale at rates in and around the bracket agrees with the search
+    rates = [lo / 2, lo, hi, hi * 2]
+    scales = [knob.natural_rate / r for r in rates]
+    sweep = tmp_path / "scales.yaml"
+    sweep.write_text(f"base: run.yaml\ngrid: {{workload.time_scale: {scales}}}\nslo: [ttft_p99_ms=200]\n")
+    rows = {float(r["workload.time_scale"]): r["slo_met"]
+            for r in _rows(run_sweep(load_sweep(sweep), tmp_path / "direct", workers=2).path)}
+    met = {r: rows[min(rows, key=lambda s, r=r: abs(s - knob.natural_rate / r))] for r in rates}
+    assert met == {lo / 2: "True", lo: "True", hi: "False", hi * 2: "False"}
+    write_capacity_csv(res, tmp_path / "cap" / "capacity.csv")
+    cap = _rows(tmp_path / "cap" / "capacity.csv")
+    assert len(cap) == len(res.rows) and "workload.time_scale" in cap[0]
+
+
+def test_capacity_trace_rate_is_measured_after_window_sample_and_limit(tmp_path: Path):
+    from frontend.workload.trace import read_trace
+
+    # a BurstGPT trace (its clock is the Timestamp column, in s): 20 rows 10 ms apart (100 req/s) from 0,
+    # then 20 rows 40 ms apart (25 req/s)
+    times = [i * 0.01 for i in range(20)] + [0.19 + (i + 1) * 0.04 for i in range(20)]
+    (tmp_path / "b.csv").write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n" + "".join(
+        f"{t:.2f},ChatGPT,300,40,340,Conversation log\n" for t in times))
+
+    def knob(over=None, **wl):
+        return knob_for(_trace_run(tmp_path, path="b.csv", **wl), over or {})
+
+    def rate(reqs):
+        arr = sorted(r.arrival_ns for r in reqs)
+        return (len(arr) - 1) / ((arr[-1] - arr[0]) / 1e9)
+
+    assert knob().natural_rate == pytest.approx(39 / 0.99, rel=1e-6)
+    assert knob(num_requests=10).natural_rate == pytest.approx(100, rel=1e-6)
+    windowed = knob(start_s=0.2, time_scale=0.5)
+    assert windowed.natural_rate == pytest.approx(25, rel=1e-6) and windowed.base_rate == pytest.approx(50, rel=1e-6)
+    assert knob(end_s=0.195).natural_rate == pytest.approx(100, rel=1e-6)
+    # a sample is drawn with the run's seed (small_run_dict's 1, or an override), as in the runs themselves
+    assert knob(sample=0.5).natural_rate == pytest.approx(rate(read_trace(tmp_path / "b.csv", sample=0.5, seed=1)[0]))
+    assert knob({"seed": 9}, sample=0.5).natural_rate == \
+        pytest.approx(rate(read_trace(tmp_path / "b.csv", sample=0.5, seed=9)[0]))
+    with pytest.raises(UserError, match="two distinct arrival times"):
+        knob(num_requests=1)
+
+
+def test_capacity_refuses_agent_program_traces(tmp_path: Path):
+    (tmp_path / "trajs").mkdir()
+    (tmp_path / "t.traj.json").write_text("{}\n")
+    slos = parse_slos(["ttft_p99_ms=1"])
+    for wl in ({"kind": "trace", "path": "trajs"}, {"kind": "trace", "format": "swe_traj", "path": "t.traj.json"}):
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(json.dumps(small_run_dict(workload=wl)))
+        with pytest.raises(UserError, match="swe_traj trace replays as agent programs.*not by one arrival rate"):
+            find_capacity(cfg, slos, {})
 
 
 def test_cli_sweep_and_capacity(tmp_path: Path):

@@ -1,9 +1,12 @@
 """Capacity search: the highest arrival rate at which a run still meets its SLOs.
 
-The knob is workload.arrival.rate_per_s for a synthetic workload; a JSONL trace is replayed faster or slower
-through workload.time_scale (rate = the trace's own rate / time_scale); agent workloads are refused (their
-load is set by programs and tool times, not by one arrival rate). Every evaluation keeps the run's seed, so
-all rates see the same request sizes and the same arrival pattern stretched in time.
+The knob is workload.arrival.rate_per_s for a synthetic workload; a JSONL trace or a flat-request production
+trace (`kind: trace`: Azure, BurstGPT, Mooncake) is replayed faster or slower through workload.time_scale
+(rate = the trace's own rate / time_scale, its own rate measured on the requests the run replays, after the
+trace's window, sample and limit); agent workloads, agentic JSONL session traces and agent-program traces
+(swe_traj) are refused (their load is set by programs and tool times, not by one arrival rate). Every
+evaluation keeps the run's seed, so all rates see the same request sizes and the same arrival pattern
+stretched in time.
 
 Search: each round runs several rates in parallel through the sweep runner. Until a passing and a failing
 rate are known the rates spread geometrically (first over [rate_lo, rate_hi], then outward by factors of 4);
@@ -33,7 +36,7 @@ MAX_RATE = 1e9
 class Knob:
     path: str  # workload.arrival.rate_per_s | workload.time_scale
     base_rate: float  # the run file's own rate (req/s)
-    natural_rate: float = 0.0  # jsonl: the trace's rate at time_scale 1
+    natural_rate: float = 0.0  # jsonl / trace: the trace's rate at time_scale 1
 
     def value(self, rate: float) -> float:
         return rate if self.path == "workload.arrival.rate_per_s" else self.natural_rate / rate
@@ -66,13 +69,45 @@ def knob_for(config: Path, overrides: dict[str, Any]) -> Knob:
             raise UserError(f"capacity: {path}: an agentic session trace; its load is set by its sessions, not by "
                             "one arrival rate")
         reqs, _ = read_jsonl(path, wl.num_requests, 1.0)
-        arrivals = sorted(r.arrival_ns for r in reqs)
-        if len(arrivals) < 2 or arrivals[-1] <= arrivals[0]:
-            raise UserError(f"capacity: {path}: the trace needs at least two distinct arrival times to define a rate")
-        natural = (len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9)
+        natural = _natural_rate(path, [r.arrival_ns for r in reqs])
+        return Knob("workload.time_scale", natural / wl.time_scale, natural)
+    if wl.kind == "trace":
+        natural = _trace_rate(resolved)
         return Knob("workload.time_scale", natural / wl.time_scale, natural)
     raise UserError(f"capacity: workload kind {wl.kind!r} has no arrival rate to search over (synthetic workloads "
-                    "use workload.arrival.rate_per_s, JSONL traces workload.time_scale)")
+                    "use workload.arrival.rate_per_s, JSONL and flat-request traces workload.time_scale)")
+
+
+def _natural_rate(where: Any, arrivals_ns: Sequence[int]) -> float:
+    """Requests per second of a trace at time_scale 1: (requests - 1) / span of its arrival times."""
+    arrivals = sorted(arrivals_ns)
+    if len(arrivals) < 2 or arrivals[-1] <= arrivals[0]:
+        raise UserError(f"capacity: {where}: the trace needs at least two distinct arrival times to define a rate")
+    return (len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9)
+
+
+def _trace_rate(resolved: Any) -> float:
+    """The own rate of a `kind: trace` workload: loaded once at time_scale 1 with the run's seed, so the window,
+    sample and num_requests limit apply exactly as in the runs the search makes."""
+    import dataclasses
+
+    from frontend.workload.agent_traces import AGENT_FORMATS, resolve_trace_path
+    from frontend.workload.sources import detect_format, load_workload
+
+    wl = resolved.config.workload
+    path = resolve_trace_path(resolved, wl.path)
+    fmt = wl.format
+    if fmt is None:
+        fmt = "swe_traj" if path.is_dir() else detect_format(path)
+    if fmt in AGENT_FORMATS:
+        raise UserError(f"capacity: {path}: a {fmt} trace replays as agent programs; its load is set by its "
+                        "programs and tool times, not by one arrival rate")
+    unscaled = resolved.config.model_copy(update={"workload": wl.model_copy(update={"time_scale": 1.0})})
+    reqs, programs, _, _ = load_workload(dataclasses.replace(resolved, config=unscaled), resolved.config.seed)
+    if programs is not None:
+        raise UserError(f"capacity: {path}: the trace replays as agent programs; its load is set by its programs "
+                        "and tool times, not by one arrival rate")
+    return _natural_rate(path, [r.arrival_ns for r in reqs])
 
 
 def _set(tree: dict[str, Any], dotted: str, v: Any) -> dict[str, Any]:
