@@ -135,6 +135,10 @@ class LockstepGroup:
             st.padded_tokens += sum(tokens - s.num_tokens for s in shapes)
         # the tokens the experts see: every member's padded batch under a CUDA graph, else their real tokens
         routed = self.dp * tokens if padded else sum(s.num_tokens for s in shapes)
+        lead = self.members[0]
+        if getattr(lead.compute, "trace", None) is not None:  # the lead costs the group: it routes all members' requests
+            lead.compute.batch = [(r.request_id, n) for p in plans if p is not None
+                                  for r, n in zip(p.requests, p.num_new_tokens, strict=True)]
         cost = self._group_cost(shapes, tokens, routed, bool(padded))
         r = self._routing
         if r is not None:

@@ -222,21 +222,43 @@ class ChakraDumper(IterationHook):
             "per_rank_finish_ns": r.per_rank_finish_ns, "duration_ns": r.duration_ns}, indent=2) + "\n")
 
 
+def _expert_trace(run: ResolvedRun, path: str, num_experts: int):
+    """moe.expert_trace, relative to the run file; a bad file is a WorkloadError naming file:line and field."""
+    from frontend.compute.moe_routing import ExpertTrace
+    from frontend.workload.jsonl import WorkloadError
+
+    p = Path(path)
+    if not p.is_absolute() and run.config.base_dir is not None:
+        p = run.config.base_dir / p
+    if not p.is_file():
+        raise WorkloadError(f"moe.expert_trace: {path!r} is not a file")
+    try:
+        return ExpertTrace(p, num_experts)
+    except ValueError as e:
+        raise WorkloadError(f"moe.expert_trace: {e}") from None
+
+
 def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], None] | None = None,
                     seed: int | None = None) -> list[InstanceRuntime]:
     from frontend.instance.tiers import build_tiers
 
     tiers = build_tiers(run.config.kv.tiers, run.instances)
     insts = []
+    traces: dict = {}  # model name -> its expert trace (moe.routing: trace), read once
     for ri in run.instances:
         cm = make_compute_model(ri, run.config.compute, base_dir=run.config.base_dir, warn=warn)
         if ri.enable_expert_parallel:
             from frontend.compute.expert_parallel import ExpertParallelCompute
 
             moe = run.config.moe
+            trace = None
+            if moe.routing == "trace":
+                trace = traces.get(ri.model.name)
+                if trace is None:
+                    trace = traces[ri.model.name] = _expert_trace(run, moe.expert_trace, ri.model.num_experts)
             cm = ExpertParallelCompute(cm, ri.model.num_experts, ri.model.experts_per_token, ri.ep, ri.expert_placement,
                                        moe.routing, moe.zipf_s, run.config.seed if seed is None else seed,
-                                       ri.dp_group or ri.name, dp=ri.dp)
+                                       ri.dp_group or ri.name, dp=ri.dp, expert_trace=trace)
         insts.append(InstanceRuntime(ri, cm, backend, run.config.backend.system, tiers=tiers[ri.name],
                                      kv_cfg=run.config.kv))
     return insts

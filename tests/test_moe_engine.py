@@ -269,3 +269,58 @@ def test_the_dp2_ep2_reference_set_is_reproduced(tmp_path, compute: str, bound: 
     errs = {(k, st): v["error_pct"] for k, stats in table["latency"].items() for st, v in stats.items()}
     assert max(abs(e) for e in errs.values()) < bound, errs
     assert max(abs(e) for (k, _), e in errs.items() if k != "ttft") < 10.0, errs
+
+
+def test_expert_trace_routes_each_step_by_its_requests_histograms(tmp_path):
+    import json
+
+    from frontend.compute.moe_routing import ExpertPlacement, ExpertTrace, make_router
+
+    pl = ExpertPlacement(128, 2)  # linear: experts 0..63 on rank 0
+    p = tmp_path / "experts.jsonl"
+    hot = [0] * 128
+    for e in range(8):
+        hot[e] = 10  # request "hot" only ever picks experts 0..7 (rank 0)
+    p.write_text(json.dumps({"request_id": "hot", "experts": hot}) + "\n"
+                 + json.dumps({"request_id": "sparse", "experts": {"64": 3, "65": 1}}) + "\n")
+    tr = ExpertTrace(p, 128)
+    r = tr.route_batch([("hot", 100)], 8, pl, 100)
+    assert sum(r.assignments_per_rank) == pytest.approx(800)  # t x k, conserved
+    assert r.assignments_per_rank[0] == pytest.approx(800) and r.assignments_per_rank[1] == pytest.approx(0)
+    assert r.experts_per_rank[0] == pytest.approx(8, abs=1e-6) and r.imbalance == pytest.approx(2.0)
+    s = tr.route_batch([("sparse", 10)], 8, pl, 10)
+    assert s.assignments_per_rank[1] == pytest.approx(80) and s.experts_per_rank[1] < 2.0
+    # a request the trace does not name, and padding, route uniformly: close to the balanced closed form
+    u = tr.route_batch([("unknown", 30)], 8, pl, 64)
+    b = make_router("balanced").route(64, 8, pl)
+    assert u.assignments_per_rank == pytest.approx(b.assignments_per_rank)
+    assert u.experts_per_rank == pytest.approx(b.experts_per_rank, rel=0.02)
+    for bad, msg in (({"request_id": "x"}, "expected an object"), ({"request_id": "x", "experts": [1, 2]}, "list of 128"),
+                     ({"request_id": "x", "experts": {"200": 1}}, "outside 0..127"),
+                     ({"request_id": "x", "experts": {"3": -1}}, "finite number >= 0")):
+        p.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(ValueError, match=msg) as e:
+            ExpertTrace(p, 128)
+        assert f"{p}:1" in str(e.value)
+
+
+def test_trace_routing_in_a_dp_group_raises_the_straggler(tmp_path):
+    import json
+
+    from frontend.metrics.report import summarize
+
+    hot = [0] * 128
+    for e in range(8):
+        hot[e] = 1
+    p = tmp_path / "experts.jsonl"
+    p.write_text("".join(json.dumps({"request_id": f"req-{i}", "experts": hot}) + "\n" for i in range(40)))
+    run = _run(moe={"routing": "trace", "expert_trace": str(p)})
+    res, extra = simulate(run)
+    g = summarize(res, extra)["moe"]["groups"][0]
+    assert g["mean_straggler_imbalance"] > 1.5  # all tokens on rank 0's experts (padding still uniform)
+    base = summarize(*simulate(_run()))["moe"]["groups"][0]
+    assert base["mean_straggler_imbalance"] == pytest.approx(1.0)
+    from frontend.config.loader import ConfigError
+
+    with pytest.raises(ConfigError, match="routing: trace needs expert_trace"):
+        _run(moe={"routing": "trace"})

@@ -13,7 +13,9 @@ count of a lockstep step, frontend/cluster.py); without DP it is the instance's 
 
 Random routers draw one sample per (run seed, instance, step index): the same step is routed the same
 way whoever asks (the decode run-ahead's closed form and the general path see the same sample), so runs
-with run-ahead on and off stay byte-identical. The balanced router is a closed form and memoized.
+with run-ahead on and off stay byte-identical. The balanced router is a closed form and memoized. The
+trace router (`moe.routing: trace`) routes each step by its own requests' expert histograms: the runtime
+hands the step's plan to `begin_step` (a DP group hands its lead member every member's requests).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import zlib
 import numpy as np
 
 from frontend.compute.batch import BatchShape, OpCost
-from frontend.compute.moe_routing import ExpertPlacement, RoutingResult, make_router
+from frontend.compute.moe_routing import ExpertPlacement, ExpertTrace, RoutingResult, make_router
 
 MOE_OPS = ("moe_gate", "moe", "shared_experts")  # the inner model's MoE block, replaced whole
 
@@ -32,12 +34,15 @@ class ExpertParallelCompute:
     """`inner`'s operators with the MoE block replaced by its expert-parallel cost."""
 
     def __init__(self, inner, num_experts: int, top_k: int, ep: int, placement: str, routing: str,
-                 zipf_s: float, seed: int, name: str, dp: int = 1) -> None:
+                 zipf_s: float, seed: int, name: str, dp: int = 1, expert_trace: ExpertTrace | None = None) -> None:
         self.inner = inner
         self.placement = ExpertPlacement(num_experts, ep, placement)  # type: ignore[arg-type]
+        # routing "trace": each step's load from its own requests' expert histograms (moe_routing.ExpertTrace)
+        self.trace = expert_trace if routing == "trace" else None
         params = {"zipf_s": zipf_s} if routing == "skewed" else {}
-        self.router = make_router(routing, **params)
+        self.router = None if self.trace is not None else make_router(routing, **params)
         self.deterministic = routing in ("balanced", "round_robin")
+        self.batch: list[tuple[str, int]] = []  # (request id, tokens) of the step being costed (trace routing)
         self.top_k = top_k
         self.dp = dp
         self._seed = (seed, zlib.crc32(name.encode()))
@@ -48,11 +53,16 @@ class ExpertParallelCompute:
     def __getattr__(self, item: str):  # everything else (arch, roof, attention_ns, ...) is the inner model's
         return getattr(self.inner, item)
 
-    def begin_step(self, index: int) -> None:
-        """The step about to be costed (keys the random routers' sample)."""
+    def begin_step(self, index: int, plan=None) -> None:
+        """The step about to be costed: its index keys the random routers' sample, its requests the trace
+        router's histograms."""
         self.step_index = index
+        if self.trace is not None and plan is not None:
+            self.batch = [(r.request_id, n) for r, n in zip(plan.requests, plan.num_new_tokens, strict=True)]
 
     def route(self, tokens_routed: int) -> RoutingResult:
+        if self.trace is not None:
+            return self.trace.route_batch(self.batch, self.top_k, self.placement, tokens_routed)
         if self.deterministic:
             return self.router.route(tokens_routed, self.top_k, self.placement)
         rng = np.random.default_rng([*self._seed, self.step_index, tokens_routed])

@@ -255,3 +255,89 @@ class RoundRobinRouter:
             tokens = hit.sum(axis=0)
         return RoutingResult(t, k, tuple(float(x) for x in assignments), tuple(float(x) for x in tokens),
                              tuple(float(x) for x in experts))
+
+
+class ExpertTrace:
+    """Per-request expert histograms from a trace: how often each request's tokens chose each expert.
+
+    A JSONL file, one object per request: {"request_id": ..., "experts": [count per expert]} (length E) or
+    {"request_id": ..., "experts": {"<expert id>": count, ...}} (sparse). Counts are token-expert
+    assignments summed over the request's tokens (and layers, if the trace pools them); only their
+    proportions are used: p_r(e) = count_e / sum of counts. A request the trace does not name routes
+    uniformly (p = 1/E).
+    """
+
+    def __init__(self, path, num_experts: int) -> None:
+        import json
+        from pathlib import Path
+
+        self.num_experts = num_experts
+        self.uniform = np.full(num_experts, 1.0 / num_experts)
+        self.by_request: dict[str, np.ndarray] = {}
+        p = Path(path)
+        try:
+            lines = p.read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"{p}: cannot read the expert trace ({e.strerror})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{p}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or "request_id" not in obj or "experts" not in obj:
+                raise ValueError(f"{where}: expected an object with 'request_id' and 'experts'")
+            h = np.zeros(num_experts)
+            ex = obj["experts"]
+            items = enumerate(ex) if isinstance(ex, list) else (ex.items() if isinstance(ex, dict) else None)
+            if items is None or (isinstance(ex, list) and len(ex) != num_experts):
+                raise ValueError(f"{where}: field 'experts' must be a list of {num_experts} counts or a dict "
+                                 "expert id -> count")
+            for k, v in items:
+                try:
+                    e = int(k)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: field 'experts': expert id {k!r} is not an integer") from None
+                if not 0 <= e < num_experts:
+                    raise ValueError(f"{where}: field 'experts': expert {e} outside 0..{num_experts - 1}")
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+                    raise ValueError(f"{where}: field 'experts': count of expert {e} must be a finite number >= 0")
+                h[e] += v
+            total = h.sum()
+            if total <= 0:
+                raise ValueError(f"{where}: field 'experts': all counts are zero")
+            self.by_request[str(obj["request_id"])] = h / total
+
+    def route_batch(self, batch: list[tuple[str, int]], top_k: int, placement: ExpertPlacement,
+                    tokens_routed: int) -> RoutingResult:
+        """Expected per-rank load of one MoE layer for a batch of (request id, tokens this step).
+
+        Expected assignments to expert e: w_e = k x sum_r t_r p_r(e) (tokens beyond the batch's own, i.e.
+        padding, route uniformly). An expert is activated unless none of its assignments happen; with
+        assignments as independent rare events that is 1 - exp(-w_e) (Poisson). A token of request r reaches
+        rank q unless all k of its choices miss q's experts: 1 - (1 - P_r(q))^k, P_r(q) = sum of p_r over q's
+        experts (choices treated as independent draws, a close bound for k << E).
+        """
+        e, ep = placement.num_experts, placement.ep
+        rank_of = placement.rank_of_expert()
+        w = np.zeros(e)
+        tok_rank = np.zeros(ep)
+        real = 0
+        for rid, t in batch:
+            p = self.by_request.get(rid, self.uniform)
+            w += t * p
+            pr = np.bincount(rank_of, weights=p, minlength=ep)
+            tok_rank += t * (1.0 - (1.0 - pr) ** top_k)
+            real += t
+        pad = max(0, tokens_routed - real)
+        if pad:
+            w += pad * self.uniform
+            pr = np.bincount(rank_of, weights=self.uniform, minlength=ep)
+            tok_rank += pad * (1.0 - (1.0 - pr) ** top_k)
+        w *= top_k
+        assignments = np.bincount(rank_of, weights=w, minlength=ep)
+        experts = np.bincount(rank_of, weights=1.0 - np.exp(-w), minlength=ep)
+        return RoutingResult(real + pad, top_k, tuple(float(x) for x in assignments),
+                             tuple(float(x) for x in tok_rank), tuple(float(x) for x in experts))

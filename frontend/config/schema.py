@@ -307,11 +307,23 @@ class RouterConfig(Strict):
 class MoEConfig(Strict):
     """Expert routing (gating) of MoE layers under expert parallelism (frontend/compute/moe_routing.py)."""
 
-    routing: Literal["balanced", "random", "skewed", "round_robin"] = Field(
+    routing: Literal["balanced", "random", "skewed", "round_robin", "trace"] = Field(
         "balanced", description="balanced: expected load of uniform routing (closed form); random: one seeded "
                                 "uniform sample per iteration; skewed: Zipf(zipf_s) expert popularity, seeded; "
-                                "round_robin: token i takes experts i*k .. i*k+k-1 (mod E)")
+                                "round_robin: token i takes experts i*k .. i*k+k-1 (mod E); trace: each step's "
+                                "requests' expert histograms from expert_trace")
+    expert_trace: str | None = Field(
+        None, description="routing trace: JSONL of per-request expert histograms ({request_id, experts: [counts] "
+                          "or {id: count}}), relative to the run file")
     zipf_s: float = Field(1.0, ge=0, le=10, description="skewed routing: Zipf exponent of expert popularity")
+    @model_validator(mode="after")
+    def _trace_needs_a_file(self) -> MoEConfig:
+        if self.routing == "trace" and not self.expert_trace:
+            raise ValueError("routing: trace needs expert_trace (a JSONL of per-request expert histograms)")
+        if self.expert_trace and self.routing != "trace":
+            raise ValueError("expert_trace is read only with routing: trace")
+        return self
+
     dispatch: Literal["allgather_reducescatter", "all_to_all"] = Field(
         "allgather_reducescatter",
         description="EP token exchange of a DP group: vLLM's default all-gather of hidden states and router logits "

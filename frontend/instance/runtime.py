@@ -220,7 +220,7 @@ class InstanceRuntime:
             return None
         self.iterations += 1
         if self._begin_step is not None:
-            self._begin_step(self.iterations)
+            self._begin_step(self.iterations, plan)
         return plan
 
     def step(self, now_ns: int = 0) -> StepOutcome | None:
