@@ -120,7 +120,7 @@ def test_mooncake_without_shared_ids_gets_no_hits(tmp_path: Path):
 
 def test_time_window_sample_and_time_scale(tmp_path: Path):
     p = _write(tmp_path, "b.csv", BURSTGPT)
-    reqs, notes = read_trace(p, start_s=5.5, end_s=8)  # [5.5, 8): rows at 6 (and 5.5, 7.25 failed)
+    reqs, notes = read_trace(p, start_s=0.5, end_s=3)  # from the first row (5 s): [5.5, 8) holds 6 (5.5, 7.25 failed)
     assert [(r.request_id, r.arrival_ns) for r in reqs] == [("req-2", 500_000_000)]
     assert "outside the time window" in notes[0]
     reqs, _ = read_trace(p, time_scale=0.5)
@@ -234,3 +234,11 @@ def test_every_kind_is_a_registered_source():
         assert get_source("test-constant").load(None, 0)[3] == ["constant"]
     finally:
         sources._SOURCES.pop("test-constant")
+
+
+def test_a_window_on_dated_rows_counts_from_the_first_row(tmp_path: Path):
+    """Azure rows carry dates: start_s / end_s are seconds from the trace's first row (18:15:46.68059)."""
+    p = _write(tmp_path, "a.csv", AZURE)
+    reqs, notes = read_trace(p, start_s=0.4, end_s=1.0)  # 18:15:47.08059 .. 18:15:47.68059: the 47.1 row only
+    assert [(r.request_id, r.arrival_ns) for r in reqs] == [("req-2", 19_410_000)]
+    assert "3 outside the time window" in notes[0]

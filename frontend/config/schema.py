@@ -204,7 +204,7 @@ class TraceWorkload(Strict):
     path: str
     num_requests: int | None = Field(None, ge=1, le=MAX_COUNT)
     time_scale: float = Field(1.0, gt=0, le=1e6, description="multiply arrival times (e.g. 0.5 = twice the rate)")
-    start_s: float | None = Field(None, ge=0, le=1e9, description="time window on the trace's own clock (s)")
+    start_s: float | None = Field(None, ge=0, le=1e9, description="time window: seconds from the trace's first row")
     end_s: float | None = Field(None, gt=0, le=1e9)
     sample: float = Field(1.0, gt=0, le=1, description="replay this fraction of the rows (seeded with the run seed)")
     use_trace_models: bool = Field(False, description="burstgpt: each request asks for its row's Model")

@@ -66,15 +66,21 @@ def read_trace(path: str | Path, fmt: str | None = None, *, num_requests: int | 
         raise WorkloadError(f"{path}: sample must be in (0, 1], got {sample}")
     name = resolve_format(p, fmt)
     reader = get_trace_format(name)
-    lo = None if start_s is None else int(Decimal(repr(start_s)) * NS_PER_S)
-    hi = None if end_s is None else int(Decimal(repr(end_s)) * NS_PER_S)
+    # the window is in seconds from the trace's first row, whatever its clock (Azure's are dates)
+    lo_s = None if start_s is None else int(Decimal(repr(start_s)) * NS_PER_S)
+    hi_s = None if end_s is None else int(Decimal(repr(end_s)) * NS_PER_S)
+    lo = hi = None
     rng = random.Random(seed) if sample < 1 else None
     kept: list[TraceRow] = []
     skipped: Counter[str] = Counter()
     total = outside = unsampled = 0
-    origin: int | None = lo
+    origin: int | None = None
     for r in reader.rows(p):
         total += 1
+        if total == 1:
+            lo = None if lo_s is None else r.t_ns + lo_s
+            hi = None if hi_s is None else r.t_ns + hi_s
+            origin = lo
         if lo is None and (origin is None or r.t_ns < origin):
             origin = r.t_ns
         if r.skip is not None:
