@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from frontend.errors import ConfigError
 
@@ -41,6 +41,16 @@ class HardwareSpec(BaseModel):
                                    "(default 0.8 x TDP)")
     idle_w: float = Field(0, ge=0)
     standby_w: float = Field(0, ge=0)
+    # power-state transitions between iterations (all optional: unset keeps the gap at idle_w throughout)
+    deep_idle_w: float | None = Field(None, ge=0, description="per-GPU power in the deep idle state a GPU drops to "
+                                      "after idle_to_deep_idle_ms without an iteration (clocks down, e.g. a low "
+                                      "P-state); distinct from standby_w, which is clocks up inside an iteration")
+    idle_to_deep_idle_ms: float | None = Field(None, ge=0, le=1e9, description="time at idle_w after an "
+                                               "instance's last iteration before its GPUs drop to deep_idle_w; "
+                                               "unset = never")
+    wake_latency_us: float = Field(0, ge=0, le=1e9, description="delay of leaving the deep idle state; counted "
+                                   "and reported (summary energy.wake_latency_total_ms), NOT added to timing")
+    wake_energy_j: float = Field(0, ge=0, le=1e9, description="energy per GPU of one wake-up from deep idle")
     efficiency: Efficiency = Field(default_factory=Efficiency)
     kernel_launch_ns: int = Field(0, ge=0, le=10**12)
     attention_floor_ns: int = Field(0, ge=0, le=10**12, description="fixed cost of one paged-attention call (cache write, "
@@ -59,6 +69,12 @@ class HardwareSpec(BaseModel):
     cost_per_hour_usd: float | None = Field(
         None, gt=0, le=1e6, description="rental price of one GPU for an hour (the entry's comment names the source "
                                         "and date); summary.json's `cost` needs it on every instance's hardware")
+
+    @model_validator(mode="after")
+    def _deep_idle_pair(self) -> HardwareSpec:
+        if self.idle_to_deep_idle_ms is not None and self.deep_idle_w is None:
+            raise ValueError("idle_to_deep_idle_ms needs deep_idle_w (the power of the deep idle state)")
+        return self
 
     @field_validator("peak_tflops")
     @classmethod

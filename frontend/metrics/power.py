@@ -4,6 +4,8 @@ Per NPU of an instance, over simulated time:
   compute   : active_w  x (time a compute node is in flight)
   standby   : standby_w x (rest of an iteration: waiting on communication or memory)
   idle      : idle_w    x (time the instance runs no iteration)
+  deep idle : deep_idle_w x (the part of a gap beyond idle_to_deep_idle_ms, when the entry sets it)
+  wake      : wake_energy_j per GPU each time an iteration starts after the GPUs reached deep idle
 plus data movement, which the device powers above exclude:
   HBM       : bytes read/written by the operators x 8 x dram_pj_per_bit
   links     : collective / send bytes x 8 x link_pj_per_bit
@@ -11,6 +13,13 @@ plus data movement, which the device powers above exclude:
 This is the component model LLMServingSim and similar simulators use (NPU
 state powers + DRAM and link energy per bit); the per-bit figures are in the
 hardware catalog entries with their sources.
+
+Power states between iterations: after an instance's last iteration (or the run's start) its GPUs stay at
+idle_w (clocks up) for idle_to_deep_idle_ms, then drop to deep_idle_w; a gap of exactly the threshold or less
+never leaves idle. The next iteration after a deep gap is a wake-up: wake_energy_j per GPU goes to `wake_j`,
+and wake_latency_us is counted in `wake_latency_ns` but NOT applied to timing (the iteration still starts when
+the scheduler starts it). A gap still open at the end of the run (finish) has no wake-up. Unset
+idle_to_deep_idle_ms keeps every gap at idle_w, with the same float operations as before the states existed.
 """
 
 from __future__ import annotations
@@ -28,10 +37,15 @@ class EnergyBreakdown:
     hbm_j: float = 0.0
     link_j: float = 0.0
     host_j: float = 0.0
+    deep_idle_j: float = 0.0
+    wake_j: float = 0.0
 
     @property
     def total_j(self) -> float:
-        return self.compute_j + self.standby_j + self.idle_j + self.hbm_j + self.link_j + self.host_j
+        t = self.compute_j + self.standby_j + self.idle_j + self.hbm_j + self.link_j + self.host_j
+        if self.deep_idle_j or self.wake_j:  # zero without power states: same float result as before they existed
+            t = t + self.deep_idle_j + self.wake_j
+        return t
 
     def add(self, other: EnergyBreakdown) -> None:
         self.compute_j += other.compute_j
@@ -40,6 +54,8 @@ class EnergyBreakdown:
         self.hbm_j += other.hbm_j
         self.link_j += other.link_j
         self.host_j += other.host_j
+        self.deep_idle_j += other.deep_idle_j
+        self.wake_j += other.wake_j
 
 
 class InstancePower:
@@ -57,13 +73,41 @@ class InstancePower:
         self._dram = pw.dram_pj_per_bit
         self._link = pw.link_pj_per_bit
         self._host = pw.host_dram_pj_per_bit
+        # power states: None = every gap at idle_w
+        after = hw.idle_to_deep_idle_ms
+        self._deep_after_ns = None if after is None else int(round(after * 1e6))
+        self._deep_w = num_npus * (hw.deep_idle_w or 0.0)
+        self._wake_j = num_npus * hw.wake_energy_j
+        self._wake_ns = int(round(hw.wake_latency_us * 1e3))
+        self.wakeups = 0
+        self.wake_latency_ns = 0
+
+    @property
+    def has_states(self) -> bool:
+        """Whether the hardware entry configures the deep idle state (idle_to_deep_idle_ms)."""
+        return self._deep_after_ns is not None
+
+    def _gap(self, gap_ns: int, after: int) -> tuple[float, float]:
+        """(idle J, deep idle J) of a gap between iterations, deep idle after `after` ns."""
+        if gap_ns <= after:
+            return self._idle_w * gap_ns * 1e-9, 0.0
+        return self._idle_w * after * 1e-9, self._deep_w * (gap_ns - after) * 1e-9
 
     def iteration(self, start_ns: int, duration_ns: int, compute_ns: int, hbm_bytes_per_npu: int, comm_bytes: int,
                   host_bytes: int) -> float:
         """Account one iteration (and the idle gap before it); return its energy in joules."""
         n = self.npus
         # n * idle_w * gap * 1e-9 and so on, left to right (the same float operations as spelled out)
-        idle = self._idle_w * max(0, start_ns - self.last_end_ns) * 1e-9
+        gap = max(0, start_ns - self.last_end_ns)
+        after = self._deep_after_ns
+        if after is None or gap <= after:
+            idle = self._idle_w * gap * 1e-9
+        else:  # the GPUs reached deep idle in this gap: it is billed in two parts and this iteration wakes them
+            idle, deep = self._gap(gap, after)
+            self.energy.deep_idle_j += deep
+            self.energy.wake_j += self._wake_j
+            self.wakeups += 1
+            self.wake_latency_ns += self._wake_ns
         busy = min(compute_ns, duration_ns)
         comp = self._compute_w * busy * 1e-9
         standby = self._standby_w * (duration_ns - busy) * 1e-9
@@ -82,5 +126,11 @@ class InstancePower:
 
     def finish(self, end_ns: int) -> None:
         gap = max(0, end_ns - self.last_end_ns)
-        self.energy.idle_j += self.npus * self.hw.idle_w * gap * 1e-9
+        after = self._deep_after_ns
+        if after is None:
+            self.energy.idle_j += self.npus * self.hw.idle_w * gap * 1e-9
+        else:  # the trailing gap may reach deep idle; nothing wakes the GPUs after the run
+            idle, deep = self._gap(gap, after)
+            self.energy.idle_j += idle
+            self.energy.deep_idle_j += deep
         self.last_end_ns = end_ns

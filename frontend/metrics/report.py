@@ -129,8 +129,6 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         "backend": result.backend_stats,
         "wall_s": round(result.wall_s, 3),
     }
-    from frontend.metrics.power import EnergyBreakdown
-
     if it.tier_names:
         s["kv_tiers"] = tier_summary(result)
     moe = moe_summary(result)
@@ -146,18 +144,78 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
     if len(result.instances) > 1:
         s["per_instance"] = instance_summary(result)
 
+    s["energy"] = energy_summary(result, out_tokens, dur_s)
+    if extra:
+        s.update(extra)
+    return s
+
+
+def _finished_by_instance(result: RunResult) -> dict[str, list[int]]:
+    """[completed requests, output tokens] per instance a request finished on (requests.csv when streamed)."""
+    out: dict[str, list[int]] = {}
+    log = result.request_log
+    if log.csv_path is None:
+        for r in result.requests:
+            if r.status == "finished":
+                c = out.setdefault(r.instance, [0, 0])
+                c[0] += 1
+                c[1] += r.output_tokens
+        return out
+    with log.csv_path.open(newline="") as f:
+        rows = csv.reader(f)
+        ix = {c: i for i, c in enumerate(next(rows))}
+        st, inst, outt = ix["status"], ix["instance"], ix["output_tokens"]
+        for row in rows:
+            if row[st] == "finished":
+                c = out.setdefault(row[inst], [0, 0])
+                c[0] += 1
+                c[1] += int(row[outt])
+    return out
+
+
+def energy_summary(result: RunResult, out_tokens: int, dur_s: float) -> dict[str, Any]:
+    """summary.json `energy`: totals, the component breakdown, J per output token and per completed request, and
+    (several instances) the same per instance. With power states configured (hardware idle_to_deep_idle_ms) the
+    breakdown gains deep_idle_j / wake_j, and `wakeups` / `wake_latency_total_ms` count the wake-ups from deep idle
+    and the delay they would add: that delay is reported only, not applied to the simulated timing."""
+    from frontend.metrics.power import EnergyBreakdown
+
+    def block(e: EnergyBreakdown, tokens: int, done: int, states: bool, wakeups: int, wake_ns: int) -> dict:
+        total = e.total_j
+        bd = {k: round(v, 3) for k, v in vars(e).items() if states or k not in ("deep_idle_j", "wake_j")}
+        d: dict[str, Any] = {"total_j": round(total, 3), "breakdown_j": bd}
+        if states:
+            d["wakeups"] = wakeups
+            d["wake_latency_total_ms"] = round(wake_ns / 1e6, 6)
+        d["j_per_output_token"] = round(total / tokens, 6) if tokens else 0.0
+        d["j_per_request"] = round(total / done, 6) if done else 0.0
+        return d
+
     e = EnergyBreakdown()
+    states = False
+    wakeups = wake_ns = 0
     for inst in result.instances:
-        e.add(inst.power.energy)
-    s["energy"] = {
-        "total_j": round(e.total_j, 3),
-        "breakdown_j": {k: round(v, 3) for k, v in vars(e).items()},
+        p = inst.power
+        e.add(p.energy)
+        states = states or p.has_states
+        wakeups += p.wakeups
+        wake_ns += p.wake_latency_ns
+    s = block(e, out_tokens, result.request_log.finished, states, wakeups, wake_ns)
+    s.update({
         "average_power_w": round(e.total_j / dur_s, 3) if dur_s else 0.0,
         "energy_per_output_token_j": round(e.total_j / out_tokens, 6) if out_tokens else 0.0,
         "output_tokens_per_joule": round(out_tokens / e.total_j, 6) if e.total_j else 0.0,
-    }
-    if extra:
-        s.update(extra)
+    })
+    if len(result.instances) > 1:
+        # a request counts on the instance it finished on (under P/D the decode instance): prefill-only
+        # instances then show their energy with no completed requests or tokens of their own
+        fin = _finished_by_instance(result)
+        rows = []
+        for i in result.instances:
+            done, tokens = fin.get(i.name) or (0, 0)
+            rows.append({"name": i.name, **block(i.power.energy, tokens, done, states, i.power.wakeups,
+                                                 i.power.wake_latency_ns)})
+        s["per_instance"] = rows
     return s
 
 
