@@ -125,9 +125,10 @@ def mutated_config(draw):
         if op == "delete":
             del parent[path[-1]]
         elif op == "unknown_key" and isinstance(parent, dict):
-            parent[draw(st.sampled_from(["bogus", "max_num_seq", "tp ", "Replicas"]))] = draw(values)
+            key = draw(st.sampled_from(["bogus", "max_num_seq", "tp ", "Replicas"]))
+            parent[key] = copy.deepcopy(draw(values))  # never the shared BAD_VALUES object itself
         else:
-            parent[path[-1]] = draw(values)
+            parent[path[-1]] = copy.deepcopy(draw(values))  # never the shared BAD_VALUES object itself
     _bound_work(d)
     return name, d
 
@@ -188,7 +189,7 @@ def mutated_catalog(draw):
         if draw(st.integers(0, 3)) == 0:
             del parent[path[-1]]
         else:
-            parent[path[-1]] = draw(values)
+            parent[path[-1]] = copy.deepcopy(draw(values))  # never the shared BAD_VALUES object itself
     text = yaml.safe_dump(d) if kind == "hardware" else json.dumps(d)
     return kind, text
 
@@ -314,7 +315,8 @@ def mutated_workload(draw):
         if draw(st.booleans()):
             del parent[path[-1]]
         else:
-            parent[path[-1]] = draw(st.one_of(st.sampled_from(JSON_BAD), st.integers(-5, 10**6)))
+            # a copy: a later mutation may reach into an inserted list or dict, which must not change JSON_BAD
+            parent[path[-1]] = copy.deepcopy(draw(st.one_of(st.sampled_from(JSON_BAD), st.integers(-5, 10**6))))
     for o in objs:
         lines.append(json.dumps(o).encode())
     if draw(st.booleans()):
