@@ -323,5 +323,15 @@ class Cluster:
     def route_new(self, req, inst: InstanceRuntime) -> InstanceRuntime:
         return inst if self.pd is None else self.pd.admit_new(req, inst)
 
+    def rejection_reason(self, req, inst: InstanceRuntime) -> str:
+        """Why the cluster cannot serve `req` where it was routed ('' if it can): the instance's own checks, and
+        for a prefill hand-off the decode side's."""
+        reason = inst.scheduler.rejection_reason(req)
+        if not reason and self.pd is not None:
+            reason = self.pd.rejection_reason(req)
+            if reason:
+                reason = f"decode side: {reason}"
+        return reason
+
     def after_complete(self, inst: InstanceRuntime, now: int) -> list[InstanceRuntime]:
         return [] if self.pd is None else self.pd.after_complete(inst, now)

@@ -169,7 +169,7 @@ class Engine:
                         done += 1
                         continue
                     inst = self.cluster.route_new(req, chosen)
-                    reason = inst.scheduler.rejection_reason(req)
+                    reason = self.cluster.rejection_reason(req, inst)
                     if reason:
                         req.status = "rejected"
                         req.reject_reason = reason

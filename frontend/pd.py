@@ -125,6 +125,13 @@ class PDCoordinator:
         req.handoff = True
         return inst
 
+    def rejection_reason(self, req: Request) -> str:
+        """A prefill instance's request must also fit a decode instance: one no decoder can ever hold would
+        wait in a decode queue forever."""
+        if not req.handoff:
+            return ""
+        return min((d.scheduler.rejection_reason(req) for d in self.decoders), key=len)
+
     def _pick_decoder(self) -> InstanceRuntime:
         ds = self.decoders
         if self.cfg.decode_router == "round_robin":

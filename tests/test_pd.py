@@ -149,3 +149,11 @@ def test_cost_is_gpu_hours_at_each_hardware_entrys_price_and_absent_without_one(
     d["instances"][1]["hardware"] = "RTXPRO6000"  # no rental price with a source in its entry
     res, extra = simulate(resolve(parse_config(d, "x.yaml")))
     assert "cost" not in summarize(res, extra)
+
+
+def test_a_request_no_decode_instance_can_hold_is_rejected_not_stuck():
+    run = _pd_run(decode_blocks=100, n_req=1)  # 1600 tokens of decode KV
+    res, _ = simulate(run, requests=[_req(0, 0, 3000, 4), _req(1, 0, 500, 4)])
+    by = {r.request_id: r for r in res.requests}
+    assert by["r0"].status == "rejected" and by["r0"].reject_reason.startswith("decode side: needs")
+    assert by["r1"].status == "finished"
