@@ -478,9 +478,12 @@ def live_runs(binary: str, n_req: int) -> list[str]:
     ep8 = yaml.safe_load((REPO / "configs/examples/h100x8-qwen3-30b-a3b-ep8.yaml").read_text())
     ep8["workload"]["num_requests"] = n_req
     tmp = Path(tempfile.mkdtemp(prefix="astraserve-live-"))
-    pd = yaml.safe_load((REPO / "configs/examples/pd-1p1d-h100-llama3.1-70b.yaml").read_text())
-    pd["workload"]["num_requests"] = n_req
-    for raw in (tp4, tp4pp2, ep8, pd):
+    extra = []
+    for name in ("pd-1p1d-h100-llama3.1-70b", "pd-hetero-h100-l40s", "multi-model-2x"):
+        raw = yaml.safe_load((REPO / f"configs/examples/{name}.yaml").read_text())
+        raw["workload"]["num_requests"] = n_req
+        extra.append(raw)
+    for raw in (tp4, tp4pp2, ep8, *extra):
         cfg = tmp / f"{raw['name']}.yaml"
         cfg.write_text(yaml.safe_dump(raw))
         rows = {}
