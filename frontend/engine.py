@@ -84,8 +84,10 @@ class Engine:
         # the start time, which they declare with `runahead_safe`
         self.run_ahead = run_ahead and bool(getattr(backend, "runahead_safe", False))
         for inst in instances:
-            inst.scheduler.run_ahead = self.run_ahead
-            inst.run_ahead = self.run_ahead
+            # a speculative step emits a random number of tokens: decode runs (one token a step) do not apply
+            ahead = self.run_ahead and not inst.scheduler.spec_k
+            inst.scheduler.run_ahead = ahead
+            inst.run_ahead = ahead
         self.progress = progress
         self.on_step = on_step
         tiers = sorted({t.name for i in instances for t in i.lower_tiers})

@@ -106,6 +106,15 @@ class EngineConfig(Strict):
     scheduler_reserve_full_isl: bool = Field(
         True, description="admit a waiting request only if blocks for its whole remaining prompt are free (vLLM >= 0.11)")
     scheduler_overhead_ns: int = Field(0, ge=0, le=10**12, description="host time per iteration not overlapped with the GPU")
+    speculative_tokens: int = Field(
+        0, ge=0, le=64, description="speculative decoding: draft tokens K proposed per decode step and verified in one "
+                                    "pass of width K+1 (0: off)")
+    speculative_method: Literal["eagle", "ngram"] = Field(
+        "eagle", description="eagle: a one-layer draft head (EAGLE, arXiv 2401.15077) run K times per step on the "
+                             "accelerator; ngram: prompt-lookup drafts found on the CPU (no accelerator cost)")
+    speculative_acceptance: float = Field(
+        0.7, gt=0, lt=1, description="probability that each draft token is accepted, independently per position: "
+                                     "a step emits 1 + (accepted prefix) tokens, (1 - a^(K+1)) / (1 - a) on average")
     enforce_eager: bool = Field(
         False, description="vLLM --enforce-eager: no CUDA graphs. With CUDA graphs (vLLM's default) the members of "
                            "a DP group pad their batches to the group's largest token count (vLLM's DP padding, "

@@ -33,6 +33,7 @@ general path gives (tests/test_runahead.py compares whole runs).
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,14 @@ class Scheduler:
         self.kv_ready: list[Request] = []
         self.on_remote_admit: Callable[[Request, int], None] | None = None
         self.now_ns = 0  # the time of the step being planned (set by the instance runtime)
+        # speculative decoding: a decode step verifies K draft tokens in a pass of width K + 1 and keeps the
+        # accepted prefix plus one token (engine.speculative_*); width 1 is plain decoding
+        self.spec_k = engine.speculative_tokens
+        self.width = 1 + self.spec_k
+        self.spec_accept = engine.speculative_acceptance
+        self.spec_rng = random.Random(f"{name}:speculative")  # reseeded by the runtime with the run's seed
+        self.spec_steps = 0  # decode-sequence verify passes
+        self.spec_tokens = 0  # tokens they emitted
 
     # ---- admission ----
     def rejection_reason(self, req: Request) -> str:
@@ -450,21 +459,24 @@ class Scheduler:
         max_len = self.max_model_len
         add_req, add_new, add_ctx = plan.requests.append, plan.num_new_tokens.append, plan.contexts.append
         n_fast = 0
+        width = self.width
         while i < len(running) and budget > 0:
             req = running[i]
             computed = req.num_computed_tokens
             done_out = req.num_output_done
             if done_out and computed + 1 == req.input_tokens + done_out and computed < max_len \
-                    and computed < len(req.block_ids) * bs:
+                    and computed + width <= len(req.block_ids) * bs and budget >= width:
                 # decode step that fits in the blocks it holds: the common case, without the general path
                 add_req(req)
-                add_new(1)
+                add_new(width)
                 add_ctx(computed)
                 n_fast += 1
-                budget -= 1
+                budget -= width
                 i += 1
                 continue
-            num_new = min(req.num_tokens - computed, budget, self.max_model_len - computed)
+            # a decode step verifies width - 1 draft tokens beyond its one new token (speculative decoding)
+            lookahead = width - 1 if (done_out and computed + 1 == req.input_tokens + done_out) else 0
+            num_new = min(req.num_tokens - computed + lookahead, budget, self.max_model_len - computed)
             if num_new <= 0:
                 i += 1
                 continue
@@ -483,15 +495,15 @@ class Scheduler:
             plan.requests.append(req)
             plan.num_new_tokens.append(num_new)
             plan.contexts.append(req.num_computed_tokens)
-            if num_new == 1 and req.num_output_done > 0:
-                plan.num_decode_tokens += 1
+            if lookahead or (num_new == 1 and req.num_output_done > 0):
+                plan.num_decode_tokens += num_new
             else:
                 plan.num_prefill_tokens += num_new
             if req.num_computed_tokens + num_new >= req.num_tokens:
                 plan.num_sampled += 1
             budget -= num_new
             i += 1
-        plan.num_decode_tokens += n_fast
+        plan.num_decode_tokens += n_fast * width
         plan.num_sampled += n_fast
         plan.first_admitted = len(plan.requests)
         steady = n_fast == len(plan.requests) == len(running) and not plan.preempted
@@ -516,9 +528,14 @@ class Scheduler:
         handed: list[Request] = []
         pool = self.pool
         bs = pool.block_size
+        spec = self.spec_k
         for req, n in zip(plan.requests, plan.num_new_tokens, strict=True):
             if req.status != "running":
                 continue  # preempted later in the same step cannot happen, kept for safety
+            if spec and req.num_output_done and req.num_computed_tokens + 1 == req.input_tokens + req.num_output_done:
+                if self._verified(req, n, end_ns):
+                    finished.append(req)
+                continue
             c = req.num_computed_tokens + n
             req.num_computed_tokens = c
             if req.hashes and c // bs > req.num_hashed_blocks:
@@ -549,6 +566,29 @@ class Scheduler:
         if self.run_ahead:
             self._start_run()
         return finished
+
+    def _verified(self, req: Request, width: int, end_ns: int) -> bool:
+        """A decode sequence's verify pass of `width` tokens: its one new token plus the accepted prefix of
+        the width - 1 drafts, each draft accepted with probability a independently (stopping at the first
+        rejection), all kept up to the request's output length. True when the request finished."""
+        acc = 1
+        rnd, a = self.spec_rng.random, self.spec_accept
+        while acc < width and rnd() < a:
+            acc += 1
+        d = min(req.output_tokens, req.num_output_done + acc)
+        acc = d - req.num_output_done
+        self.spec_steps += 1
+        self.spec_tokens += acc
+        c = req.num_computed_tokens + acc
+        req.num_computed_tokens = c
+        if req.hashes and c // self.pool.block_size > req.num_hashed_blocks:
+            self.pool.cache_full_blocks(req, c)
+        req.num_output_done = d
+        if d >= req.output_tokens:
+            req.status = "finished"
+            req.finish_ns = end_ns
+            return True
+        return False
 
     def release_kv_source(self, req: Request) -> None:
         """The handed-off request's KV has reached its decode instance: free its blocks here."""

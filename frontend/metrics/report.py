@@ -78,6 +78,21 @@ def rejection_summary(result: RunResult) -> dict[str, Any]:
     return {code: {"count": n, "example": log.reason_example[code]} for code, n in sorted(log.reasons.items())}
 
 
+def speculative_summary(result: RunResult) -> dict[str, Any]:
+    """Speculative decoding: verify passes of decode sequences, tokens they emitted, and the expected tokens per
+    pass for i.i.d. acceptance a and K drafts, (1 - a^(K+1)) / (1 - a) (the output-length cap lowers the mean)."""
+    scheds = [i.scheduler for i in result.instances if i.scheduler.spec_k]
+    if not scheds:
+        return {}
+    eng = result.instances[0].inst.engine
+    k, a = eng.speculative_tokens, eng.speculative_acceptance
+    steps = sum(s.spec_steps for s in scheds)
+    toks = sum(s.spec_tokens for s in scheds)
+    return {"method": eng.speculative_method, "draft_tokens": k, "acceptance": a, "verify_passes": steps,
+            "tokens_emitted": toks, "tokens_per_pass": round(toks / steps, 6) if steps else 0.0,
+            "expected_tokens_per_pass": round((1 - a ** (k + 1)) / (1 - a), 6)}
+
+
 def cost_summary(result: RunResult, output_tokens: int, duration_s: float) -> dict[str, Any]:
     """GPU-hours of the run (every instance's GPUs for the simulated duration) at its hardware entries' rental
     prices (`cost_per_hour_usd`, each with its source); empty unless every instance's hardware has a price."""
@@ -136,6 +151,9 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         s["moe"] = moe
     if result.pd is not None:
         s["pd"] = result.pd.stats.summary()
+    spec = speculative_summary(result)
+    if spec:
+        s["speculative"] = spec
     cost = cost_summary(result, out_tokens, dur_s)
     if cost:
         s["cost"] = cost

@@ -1,0 +1,73 @@
+"""Speculative decoding: verify width, accepted tokens, draft cost, and what turning it off leaves unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from frontend.compute.batch import BatchShape
+from frontend.config.loader import parse_config, resolve
+from frontend.metrics.report import summarize
+from frontend.session import build_instances, make_backend, simulate
+from tests.conftest import small_run_dict
+
+
+def _run(k: int = 0, a: float = 0.7, method: str = "eagle", n: int = 40, out_mean: int = 200):
+    d = small_run_dict()
+    d["engine"] = {**d["engine"], "speculative_tokens": k, "speculative_acceptance": a, "speculative_method": method}
+    d["workload"]["num_requests"] = n
+    d["workload"]["output_tokens"] = {"dist": "lognormal", "mean": out_mean, "sigma": 0.3, "min": 20, "max": 2000}
+    return resolve(parse_config(d, "x.yaml"))
+
+
+def _summary(run):
+    res, extra = simulate(run)
+    return res, summarize(res, extra)
+
+
+def test_off_is_the_plain_engine():
+    a, sa = _summary(_run(0))
+    d = small_run_dict()
+    d["workload"]["num_requests"] = 40
+    d["workload"]["output_tokens"] = {"dist": "lognormal", "mean": 200, "sigma": 0.3, "min": 20, "max": 2000}
+    b, sb = _summary(resolve(parse_config(d, "x.yaml")))
+    assert a.iterations.rows == b.iterations.rows and "speculative" not in sa
+    assert [(r.first_token_ns, r.finish_ns) for r in a.requests] == [(r.first_token_ns, r.finish_ns) for r in b.requests]
+
+
+def test_tokens_are_conserved_and_the_mean_follows_the_formula():
+    res, s = _summary(_run(4, 0.6, n=60, out_mean=600))
+    sp = s["speculative"]
+    assert all(r.status == "finished" and r.num_output_done == r.output_tokens for r in res.requests)
+    # every output token is the prefill's first one or comes from a verify pass
+    assert sp["tokens_emitted"] + len(res.requests) == sum(r.output_tokens for r in res.requests)
+    expect = (1 - 0.6 ** 5) / (1 - 0.6)
+    assert sp["expected_tokens_per_pass"] == pytest.approx(expect)
+    assert sp["tokens_per_pass"] == pytest.approx(expect, rel=0.04)  # sampling noise and the output-length cap
+
+
+def test_verify_width_and_the_eagle_draft_in_the_step():
+    run = _run(3)
+    inst = build_instances(run, make_backend(run))[0]
+    shape = BatchShape(q=[4, 4, 100], ctx=[500, 800, 0], num_sampled=3)  # two verify passes + a prefill
+    ops = inst.compute.epilogue_ops(shape)
+    assert ops[-1].name == "spec_draft"
+    inner = inst.compute.inner
+    draft = BatchShape(q=[1, 1], ctx=[500, 800], num_sampled=2)
+    one = sum(o.duration_ns for o in inner.layer_ops(draft)) + \
+        sum(o.duration_ns for o in inner.epilogue_ops(draft) if o.name == "lm_head")
+    assert ops[-1].duration_ns == 3 * one
+    ngram = build_instances(_run(3, method="ngram"), make_backend(run))[0]
+    assert "spec_draft" not in [o.name for o in ngram.compute.epilogue_ops(shape)]
+    res, _ = simulate(run)
+    assert max(r[5] for r in res.iterations.rows) >= 4  # decode tokens of a step: verify passes of width 4
+
+
+def test_throughput_rises_with_acceptance_and_falls_when_the_draft_costs_too_much():
+    def tpot(k, a, method="eagle"):
+        return _summary(_run(k, a, method, out_mean=400))[1]["tpot_ms"]["mean"]
+
+    base = tpot(0, 0.5)
+    lo, hi = tpot(4, 0.3), tpot(4, 0.9)
+    assert hi < lo and hi < base  # more accepted drafts, fewer passes per token
+    assert tpot(8, 0.05) > base  # drafts almost never accepted: the draft passes and the wide verify are waste
+    assert tpot(4, 0.9, "ngram") < hi  # the same acceptance without an accelerator drafter
