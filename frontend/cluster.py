@@ -319,14 +319,24 @@ class Cluster:
             self.pd = PDCoordinator(run_cfg.pd, instances, schedule_timer)
         # new requests go to the instances that take them: all but decode instances
         self.entry = [i for i in instances if i.inst.role != "decode"]
+        self.lora = run_cfg.lora if run_cfg.lora.adapters else None
+        self.seed = run_cfg.seed
 
     def route_new(self, req, inst: InstanceRuntime) -> InstanceRuntime:
+        if self.lora is not None and req.lora is None:  # the request names no adapter: lora.share may give one
+            from frontend.instance.lora import adapter_of
+
+            req.lora = adapter_of(req.request_id, self.seed, self.lora)
         return inst if self.pd is None else self.pd.admit_new(req, inst)
 
     def rejection_reason(self, req, inst: InstanceRuntime) -> str:
         """Why the cluster cannot serve `req` where it was routed ('' if it can): the instance's own checks, and
         for a prefill hand-off the decode side's."""
         reason = inst.scheduler.rejection_reason(req)
+        if not reason and req.lora is not None and req.lora >= 0:
+            served = self.lora.adapters if self.lora is not None else 0
+            if req.lora >= served:
+                reason = f"names LoRA adapter {req.lora} but the run serves {served} (lora.adapters)"
         if not reason and self.pd is not None:
             reason = self.pd.rejection_reason(req)
             if reason:

@@ -259,6 +259,10 @@ def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], No
             cm = ExpertParallelCompute(cm, ri.model.num_experts, ri.model.experts_per_token, ri.ep, ri.expert_placement,
                                        moe.routing, moe.zipf_s, run.config.seed if seed is None else seed,
                                        ri.dp_group or ri.name, dp=ri.dp, expert_trace=trace)
+        if run.config.lora.adapters:
+            from frontend.instance.lora import LoRACompute
+
+            cm = LoRACompute(cm, ri.model, ri.tp, ri.pp, run.config.lora, ri.dtype_bytes)
         k = ri.engine.speculative_tokens
         if k and ri.engine.speculative_method == "eagle":
             from frontend.compute.speculative import SpeculativeCompute
@@ -267,6 +271,8 @@ def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], No
         rt = InstanceRuntime(ri, cm, backend, run.config.backend.system, tiers=tiers[ri.name], kv_cfg=run.config.kv)
         if k:  # the draft acceptance draws: the run's seed and the instance
             rt.scheduler.spec_rng.seed(f"{run.config.seed if seed is None else seed}:{ri.name}:speculative")
+        if run.config.lora.adapters:
+            rt.scheduler.max_loras = run.config.lora.max_loras
         insts.append(rt)
     return insts
 

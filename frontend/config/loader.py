@@ -281,6 +281,10 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
     weights = weight_bytes_per_npu(model, b, inst.tp, inst.pp, ep, inst.enable_expert_parallel)
     reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
                else activation_reserve_bytes(model, engine, inst.tp))
+    if cfg.lora.adapters:  # LoRA adapter slots reserved at start-up (frontend/instance/lora.py)
+        from frontend.instance.lora import slot_bytes_per_npu
+
+        reserve += slot_bytes_per_npu(model, inst.tp, inst.pp, cfg.lora, b)
     usable = hw.hbm_capacity_gib * GIB * engine.gpu_memory_utilization
     free = usable - weights - reserve
     if engine.num_gpu_blocks_override is not None:

@@ -345,6 +345,24 @@ class LinkConfig(Strict):
     latency_ns: float = Field(ge=0, le=1e12)
 
 
+class LoRAConfig(Strict):
+    """LoRA adapters served by every instance (vLLM's --enable-lora / --max-loras / --max-lora-rank meanings)."""
+
+    adapters: int = Field(0, ge=0, le=100_000, description="number of adapters a0..a{n-1} requests may name")
+    rank: int = Field(16, ge=1, le=4096, description="rank of every adapter")
+    target_modules: list[Literal["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]] = Field(
+        default_factory=lambda: ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+        description="the layer's projections each adapter adapts (vLLM's packed module names)")
+    max_loras: int = Field(4, ge=1, le=4096, description="adapters resident in HBM at once per instance (slots "
+                                                         "reserved at the max rank), and at most this many in a batch")
+    max_lora_rank: int | None = Field(None, ge=1, le=4096, description="rank the slots are sized for (default: rank)")
+    host_bw_gbps: float = Field(25.0, gt=0, le=1e6, description="host-to-GPU bandwidth a cold adapter loads at, "
+                                                                 "GB/s (default: PCIe 4.0 x16 sustained, ~25 GB/s)")
+    popularity_zipf_s: float = Field(1.0, ge=0, le=10, description="synthetic requests pick adapter i with weight "
+                                                                    "1 / (i + 1)^s (0: uniform)")
+    share: float = Field(1.0, ge=0, le=1, description="fraction of synthetic requests that name an adapter")
+
+
 class PDConfig(Strict):
     """Prefill/decode disaggregation: how prompts' KV reaches the decode instances (frontend/pd.py)."""
 
@@ -413,6 +431,7 @@ class RunConfig(Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     moe: MoEConfig = Field(default_factory=MoEConfig)
     pd: PDConfig = Field(default_factory=PDConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     base_dir: Path | None = Field(None, exclude=True)

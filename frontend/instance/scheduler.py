@@ -97,6 +97,7 @@ class Scheduler:
         self.spec_accept = engine.speculative_acceptance
         self.spec_rng = random.Random(f"{name}:speculative")  # reseeded by the runtime with the run's seed
         self.spec_steps = 0  # decode-sequence verify passes
+        self.max_loras = 0  # LoRA: at most this many distinct adapters in a batch (0: no limit; frontend/instance/lora.py)
         self.spec_tokens = 0  # tokens they emitted
 
     # ---- admission ----
@@ -380,8 +381,17 @@ class Scheduler:
         self._resort()
         waiting = self.waiting
         seats = eng.max_num_seqs - len(self.releasing)
+        lora_limit = self.max_loras
+        skipped: list[Request] = []
+        if lora_limit:
+            adapters = {r.lora for r in plan.requests if r.lora is not None and r.lora >= 0}
         while waiting and budget > 0 and len(running) < seats:
             req = waiting[0]
+            if lora_limit and req.lora is not None and req.lora >= 0 and req.lora not in adapters:
+                if len(adapters) >= lora_limit:  # one adapter too many for this batch: skip it, the queue goes on
+                    skipped.append(waiting.popleft())
+                    continue
+                adapters.add(req.lora)
             lower: list = []
             hits, in_hbm, rest = self._head_prefix(req)
             saved = req.num_computed_tokens  # > 0 only for a swapped-out request
@@ -447,6 +457,8 @@ class Scheduler:
             if num_computed + num_new >= req.num_tokens:
                 plan.num_sampled += 1
             budget -= num_new
+        if skipped:
+            waiting.extendleft(reversed(skipped))
 
     def _schedule(self) -> IterationPlan | None:
         eng = self.engine

@@ -151,6 +151,12 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         s["moe"] = moe
     if result.pd is not None:
         s["pd"] = result.pd.stats.summary()
+    lora = [i.compute for i in result.instances if hasattr(i.compute, "resident")]
+    if lora:
+        cfg = lora[0].cfg
+        s["lora"] = {"adapters": cfg.adapters, "rank": cfg.rank, "max_loras": cfg.max_loras,
+                     "loads": sum(c.loads for c in lora), "load_bytes": sum(c.load_bytes for c in lora),
+                     "adapter_bytes_per_npu": lora[0].adapter_bytes}
     spec = speculative_summary(result)
     if spec:
         s["speculative"] = spec

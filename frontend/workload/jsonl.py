@@ -87,9 +87,12 @@ def parse_flat(obj: dict[str, Any], where: str, idx: int) -> Request:
     if model is not None and (not isinstance(model, str) or not model):
         raise WorkloadError(f"{where}: field 'model' must be a non-empty string (a model an instance serves), "
                             f"got {model!r}")
+    lora = obj.get("lora")
+    if lora is not None and (isinstance(lora, bool) or not isinstance(lora, int) or lora < -1):
+        raise WorkloadError(f"{where}: field 'lora' must be an adapter index >= 0 (or -1: the base model), got {lora!r}")
     return Request(request_id=str(rid), arrival_ns=arr, input_tokens=inp,
                    output_tokens=out, content=TokenContent(ids=ids), output_content=TokenContent(ids=oids), seq=idx,
-                   model=model)
+                   model=model, lora=lora)
 
 
 def read_jsonl(path: str | Path, limit: int | None = None, time_scale: float = 1.0

@@ -99,6 +99,7 @@ class Request:
     program_id: str | None = None
     turn_index: int = 0
     model: str | None = None  # the model the client asked for (None: whichever the router picks)
+    lora: int | None = None  # LoRA adapter index (-1: the base model; None: unnamed, lora.share may assign one)
     # --- runtime state ---
     instance: str = ""
     num_computed_tokens: int = 0
