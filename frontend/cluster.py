@@ -322,11 +322,15 @@ class Cluster:
         self.lora = run_cfg.lora if run_cfg.lora.adapters else None
         self.seed = run_cfg.seed
 
-    def route_new(self, req, inst: InstanceRuntime) -> InstanceRuntime:
-        if self.lora is not None and req.lora is None:  # the request names no adapter: lora.share may give one
+    def before_route(self, req) -> None:
+        """What a new request carries before the router sees it: a LoRA adapter when it names none and the run
+        serves adapters (lora.share, seeded per request id)."""
+        if self.lora is not None and req.lora is None:
             from frontend.instance.lora import adapter_of
 
             req.lora = adapter_of(req.request_id, self.seed, self.lora)
+
+    def route_new(self, req, inst: InstanceRuntime) -> InstanceRuntime:
         return inst if self.pd is None else self.pd.admit_new(req, inst)
 
     def rejection_reason(self, req, inst: InstanceRuntime) -> str:

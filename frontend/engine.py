@@ -163,6 +163,7 @@ class Engine:
                     req = payload  # type: ignore[assignment]
                     if seq < LATER_SEQ:
                         feed()
+                    self.cluster.before_route(req)
                     chosen = self.router.choose(req, now)
                     if chosen is None:  # a model nobody serves
                         req.status = "rejected"

@@ -129,6 +129,24 @@ class DPBalance:
         return self.insts[best]
 
 
+@register_policy("lora_affinity")
+class LoRAAffinity:
+    """Multi-LoRA serving: a request goes to the least loaded instance that already holds its adapter in HBM
+    (no cold load, frontend/instance/lora.py), else to the least loaded one (S-LoRA / Punica's adapter-aware
+    placement, arXiv 2311.03285 sec. 6). Requests without an adapter go to the least loaded instance."""
+
+    def __init__(self, cfg: RouterConfig, insts: list[InstanceRuntime]) -> None:
+        self.insts = insts
+
+    def choose(self, req: Request, now_ns: int) -> InstanceRuntime:
+        a = req.lora
+        if a is not None and a >= 0:
+            warm = [i for i in self.insts if a in getattr(i.compute, "resident", ())]
+            if warm:
+                return _least_loaded(warm)
+        return _least_loaded(self.insts)
+
+
 def policy_names() -> list[str]:
     return sorted(_POLICIES)
 

@@ -93,3 +93,18 @@ def test_jsonl_lora_field(tmp_path):
     p.write_text(json.dumps({"input_toks": 10, "output_toks": 2, "arrival_time_ns": 0, "lora": "a3"}) + "\n")
     with pytest.raises(WorkloadError, match="field 'lora' must be an adapter index"):
         read_jsonl(p)
+
+
+def test_lora_affinity_routes_to_an_instance_holding_the_adapter():
+    def run(policy: str):
+        d = small_run_dict(instances=[{"name": "g", "hardware": "H100-SXM", "replicas": 2}])
+        d["lora"] = {"adapters": 4, "rank": 8, "max_loras": 2}
+        d["router"] = {"policy": policy}
+        reqs = [_req(i, i * 1_000_000_000, a, out=2) for i, a in enumerate([1, 2, 2, 1])]
+        res, extra = simulate(resolve(parse_config(d, "x.yaml")), requests=reqs)
+        return {r.request_id: r.instance for r in res.requests}, summarize(res, extra)["lora"]["loads"]
+
+    rr, rr_loads = run("round_robin")
+    aff, aff_loads = run("lora_affinity")
+    assert rr_loads == 4  # alternating instances: each adapter's second request finds it on the other one
+    assert aff_loads == 2 and aff["r2"] == aff["r1"] and aff["r3"] == aff["r0"]

@@ -303,7 +303,8 @@ class BackendConfig(Strict):
 
 
 class RouterConfig(Strict):
-    policy: Literal["round_robin", "least_loaded", "session_affinity", "kv_overlap", "dp_balance"] | None = Field(
+    policy: Literal["round_robin", "least_loaded", "session_affinity", "kv_overlap", "dp_balance",
+                    "lora_affinity"] | None = Field(
         None, description="default: dp_balance (vLLM's DP load balancer) when every instance is a DP member, "
                           "else round_robin")
     stats_interval_ms: float = Field(
