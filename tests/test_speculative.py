@@ -71,3 +71,32 @@ def test_throughput_rises_with_acceptance_and_falls_when_the_draft_costs_too_muc
     assert hi < lo and hi < base  # more accepted drafts, fewer passes per token
     assert tpot(8, 0.05) > base  # drafts almost never accepted: the draft passes and the wide verify are waste
     assert tpot(4, 0.9, "ngram") < hi  # the same acceptance without an accelerator drafter
+
+
+def test_a_draft_model_costs_its_forward_passes_and_its_memory():
+    plain = _run(0).instances[0]
+    d = small_run_dict()
+    d["engine"] = {**d["engine"], "speculative_tokens": 3, "speculative_method": "draft_model",
+                   "speculative_draft_model": "Llama-3.2-1B"}
+    run = resolve(parse_config(d, "x.yaml"))
+    ri = run.instances[0]
+    draft = ri.draft_model
+    assert draft.name == "Llama-3.2-1B"
+    from frontend.config.loader import weight_bytes_per_npu
+
+    assert ri.weight_bytes_per_npu == plain.weight_bytes_per_npu + weight_bytes_per_npu(draft, 2, 1, 1)
+    per_token = (plain.model.kv_bytes_per_token_per_layer(2, 1) * plain.model.num_layers
+                 + draft.kv_bytes_per_token_per_layer(2, 1) * draft.num_layers)
+    assert ri.kv_block_bytes == 16 * per_token and ri.num_gpu_blocks < plain.num_gpu_blocks
+    inst = build_instances(run, make_backend(run))[0]
+    shape = BatchShape(q=[4, 4], ctx=[300, 600], num_sampled=2)
+    op = inst.compute.epilogue_ops(shape)[-1]
+    dr = inst.compute.draft
+    one = BatchShape(q=[1, 1], ctx=[300, 600], num_sampled=2)
+    full = sum(o.duration_ns for o in dr.prologue_ops(one) + draft.num_layers * dr.layer_ops(one) + dr.epilogue_ops(one))
+    assert op.name == "spec_draft" and op.duration_ns == 3 * full
+    res, s = _summary(run)
+    assert s["speculative"]["method"] == "draft_model" and s["completed"] == len(res.requests)
+    with pytest.raises(Exception, match="speculative_draft_model"):
+        d["engine"].pop("speculative_draft_model")
+        resolve(parse_config(d, "x.yaml"))

@@ -108,6 +108,7 @@ class ResolvedInstance:
     # this member's DP rank, and the network of the whole group (dp x tp NPUs, TP dimensions first); `dims`
     # above are then this member's TP dimensions only
     role: str = "mixed"  # prefill | decode | mixed (prefill/decode disaggregation)
+    draft_model: ModelSpec | None = None  # speculative decoding with a draft model (its weights and KV are here too)
     dp_group: str | None = None
     dp_rank: int = 0
     group_dims: list[NetworkDim] = field(default_factory=list)
@@ -279,6 +280,18 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
     # per NPU: its KV heads (GQA), or MLA's compressed latent, which every TP rank holds whole
     block_bytes = int(engine.block_size * model.kv_bytes_per_token_per_layer(kv_b, inst.tp) * layers_per_stage)
     weights = weight_bytes_per_npu(model, b, inst.tp, inst.pp, ep, inst.enable_expert_parallel)
+    draft = None
+    if engine.speculative_tokens and engine.speculative_method == "draft_model":
+        # the draft model runs beside the target with the same TP (vLLM's default draft TP): its weights are
+        # resident and every block holds its KV too (one block table for both models)
+        if inst.pp > 1:
+            raise ConfigError(f"{prefix}.pp: a draft model with pipeline parallelism is not simulated")
+        draft = _catalog_entry(catalog, "models", find_catalog_file(engine.speculative_draft_model, "models", base),
+                               load_model_spec)
+        if draft.num_heads % inst.tp or (draft.num_kv_heads % inst.tp and inst.tp % draft.num_kv_heads):
+            raise ConfigError(f"engine.speculative_draft_model: {draft.name}'s heads do not split over tp={inst.tp}")
+        weights += weight_bytes_per_npu(draft, b, inst.tp, 1)
+        block_bytes += int(engine.block_size * draft.kv_bytes_per_token_per_layer(kv_b, inst.tp) * draft.num_layers)
     reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
                else activation_reserve_bytes(model, engine, inst.tp))
     if cfg.lora.adapters:  # LoRA adapter slots reserved at start-up (frontend/instance/lora.py)
@@ -310,7 +323,7 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                             node=node, num_gpu_blocks=blocks, kv_block_bytes=block_bytes, weight_bytes_per_npu=weights,
                             activation_reserve_bytes=reserve, tiers=tiers, dp=inst.dp,
                             enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
-                            group_dims=group_dims, role=inst.role)
+                            group_dims=group_dims, role=inst.role, draft_model=draft)
 
 
 def _split_dp_dims(prefix: str, inst: InstanceConfig, dims: list[NetworkDim]) -> list[NetworkDim]:

@@ -109,12 +109,21 @@ class EngineConfig(Strict):
     speculative_tokens: int = Field(
         0, ge=0, le=64, description="speculative decoding: draft tokens K proposed per decode step and verified in one "
                                     "pass of width K+1 (0: off)")
-    speculative_method: Literal["eagle", "ngram"] = Field(
+    speculative_method: Literal["eagle", "ngram", "draft_model"] = Field(
         "eagle", description="eagle: a one-layer draft head (EAGLE, arXiv 2401.15077) run K times per step on the "
-                             "accelerator; ngram: prompt-lookup drafts found on the CPU (no accelerator cost)")
+                             "accelerator; ngram: prompt-lookup drafts found on the CPU (no accelerator cost); "
+                             "draft_model: a smaller model (speculative_draft_model) with its own weights and KV")
+    speculative_draft_model: str | None = Field(
+        None, description="draft_model: the draft model (a catalog name or an HF config.json), same TP as the target")
     speculative_acceptance: float = Field(
         0.7, gt=0, lt=1, description="probability that each draft token is accepted, independently per position: "
                                      "a step emits 1 + (accepted prefix) tokens, (1 - a^(K+1)) / (1 - a) on average")
+    @model_validator(mode="after")
+    def _draft_model_named(self) -> EngineConfig:
+        if self.speculative_tokens and self.speculative_method == "draft_model" and not self.speculative_draft_model:
+            raise ValueError("speculative_method: draft_model needs speculative_draft_model")
+        return self
+
     enforce_eager: bool = Field(
         False, description="vLLM --enforce-eager: no CUDA graphs. With CUDA graphs (vLLM's default) the members of "
                            "a DP group pad their batches to the group's largest token count (vLLM's DP padding, "
