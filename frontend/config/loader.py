@@ -109,6 +109,8 @@ class ResolvedInstance:
     # above are then this member's TP dimensions only
     role: str = "mixed"  # prefill | decode | mixed (prefill/decode disaggregation)
     draft_model: ModelSpec | None = None  # speculative decoding with a draft model (its weights and KV are here too)
+    offloaded_weight_bytes_per_npu: int = 0  # placement: layer weights kept in `weights_tier`, streamed each step
+    weights_tier: str | None = None
     dp_group: str | None = None
     dp_rank: int = 0
     group_dims: list[NetworkDim] = field(default_factory=list)
@@ -292,6 +294,18 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
             raise ConfigError(f"engine.speculative_draft_model: {draft.name}'s heads do not split over tp={inst.tp}")
         weights += weight_bytes_per_npu(draft, b, inst.tp, 1)
         block_bytes += int(engine.block_size * draft.kv_bytes_per_token_per_layer(kv_b, inst.tp) * draft.num_layers)
+    offloaded = 0
+    pl = cfg.placement
+    if pl.weights_fraction > 0:
+        if pl.weights_tier not in {t.name for t in cfg.kv.tiers}:
+            raise ConfigError(f"placement.weights_tier: {pl.weights_tier!r} is not a kv.tiers entry (have "
+                              f"{[t.name for t in cfg.kv.tiers]})")
+        if inst.dp > 1 or inst.pp > 1:
+            raise ConfigError(f"{prefix}: placement of weights in a lower tier is simulated for tp-only instances")
+        # the layers' weights (not the embeddings) per NPU: the whole minus the embedding / LM head share
+        emb = model.vocab_size * model.hidden_size * b / inst.tp * (1 if model.tie_word_embeddings else 2)
+        offloaded = int(pl.weights_fraction * (weights - emb))
+        weights -= offloaded
     reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
                else activation_reserve_bytes(model, engine, inst.tp))
     if cfg.lora.adapters:  # LoRA adapter slots reserved at start-up (frontend/instance/lora.py)
@@ -319,11 +333,15 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         if t.scope == "pool" and t.shared_by and name not in t.shared_by and inst.name not in t.shared_by:
             continue
         tiers.append(t)
+    if offloaded and pl.weights_tier not in {t.name for t in tiers}:
+        raise ConfigError(f"placement.weights_tier: pool tier {pl.weights_tier!r} is not shared with {name!r} "
+                          "(kv.tiers shared_by)")
     return ResolvedInstance(name=name, hardware=hw, model=model, engine=engine, tp=inst.tp, pp=inst.pp, dims=dims,
                             node=node, num_gpu_blocks=blocks, kv_block_bytes=block_bytes, weight_bytes_per_npu=weights,
                             activation_reserve_bytes=reserve, tiers=tiers, dp=inst.dp,
                             enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
-                            group_dims=group_dims, role=inst.role, draft_model=draft)
+                            group_dims=group_dims, role=inst.role, draft_model=draft,
+                            offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None)
 
 
 def _split_dp_dims(prefix: str, inst: InstanceConfig, dims: list[NetworkDim]) -> list[NetworkDim]:

@@ -392,6 +392,21 @@ class PDConfig(Strict):
                     "configs/networks/h100-2x4-ib.yaml)")
 
 
+class PlacementConfig(Strict):
+    """Where the weights live: a fraction of every layer's weights in a lower memory tier (FlexGen's per-layer
+    percentage placement, arXiv 2303.06865), streamed to HBM layer by layer every iteration."""
+
+    weights_tier: str | None = Field(None, description="a kv.tiers entry (host DRAM or CXL) holding the offloaded part")
+    weights_fraction: float = Field(0.0, ge=0, le=1, description="fraction of each layer's weights kept there "
+                                                                 "(0: all weights in HBM)")
+
+    @model_validator(mode="after")
+    def _tier_named(self) -> PlacementConfig:
+        if self.weights_fraction > 0 and not self.weights_tier:
+            raise ValueError("weights_fraction > 0 needs weights_tier (the name of a kv.tiers entry)")
+        return self
+
+
 class PolicyConfig(Strict):
     scheduling: Literal["fcfs", "program_fcfs", "plas"] = "fcfs"
     retention: Literal["lru", "ttl_pin", "min_waste", "invocation_distance", "saga"] = Field(
@@ -442,6 +457,7 @@ class RunConfig(Strict):
     moe: MoEConfig = Field(default_factory=MoEConfig)
     pd: PDConfig = Field(default_factory=PDConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     base_dir: Path | None = Field(None, exclude=True)

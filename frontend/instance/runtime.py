@@ -133,6 +133,9 @@ class InstanceRuntime:
             timing = tuple(t.timing_model(inst.num_npus) for t in self.lower_tiers)
         self.layerwise = kv_cfg.layerwise_load if kv_cfg else True
         self.layers_per_stage = len(self.spec.stage_layers(0))
+        # weights in a lower tier (placement): every iteration streams each layer's share, ahead of its attention
+        self.weight_loads = [MemTransfer(inst.weights_tier, inst.offloaded_weight_bytes_per_npu
+                                         // max(1, self.layers_per_stage))] if inst.offloaded_weight_bytes_per_npu else []
         self.system = instance_system(inst, sys_cfg, self.spec, timing)
         self.power = InstancePower(inst.hardware, inst.num_npus)
         self.pins: dict = {}  # program id -> Pin held by a retention policy
@@ -185,8 +188,9 @@ class InstanceRuntime:
         return MicroBatchCost(prologue_ops(c, shape), c.layer_ops(shape), c.epilogue_ops(shape), shape.num_tokens)
 
     def spec_for(self, plan: IterationPlan) -> BuildSpec:
-        """The build spec with this iteration's KV transfers (per NPU, per layer)."""
-        if not plan.kv_moves:
+        """The build spec with this iteration's transfers (per NPU, per layer): KV moves, and the weights a
+        placement keeps in a lower tier, streamed layer by layer every iteration."""
+        if not plan.kv_moves and not self.weight_loads:
             return self.spec
         per_block_layer = self.inst.kv_block_bytes // max(1, self.layers_per_stage)
         loads: dict[str, int] = {}
@@ -197,7 +201,7 @@ class InstanceRuntime:
         return BuildSpec(num_layers=self.spec.num_layers, tp=self.spec.tp, pp=self.spec.pp,
                          hidden_size=self.spec.hidden_size, act_dtype_bytes=self.spec.act_dtype_bytes,
                          tp_involved_dims=self.spec.tp_involved_dims,
-                         loads=[MemTransfer(t, n * per_block_layer) for t, n in sorted(loads.items())],
+                         loads=self.weight_loads + [MemTransfer(t, n * per_block_layer) for t, n in sorted(loads.items())],
                          stores=[MemTransfer(t, n * per_block_layer) for t, n in sorted(stores.items())])
 
     def graphs_for(self, plan: IterationPlan, spec: BuildSpec | None = None) -> list[Graph]:

@@ -88,6 +88,14 @@ def build_tiers(tier_cfgs: list[TierConfig], instances) -> dict[str, list[LowerT
             key = (t.name,) if t.scope == "pool" else (t.name, inst.node) if t.scope == "node" else (t.name, inst.name)
             if key not in shared:
                 shared[key] = LowerTier(t, int(t.capacity_gib * GIB))
+            if getattr(inst, "weights_tier", None) == t.name:  # offloaded weights take their share first
+                tier = shared[key]
+                tier.capacity_bytes -= inst.offloaded_weight_bytes_per_npu * inst.num_npus
+                if tier.capacity_bytes < 0:
+                    from frontend.errors import ConfigError
+
+                    raise ConfigError(f"placement.weights_fraction: the weights offloaded to {t.name!r} exceed its "
+                                      f"{t.capacity_gib} GiB (kv.tiers {t.name}.capacity_gib)")
             tiers.append(shared[key])
         out[inst.name] = tiers
     return out
