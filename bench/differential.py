@@ -366,6 +366,12 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
     add("dp4 ep4 all-to-all 2-D qwen3-30b", "serving EP all-to-all", "Qwen3-30B-A3B",
         {"dp": 4, **ep, "network": dims(("Switch", 2, 450.0, 500.0, "direct"), ("Switch", 2, 50.0, 2000.0, "ring"))})
     out[-1][2]["moe"] = {"routing": "random", "dispatch": "all_to_all"}
+    # weights partly in a CXL tier (placement): each layer's share streamed every iteration
+    add("tp2 weights 30% cxl llama70b", "weight placement", "Llama-3.1-70B",
+        {"tp": 2, "network": dims(("Switch", 2, 450.0, 500.0, "direct"))})
+    out[-1][2]["kv"] = {"tiers": [{"name": "cxl", "kind": "cxl", "capacity_gib": 256, "bw_gbps": 45,
+                                   "latency_ns": 250, "scope": "instance"}]}
+    out[-1][2]["placement"] = {"weights_tier": "cxl", "weights_fraction": 0.3}
     # prefill/decode disaggregation: the iterations of both instances and the KV transfers between them
     add("pd 1p1d tp4 ib llama70b", "serving PD", "Llama-3.1-70B",
         {"tp": 4, "role": "prefill", "node": 0, "network": {"preset": "h100-nvlink-4"}})
