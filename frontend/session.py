@@ -222,6 +222,34 @@ class ChakraDumper(IterationHook):
             "per_rank_finish_ns": r.per_rank_finish_ns, "duration_ns": r.duration_ns}, indent=2) + "\n")
 
 
+def _acceptance_trace(run: ResolvedRun, path: str) -> dict[str, float]:
+    """engine.speculative_acceptance_trace: JSONL {request_id, acceptance in [0, 1)}, relative to the run file."""
+    import json
+
+    from frontend.workload.jsonl import WorkloadError
+
+    p = Path(path)
+    if not p.is_absolute() and run.config.base_dir is not None:
+        p = run.config.base_dir / p
+    if not p.is_file():
+        raise WorkloadError(f"engine.speculative_acceptance_trace: {path!r} is not a file")
+    out: dict[str, float] = {}
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"engine.speculative_acceptance_trace: {p}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise WorkloadError(f"{where}: not valid JSON ({e.msg})") from None
+        a = obj.get("acceptance") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or "request_id" not in obj or isinstance(a, bool) \
+                or not isinstance(a, (int, float)) or not 0 <= a < 1:
+            raise WorkloadError(f"{where}: expected {{request_id, acceptance}} with acceptance in [0, 1)")
+        out[str(obj["request_id"])] = float(a)
+    return out
+
+
 def _expert_trace(run: ResolvedRun, path: str, num_experts: int):
     """moe.expert_trace, relative to the run file; a bad file is a WorkloadError naming file:line and field."""
     from frontend.compute.moe_routing import ExpertTrace
@@ -245,6 +273,7 @@ def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], No
     tiers = build_tiers(run.config.kv.tiers, run.instances)
     insts = []
     traces: dict = {}  # model name -> its expert trace (moe.routing: trace), read once
+    accept = None  # request id -> speculative acceptance rate (engine.speculative_acceptance_trace), read once
     for ri in run.instances:
         cm = make_compute_model(ri, run.config.compute, base_dir=run.config.base_dir, warn=warn)
         if ri.enable_expert_parallel:
@@ -275,6 +304,10 @@ def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], No
         rt = InstanceRuntime(ri, cm, backend, run.config.backend.system, tiers=tiers[ri.name], kv_cfg=run.config.kv)
         if k:  # the draft acceptance draws: the run's seed and the instance
             rt.scheduler.spec_rng.seed(f"{run.config.seed if seed is None else seed}:{ri.name}:speculative")
+            if ri.engine.speculative_acceptance_trace:
+                if accept is None:
+                    accept = _acceptance_trace(run, ri.engine.speculative_acceptance_trace)
+                rt.scheduler.spec_accept_by_request = accept
         if run.config.lora.adapters:
             rt.scheduler.max_loras = run.config.lora.max_loras
         insts.append(rt)

@@ -100,3 +100,31 @@ def test_a_draft_model_costs_its_forward_passes_and_its_memory():
     with pytest.raises(Exception, match="speculative_draft_model"):
         d["engine"].pop("speculative_draft_model")
         resolve(parse_config(d, "x.yaml"))
+
+
+def test_per_position_rates_and_per_request_rates_from_a_trace(tmp_path):
+    import json
+
+    from frontend.config.loader import ConfigError
+
+    # per position: the second draft is never accepted, so a pass emits at most 2 tokens
+    res, s = _summary(_run(3, [0.9, 0.0, 0.5], out_mean=300))
+    sp = s["speculative"]
+    assert sp["expected_tokens_per_pass"] == pytest.approx(1 + 0.9)
+    assert sp["tokens_per_pass"] == pytest.approx(1.9, rel=0.05) and sp["tokens_per_pass"] <= 2.0
+    with pytest.raises(ConfigError, match="3 per-position rates for speculative_tokens = 2"):
+        _run(2, [0.5, 0.5, 0.5])
+    # per request: a trace naming half the requests with acceptance 0 (one token a pass)
+    p = tmp_path / "acc.jsonl"
+    p.write_text("".join(json.dumps({"request_id": f"req-{i}", "acceptance": 0.0}) + "\n" for i in range(0, 40, 2)))
+    d = small_run_dict()
+    d["engine"] = {**d["engine"], "speculative_tokens": 4, "speculative_acceptance": 0.9,
+                   "speculative_acceptance_trace": str(p)}
+    d["workload"]["num_requests"] = 40
+    res, s = _summary(resolve(parse_config(d, "x.yaml")))
+    assert 1.0 < s["speculative"]["tokens_per_pass"] < (1 - 0.9 ** 5) / 0.1
+    p.write_text(json.dumps({"request_id": "req-0", "acceptance": 1.5}) + "\n")
+    from frontend.workload.jsonl import WorkloadError
+
+    with pytest.raises(WorkloadError, match="acceptance in \\[0, 1\\)"):
+        _summary(resolve(parse_config(d, "x.yaml")))

@@ -115,13 +115,21 @@ class EngineConfig(Strict):
                              "draft_model: a smaller model (speculative_draft_model) with its own weights and KV")
     speculative_draft_model: str | None = Field(
         None, description="draft_model: the draft model (a catalog name or an HF config.json), same TP as the target")
-    speculative_acceptance: float = Field(
-        0.7, gt=0, lt=1, description="probability that each draft token is accepted, independently per position: "
-                                     "a step emits 1 + (accepted prefix) tokens, (1 - a^(K+1)) / (1 - a) on average")
+    speculative_acceptance: Annotated[float, Field(gt=0, lt=1)] | list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        0.7, description="probability that a draft token is accepted given the ones before it were: one rate for "
+                         "every position, or one per position 1..K; a step emits 1 + (accepted prefix) tokens, "
+                         "(1 - a^(K+1)) / (1 - a) on average for one rate")
+    speculative_acceptance_trace: str | None = Field(
+        None, description="per-request acceptance rates: JSONL {request_id, acceptance} (relative to the run file); "
+                          "requests it does not name use speculative_acceptance")
     @model_validator(mode="after")
     def _draft_model_named(self) -> EngineConfig:
         if self.speculative_tokens and self.speculative_method == "draft_model" and not self.speculative_draft_model:
             raise ValueError("speculative_method: draft_model needs speculative_draft_model")
+        a = self.speculative_acceptance
+        if isinstance(a, list) and self.speculative_tokens and len(a) != self.speculative_tokens:
+            raise ValueError(f"speculative_acceptance: {len(a)} per-position rates for speculative_tokens = "
+                             f"{self.speculative_tokens}")
         return self
 
     enforce_eager: bool = Field(

@@ -94,7 +94,9 @@ class Scheduler:
         # accepted prefix plus one token (engine.speculative_*); width 1 is plain decoding
         self.spec_k = engine.speculative_tokens
         self.width = 1 + self.spec_k
-        self.spec_accept = engine.speculative_acceptance
+        a = engine.speculative_acceptance
+        self.spec_accept = list(a) if isinstance(a, list) else [a] * self.spec_k  # per draft position
+        self.spec_accept_by_request: dict[str, float] = {}  # speculative_acceptance_trace
         self.spec_rng = random.Random(f"{name}:speculative")  # reseeded by the runtime with the run's seed
         self.spec_steps = 0  # decode-sequence verify passes
         self.max_loras = 0  # LoRA: at most this many distinct adapters in a batch (0: no limit; frontend/instance/lora.py)
@@ -584,8 +586,10 @@ class Scheduler:
         the width - 1 drafts, each draft accepted with probability a independently (stopping at the first
         rejection), all kept up to the request's output length. True when the request finished."""
         acc = 1
-        rnd, a = self.spec_rng.random, self.spec_accept
-        while acc < width and rnd() < a:
+        rnd = self.spec_rng.random
+        own = self.spec_accept_by_request.get(req.request_id)
+        rates = self.spec_accept if own is None else [own] * self.spec_k
+        while acc < width and rnd() < rates[acc - 1]:
             acc += 1
         d = min(req.output_tokens, req.num_output_done + acc)
         acc = d - req.num_output_done

@@ -80,17 +80,25 @@ def rejection_summary(result: RunResult) -> dict[str, Any]:
 
 def speculative_summary(result: RunResult) -> dict[str, Any]:
     """Speculative decoding: verify passes of decode sequences, tokens they emitted, and the expected tokens per
-    pass for i.i.d. acceptance a and K drafts, (1 - a^(K+1)) / (1 - a) (the output-length cap lowers the mean)."""
+    pass, 1 + sum_i prod_{j<=i} a_j ((1 - a^(K+1)) / (1 - a) for one rate; the output-length cap lowers the mean)."""
     scheds = [i.scheduler for i in result.instances if i.scheduler.spec_k]
     if not scheds:
         return {}
     eng = result.instances[0].inst.engine
-    k, a = eng.speculative_tokens, eng.speculative_acceptance
+    k = eng.speculative_tokens
+    rates = scheds[0].spec_accept
     steps = sum(s.spec_steps for s in scheds)
     toks = sum(s.spec_tokens for s in scheds)
-    return {"method": eng.speculative_method, "draft_tokens": k, "acceptance": a, "verify_passes": steps,
-            "tokens_emitted": toks, "tokens_per_pass": round(toks / steps, 6) if steps else 0.0,
-            "expected_tokens_per_pass": round((1 - a ** (k + 1)) / (1 - a), 6)}
+    expect, reach = 1.0, 1.0  # E[tokens] = 1 + sum over positions of P(all drafts up to it accepted)
+    for r in rates:
+        reach *= r
+        expect += reach
+    out = {"method": eng.speculative_method, "draft_tokens": k, "acceptance": eng.speculative_acceptance,
+           "verify_passes": steps, "tokens_emitted": toks, "tokens_per_pass": round(toks / steps, 6) if steps else 0.0,
+           "expected_tokens_per_pass": round(expect, 6)}
+    if eng.speculative_acceptance_trace:
+        out["expected_tokens_per_pass_note"] = "for the configured rates; traced requests use their own"
+    return out
 
 
 def cost_summary(result: RunResult, output_tokens: int, duration_s: float) -> dict[str, Any]:
