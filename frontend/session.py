@@ -224,28 +224,16 @@ class ChakraDumper(IterationHook):
 
 def _acceptance_trace(run: ResolvedRun, path: str) -> dict[str, float]:
     """engine.speculative_acceptance_trace: JSONL {request_id, acceptance in [0, 1)}, relative to the run file."""
-    import json
+    from frontend.workload.jsonl import WorkloadError, json_objects
+    from frontend.workload.sources import resolve_path
 
-    from frontend.workload.jsonl import WorkloadError
-
-    p = Path(path)
-    if not p.is_absolute() and run.config.base_dir is not None:
-        p = run.config.base_dir / p
-    if not p.is_file():
-        raise WorkloadError(f"engine.speculative_acceptance_trace: {path!r} is not a file")
+    field = "engine.speculative_acceptance_trace"
     out: dict[str, float] = {}
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"engine.speculative_acceptance_trace: {p}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise WorkloadError(f"{where}: not valid JSON ({e.msg})") from None
+    for where, obj in json_objects(resolve_path(run, path, field), field):
         a = obj.get("acceptance") if isinstance(obj, dict) else None
         if not isinstance(obj, dict) or "request_id" not in obj or isinstance(a, bool) \
                 or not isinstance(a, (int, float)) or not 0 <= a < 1:
-            raise WorkloadError(f"{where}: expected {{request_id, acceptance}} with acceptance in [0, 1)")
+            raise WorkloadError(f"{field}: {where}: expected {{request_id, acceptance}} with acceptance in [0, 1)")
         out[str(obj["request_id"])] = float(a)
     return out
 
@@ -254,14 +242,10 @@ def _expert_trace(run: ResolvedRun, path: str, num_experts: int):
     """moe.expert_trace, relative to the run file; a bad file is a WorkloadError naming file:line and field."""
     from frontend.compute.moe_routing import ExpertTrace
     from frontend.workload.jsonl import WorkloadError
+    from frontend.workload.sources import resolve_path
 
-    p = Path(path)
-    if not p.is_absolute() and run.config.base_dir is not None:
-        p = run.config.base_dir / p
-    if not p.is_file():
-        raise WorkloadError(f"moe.expert_trace: {path!r} is not a file")
     try:
-        return ExpertTrace(p, num_experts)
+        return ExpertTrace(resolve_path(run, path, "moe.expert_trace"), num_experts)
     except ValueError as e:
         raise WorkloadError(f"moe.expert_trace: {e}") from None
 

@@ -268,25 +268,12 @@ class ExpertTrace:
     """
 
     def __init__(self, path, num_experts: int) -> None:
-        import json
-        from pathlib import Path
+        from frontend.workload.jsonl import json_objects
 
         self.num_experts = num_experts
         self.uniform = np.full(num_experts, 1.0 / num_experts)
         self.by_request: dict[str, np.ndarray] = {}
-        p = Path(path)
-        try:
-            lines = p.read_text().splitlines()
-        except OSError as e:
-            raise ValueError(f"{p}: cannot read the expert trace ({e.strerror})") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        for where, obj in json_objects(path, "moe.expert_trace"):
             if not isinstance(obj, dict) or "request_id" not in obj or "experts" not in obj:
                 raise ValueError(f"{where}: expected an object with 'request_id' and 'experts'")
             h = np.zeros(num_experts)

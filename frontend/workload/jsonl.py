@@ -8,6 +8,7 @@ tool_duration_ns, input_tok_ids?, output_tok_ids?}, ...]}
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,19 @@ def parse_json_line(raw: bytes | str, where: str) -> Any:
         raise WorkloadError(f"{where}: not valid JSON ({e.msg})") from None
     except (ValueError, RecursionError) as e:
         raise WorkloadError(f"{where}: not valid JSON ({e})") from None
+
+
+def json_objects(path: Path, what: str) -> Iterator[tuple[str, Any]]:
+    """(file:line, value) of each non-blank line of a JSONL side file (expert histograms, acceptance rates);
+    an unreadable file or a bad line is a WorkloadError naming `what` and where."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise WorkloadError(f"{what}: {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            where = f"{path}:{n}"
+            yield where, parse_json_line(line, f"{what}: {where}")
 
 
 @dataclass
