@@ -244,8 +244,11 @@ def _expert_trace(run: ResolvedRun, path: str, num_experts: int):
     from frontend.workload.jsonl import WorkloadError
     from frontend.workload.sources import resolve_path
 
+    where = resolve_path(run, path, "moe.expert_trace")
     try:
-        return ExpertTrace(resolve_path(run, path, "moe.expert_trace"), num_experts)
+        return ExpertTrace(where, num_experts)
+    except WorkloadError:
+        raise  # already names the field and the line
     except ValueError as e:
         raise WorkloadError(f"moe.expert_trace: {e}") from None
 
