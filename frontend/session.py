@@ -280,14 +280,14 @@ def build_instances(run: ResolvedRun, backend: Backend, warn: Callable[[str], No
 
             cm = LoRACompute(cm, ri.model, ri.tp, ri.pp, run.config.lora, ri.dtype_bytes)
         k = ri.engine.speculative_tokens
-        if k and ri.engine.speculative_method in ("eagle", "draft_model"):
+        if k and ri.engine.speculative_method != "ngram":  # n-gram lookup runs on the CPU
             from frontend.compute.speculative import SpeculativeCompute
 
             draft = None
             if ri.draft_model is not None:
                 draft = Roofline(ri.draft_model, ri.hardware, ri.engine.dtype, ri.tp,
                                  None if ri.engine.kv_cache_dtype == "auto" else ri.engine.kv_cache_dtype)
-            cm = SpeculativeCompute(cm, k, draft)
+            cm = SpeculativeCompute(cm, k, draft, ri.engine.speculative_method)
         rt = InstanceRuntime(ri, cm, backend, run.config.backend.system, tiers=tiers[ri.name], kv_cfg=run.config.kv)
         if k:  # the draft acceptance draws: the run's seed and the instance
             rt.scheduler.spec_rng.seed(f"{run.config.seed if seed is None else seed}:{ri.name}:speculative")

@@ -294,6 +294,15 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
             raise ConfigError(f"engine.speculative_draft_model: {draft.name}'s heads do not split over tp={inst.tp}")
         weights += weight_bytes_per_npu(draft, b, inst.tp, 1)
         block_bytes += int(engine.block_size * draft.kv_bytes_per_token_per_layer(kv_b, inst.tp) * draft.num_layers)
+    if engine.speculative_tokens and engine.speculative_method in ("eagle", "mtp"):
+        # the draft head's weights are resident and each block holds its layers' KV too (frontend/compute/drafters.py)
+        from frontend.compute.drafters import head_memory
+
+        if engine.speculative_method == "mtp":
+            _check_mtp(engine, model)
+        head = head_memory(engine.speculative_method, model, b, inst.tp, ep, inst.enable_expert_parallel)
+        weights += head.weight_bytes_per_npu
+        block_bytes += int(engine.block_size * model.kv_bytes_per_token_per_layer(kv_b, inst.tp) * head.kv_layers)
     offloaded = 0
     pl = cfg.placement
     if pl.weights_fraction > 0:
@@ -344,6 +353,29 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                             offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None)
 
 
+def _check_mtp(engine: EngineConfig, model: ModelSpec) -> None:
+    """speculative_method: mtp drafts with the model's own MTP modules: K of them, or reused in turn.
+
+    vLLM accepts num_speculative_tokens above the modules' count n_predict only as a multiple of it and then
+    runs module i mod n_predict for position i (vllm/config/speculative.py: "Ensure divisibility for MTP
+    module reuse"). A reused module was trained for a different depth, so its acceptance is the user's to
+    state: reuse is opt-in here (speculative_mtp_reuse), with vLLM's divisibility rule.
+    """
+    k, n = engine.speculative_tokens, model.mtp_modules
+    if n == 0:
+        raise ConfigError(f"engine.speculative_method: mtp needs multi-token-prediction modules, but model {model.name} "
+                          "has none (num_nextn_predict_layers or mtp_modules in its catalog entry)")
+    if k <= n:
+        return
+    if not engine.speculative_mtp_reuse:
+        raise ConfigError(f"engine.speculative_tokens: {k} draft tokens but model {model.name} has {n} MTP module(s); "
+                          f"use speculative_tokens <= {n}, or speculative_mtp_reuse: true to run the modules again in "
+                          "turn (as vLLM does)")
+    if k % n:
+        raise ConfigError(f"engine.speculative_tokens: with speculative_mtp_reuse, {k} must be a multiple of the model's "
+                          f"{n} MTP modules (vLLM's rule)")
+
+
 def _split_dp_dims(prefix: str, inst: InstanceConfig, dims: list[NetworkDim]) -> list[NetworkDim]:
     """The TP dimensions of a DP group's network: the group spans dp x tp NPUs, TP ranks innermost (vLLM
     orders ranks DP-major: global rank = dp_rank * tp + tp_rank), so the first dimensions must hold
@@ -379,6 +411,9 @@ def _check_dp_group(prefix: str, inst: InstanceConfig, ri: ResolvedInstance, cfg
                           "enable_expert_parallel: true")
     if ri.tiers:
         raise ConfigError(f"{prefix}: kv.tiers with a DP group (dp={inst.dp}) are not simulated; drop the tiers or dp")
+    if ri.engine.speculative_tokens:
+        raise ConfigError(f"{prefix}: speculative decoding in a DP group of MoE engines (dp={inst.dp}) is not simulated "
+                          "(the group's lockstep step does not cost the draft); use dp: 1 or speculative_tokens: 0")
 
 
 def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:

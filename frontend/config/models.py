@@ -46,6 +46,11 @@ class ModelSpec:
     # leading decoder layers with a dense MLP (intermediate_size) before the MoE layers (DeepSeek's
     # `first_k_dense_replace`; vLLM: layer i is MoE iff i >= first_k_dense_replace); 0 for all-MoE models
     first_k_dense_replace: int = 0
+    # multi-token-prediction modules shipped with the checkpoint (DeepSeek-V3 tech. report, arXiv 2412.19437
+    # sec. 2.2: D sequential modules, each a projection 2d -> d and one transformer block; embedding and output
+    # head shared with the main model): HF `num_nextn_predict_layers` (DeepSeek-V3: 1), or a catalog entry's
+    # own `mtp_modules`; 0 when the model has none
+    mtp_modules: int = 0
 
     @property
     def is_moe(self) -> bool:
@@ -230,7 +235,7 @@ def load_model_spec(path: Path) -> ModelSpec:
         raise ConfigError(f"{path}: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kvh})")
     for key in ("head_dim", "intermediate_size", "num_experts", "num_local_experts", "n_routed_experts",
                 "num_experts_per_tok", "moe_intermediate_size", "max_position_embeddings",
-                "shared_expert_intermediate_size", "n_shared_experts"):
+                "shared_expert_intermediate_size", "n_shared_experts", "num_nextn_predict_layers", "mtp_modules"):
         _count(raw, key, path, required=False, minimum=0)
     mla = {k: _count(raw, k, path, required=False, minimum=0) for k in _MLA_KEYS}
     if mla["kv_lora_rank"]:
@@ -283,5 +288,7 @@ def load_model_spec(path: Path) -> ModelSpec:
         default_dtype=dtype,
         model_type=str(raw.get("model_type") or ""),
         first_k_dense_replace=first_dense if n_exp else 0,
+        mtp_modules=int(raw["mtp_modules"] if raw.get("mtp_modules") is not None
+                        else raw.get("num_nextn_predict_layers") or 0),
         **mla,
     )

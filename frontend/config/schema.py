@@ -109,10 +109,15 @@ class EngineConfig(Strict):
     speculative_tokens: int = Field(
         0, ge=0, le=64, description="speculative decoding: draft tokens K proposed per decode step and verified in one "
                                     "pass of width K+1 (0: off)")
-    speculative_method: Literal["eagle", "ngram", "draft_model"] = Field(
+    speculative_method: Literal["eagle", "mtp", "ngram", "draft_model"] = Field(
         "eagle", description="eagle: a one-layer draft head (EAGLE, arXiv 2401.15077) run K times per step on the "
-                             "accelerator; ngram: prompt-lookup drafts found on the CPU (no accelerator cost); "
+                             "accelerator; mtp: the model's own multi-token-prediction modules (DeepSeek-V3, arXiv "
+                             "2412.19437 sec. 2.2; the model entry's num_nextn_predict_layers / mtp_modules); "
+                             "ngram: prompt-lookup drafts found on the CPU (no accelerator cost); "
                              "draft_model: a smaller model (speculative_draft_model) with its own weights and KV")
+    speculative_mtp_reuse: bool = Field(
+        False, description="mtp: allow speculative_tokens above the model's MTP modules by running them again in "
+                           "turn (position i uses module i mod D), as vLLM does when K is a multiple of D")
     speculative_draft_model: str | None = Field(
         None, description="draft_model: the draft model (a catalog name or an HF config.json), same TP as the target")
     speculative_acceptance: Annotated[float, Field(gt=0, lt=1)] | list[Annotated[float, Field(ge=0, le=1)]] = Field(

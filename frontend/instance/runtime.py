@@ -106,6 +106,7 @@ class TimingBase:
     tensor_bytes: int
     num_ranks: int
     num_layers: int
+    draft_ns: int = 0  # the speculative drafter's operator in this step (the same in its closed-form steps)
 
 
 class InstanceRuntime:
@@ -150,6 +151,9 @@ class InstanceRuntime:
         self.closed_form_steps = 0
         self._base: TimingBase | None = None
         self._begin_step = getattr(compute, "begin_step", None)  # step-keyed compute (expert routing samples)
+        # speculative decoding: the drafter's operator, summed over steps (the draft overhead share)
+        self._draft_op = getattr(compute, "draft_op", None)
+        self.draft_ns = 0
         self.unit = None  # the cluster unit that steps this instance (frontend/cluster.py), set by the engine
 
     @property
@@ -235,6 +239,7 @@ class InstanceRuntime:
             out = self._closed_form(plan, self._base)
             if out is not None:
                 self.closed_form_steps += 1
+                self.draft_ns += self._base.draft_ns
                 return out
         spec = self.spec_for(plan)
         shape = self.shape_of(plan)
@@ -242,11 +247,15 @@ class InstanceRuntime:
         graphs = build_graphs(spec, mbs)
         result = self.backend.run(self.system, graphs, start_ns=now_ns)
         out = StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs)
-        self._base = self._timing_base(plan, spec, mbs[0], graphs, out) if self.run_ahead else None
+        draft = 0
+        if self._draft_op is not None:
+            draft = sum(o.duration_ns for mb in mbs for o in mb.epilogue if o.name == self._draft_op)
+            self.draft_ns += draft
+        self._base = self._timing_base(plan, spec, mbs[0], graphs, out, draft) if self.run_ahead else None
         return out
 
     def _timing_base(self, plan: IterationPlan, spec: BuildSpec, cost: MicroBatchCost, graphs: list[Graph],
-                     out: StepOutcome) -> TimingBase | None:
+                     out: StepOutcome, draft_ns: int = 0) -> TimingBase | None:
         """This step as the base of closed-form steps, when it is a decode step the backend timed as a plain
         compute/collective chain (one stage, no KV traffic, nothing but compute and collectives in the result)."""
         r = out.result
@@ -257,7 +266,8 @@ class InstanceRuntime:
         names = [op.name for op in cost.layer]
         if names.count("attention") != 1:
             return None
-        return TimingBase(cost, names.index("attention"), r, out.tensor_bytes, out.num_ranks, spec.num_layers)
+        return TimingBase(cost, names.index("attention"), r, out.tensor_bytes, out.num_ranks, spec.num_layers,
+                          draft_ns)
 
     def _closed_form(self, plan: IterationPlan, base: TimingBase) -> StepOutcome | None:
         """The step's outcome from the base step's, or None when an operator other than attention changed."""

@@ -79,8 +79,9 @@ def rejection_summary(result: RunResult) -> dict[str, Any]:
 
 
 def speculative_summary(result: RunResult) -> dict[str, Any]:
-    """Speculative decoding: verify passes of decode sequences, tokens they emitted, and the expected tokens per
-    pass, 1 + sum_i prod_{j<=i} a_j ((1 - a^(K+1)) / (1 - a) for one rate; the output-length cap lowers the mean)."""
+    """Speculative decoding: verify passes of decode sequences, tokens they emitted, the expected tokens per
+    pass, 1 + sum_i prod_{j<=i} a_j ((1 - a^(K+1)) / (1 - a) for one rate; the output-length cap lowers the mean),
+    and the draft overhead share: the drafter's operator time over the speculating instances' busy time."""
     scheds = [i.scheduler for i in result.instances if i.scheduler.spec_k]
     if not scheds:
         return {}
@@ -93,9 +94,16 @@ def speculative_summary(result: RunResult) -> dict[str, Any]:
     for r in rates:
         reach *= r
         expect += reach
+    # the drafter's share of the speculative instances' busy time (its `spec_draft` operator in their steps;
+    # 0 for n-gram lookup, which runs on the CPU)
+    spec_insts = [i for i in result.instances if i.scheduler.spec_k]
+    draft = sum(i.draft_ns for i in spec_insts)
+    per = result.iterations.per_instance
+    busy = sum(per[i.name].busy_ns for i in spec_insts if i.name in per)
     out = {"method": eng.speculative_method, "draft_tokens": k, "acceptance": eng.speculative_acceptance,
            "verify_passes": steps, "tokens_emitted": toks, "tokens_per_pass": round(toks / steps, 6) if steps else 0.0,
-           "expected_tokens_per_pass": round(expect, 6)}
+           "expected_tokens_per_pass": round(expect, 6),
+           "draft_ms": round(draft / 1e6, 6), "draft_overhead_share": round(draft / busy, 6) if busy else 0.0}
     if eng.speculative_acceptance_trace:
         out["expected_tokens_per_pass_note"] = "for the configured rates; traced requests use their own"
     return out
