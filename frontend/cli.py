@@ -515,6 +515,9 @@ def profile_cmd(
     sizes: Annotated[str, typer.Option(help="--collectives: sizes, e.g. 1K-256M (doubling) or 4K,64K,1M")] = "1K-256M",
     ranks: Annotated[str | None, typer.Option(help="--collectives: rank counts, e.g. 2,4 (default 2..GPUs)")] = None,
     collective_iters: Annotated[int, typer.Option(help="--collectives: timed samples per size")] = 50,
+    lora_ranks: Annotated[str | None, typer.Option(help="also time the batched LoRA kernels into lora.csv at these "
+                                                   "ranks, e.g. 8,16,32,64")] = None,
+    lora_adapters: Annotated[str, typer.Option(help="--lora-ranks: distinct adapters per batch to time")] = "1,4,16",
 ) -> None:
     """Measure dense / per-sequence / attention latency tables (or, with --collectives, collective
     latencies) with PyTorch and write a bundle."""
@@ -547,6 +550,17 @@ def profile_cmd(
     if model is None:
         fail("--model is required (unless --collectives)")
         return
+    ranks_l = adapters_l = None
+    if lora_ranks is not None:
+        try:
+            ranks_l = [int(x) for x in lora_ranks.split(",") if x.strip()]
+            adapters_l = [int(x) for x in lora_adapters.split(",") if x.strip()]
+        except ValueError:
+            fail(f"--lora-ranks / --lora-adapters: comma-separated integers, got {lora_ranks!r} / {lora_adapters!r}")
+            return
+        if not ranks_l or not adapters_l or min(ranks_l + adapters_l) < 1:
+            fail("--lora-ranks / --lora-adapters: at least one value each, all >= 1")
+            return
     try:
         try:
             spec = load_model_spec(find_catalog_file(model, "models", None))
@@ -554,7 +568,8 @@ def profile_cmd(
             raise ConfigError(f"--model: {e}") from None
         show = sys.stderr.isatty()
         path = profile(spec, device, out, dtype, tp, max_tokens, max_seqs, max_kv, iters, hardware=hardware,
-                       progress=(lambda s: _console(stderr=True).print(s, end="\r")) if show else None)
+                       progress=(lambda s: _console(stderr=True).print(s, end="\r")) if show else None,
+                       lora_ranks=ranks_l, lora_adapters=adapters_l)
     except (ConfigError, RuntimeError, ValueError) as e:
         fail(str(e))
         return

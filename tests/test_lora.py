@@ -108,3 +108,94 @@ def test_lora_affinity_routes_to_an_instance_holding_the_adapter():
     aff, aff_loads = run("lora_affinity")
     assert rr_loads == 4  # alternating instances: each adapter's second request finds it on the other one
     assert aff_loads == 2 and aff["r2"] == aff["r1"] and aff["r3"] == aff["r0"]
+
+
+# ---- the measured LoRA kernels (a profile bundle's lora.csv) ----
+TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 1000, "max_position_embeddings": 4096,
+        "torch_dtype": "float32"}
+
+
+def test_lora_table_lookup_interpolates_and_is_monotone():
+    from frontend.compute.errors import ProfileError
+    from frontend.compute.lora_table import LoRATable
+
+    rows = [("o_proj", r, a, t, float(r * t + 10 * a)) for r in (8, 16) for a in (1, 4) for t in (1, 2, 4)]
+    rows = [x if (x[1], x[2], x[3]) != (16, 4, 2) else (*x[:4], 1.0) for x in rows]  # a noisy dip
+    warned = []
+    tab = LoRATable(rows, "t.csv", lambda *a: warned.append(a[0]))
+    assert tab.time_ns("o_proj", 8, 1, 2) == 26.0  # a grid point
+    assert tab.time_ns("o_proj", 12, 1, 3) == pytest.approx((8 * 3 + 10 + 16 * 3 + 10) / 2)  # linear on both axes
+    assert tab.time_ns("o_proj", 16, 4, 2) >= tab.time_ns("o_proj", 16, 4, 1)  # the dip is lifted
+    assert tab.time_ns("o_proj", 8, 1, 8) == 8 * 8 + 10 and warned == ["lora.tokens"]  # extrapolated, told once
+    with pytest.raises(ProfileError, match=r"lora.target_modules \['qkv_proj'\] are not profiled"):
+        tab.check_modules(["o_proj", "qkv_proj"])
+
+
+def test_profiler_writes_the_lora_table_and_the_compute_model_reads_it(tmp_path):
+    import csv
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    pytest.importorskip("torch")
+    from frontend.cli import app
+    from frontend.compute.batch import BatchShape
+    from frontend.instance.lora import LoRACompute, module_dims
+    from frontend.session import build_instances, make_backend
+
+    model = tmp_path / "tiny.json"
+    model.write_text(json.dumps(TINY))
+    bundle = tmp_path / "bundle"
+    r = CliRunner().invoke(app, ["profile", "--model", str(model), "--device", "cpu", "--dtype", "fp32", "--out",
+                                 str(bundle), "--max-tokens", "32", "--max-seqs", "4", "--max-kv", "64", "--iters", "1",
+                                 "--lora-ranks", "4,8,16", "--lora-adapters", "1,4"])
+    assert r.exit_code == 0, r.output
+    tdir = bundle / "fp32" / "tp1"
+    with (tdir / "lora.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["module", "rank", "adapters", "tokens", "time_us"]
+    assert len(rows) == 4 * 3 * 2 * 6 and all(float(x["time_us"]) > 0 for x in rows)  # tokens 1..32 doubling
+    meta = yaml.safe_load((bundle / "fp32" / "meta.yaml").read_text())
+    assert meta["lora"]["ranks"] == [4, 8, 16] and meta["lora"]["adapters"] == [1, 4]
+
+    def run_of(rank: int):
+        d = {"name": "tiny", "model": str(model), "instances": [{"name": "cpu", "hardware": "RTX4090"}],
+             "engine": {"dtype": "fp32", "max_num_seqs": 8, "max_num_batched_tokens": 64, "max_model_len": 512},
+             "compute": {"kind": "profile", "profile": str(bundle)},
+             "lora": {"adapters": 4, "rank": rank, "max_loras": 4},
+             "workload": {"kind": "synthetic", "num_requests": 12,
+                          "prompt_tokens": {"dist": "uniform", "low": 10, "high": 30, "max": 40},
+                          "output_tokens": {"dist": "uniform", "low": 2, "high": 8, "max": 10}}}
+        return resolve(parse_config(d, "x.yaml"))
+
+    def lora_ns(rank: int, tokens: int, active: int = 2) -> int:
+        run = run_of(rank)
+        lc = build_instances(run, make_backend(run))[0].compute
+        assert isinstance(lc, LoRACompute)
+        lc.active = active
+        return next(o for o in lc.layer_ops(BatchShape(q=[tokens], ctx=[0], num_sampled=1)) if o.name == "lora").duration_ns
+
+    run = run_of(8)
+    lc = build_instances(run, make_backend(run))[0].compute
+    assert lc.table is not None
+    assert lora_ns(8, 4) == int(sum(lc.table.time_ns(m, 8, 2, 4) for m in lc.modules))
+    grid = [[lora_ns(r, t) for t in (1, 3, 8, 20, 32)] for r in (4, 6, 8, 16)]
+    assert all(row == sorted(row) for row in grid)  # monotone in tokens
+    assert all(list(col) == sorted(col) for col in zip(*grid, strict=True))  # and in rank
+    res, extra = simulate(run)
+    assert summarize(res, extra)["completed"] == 12
+
+    # no lora.csv: the roofline prices the kernels, exactly as without a bundle
+    (tdir / "lora.csv").unlink()
+    lc = build_instances(run, make_backend(run))[0].compute
+    assert lc.table is None
+    lc.active = 2
+    roof, t = lc.roof, 4
+    mods = list(module_dims(run.model, 1).values())
+    flops = sum(2 * t * 8 * (i + o) for i, o in mods)
+    nbytes = 2 * lc.layer_bytes + sum(t * (i + o) for i, o in mods) * 4
+    expect = int(max(flops / roof.flops_per_ns, nbytes / roof.bytes_per_ns)) + 2 * len(mods) * roof.launch
+    assert next(o for o in lc.layer_ops(BatchShape(q=[t], ctx=[0], num_sampled=1)) if o.name == "lora").duration_ns \
+        == expect

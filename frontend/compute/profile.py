@@ -3,7 +3,8 @@
 Bundle layout (a model folder): `<dtype>/meta.yaml` and `<dtype>/tp<N>/`
 holding `dense.csv` (layer, tokens, time_us), `per_sequence.csv` (layer,
 sequences, time_us), `attention.csv` (prefill_chunk, kv_prefill, n_decode,
-kv_decode, time_us), optionally `moe.csv` (tokens, activated_experts, time_us)
+kv_decode, time_us), optionally `moe.csv` (tokens, activated_experts, time_us),
+`lora.csv` (module, rank, adapters, tokens, time_us; frontend/compute/lora_table.py)
 and `skew_fit.csv`. Every time is one decoder layer's operator; the iteration
 is the architecture's operator sequence over all layers plus the once-per-pass
 operators.
@@ -34,6 +35,7 @@ from frontend.compute.architecture import Architecture, find_architecture
 from frontend.compute.batch import BatchShape, OpCost
 from frontend.compute.errors import ProfileError
 from frontend.compute.interp import Grid4D, Table1D
+from frontend.compute.lora_table import LoRATable
 from frontend.compute.roofline import Roofline
 from frontend.compute.skew import SkewFit
 
@@ -83,6 +85,8 @@ class ProfileModel:
                 by_ae.setdefault(int(r["activated_experts"]), []).append((int(r["tokens"]), float(r["time_us"]) * 1e3))
             self.moe = {ae: Table1D([k for k, _ in sorted(v)], [t for _, t in sorted(v)], f"moe[{ae}].tokens",
                                     self._extrapolating) for ae, v in by_ae.items()}
+        # the batched LoRA kernels (lora.csv, optional: without it LoRA layers are priced by the roofline)
+        self.lora = LoRATable.read(tdir / "lora.csv", self._extrapolating) if (tdir / "lora.csv").is_file() else None
         self.skew = SkewFit.from_bundle(self.meta, tdir, tp, str(vdir / "meta.yaml"))
         self._check_operators(tdir, mdir)
 

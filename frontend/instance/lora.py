@@ -11,7 +11,9 @@ arXiv 2310.18547):
   (the least recently used adapter not in the batch leaves), `lora_load` in the step's prologue at
   bytes / host_bw_gbps; every layer runs the batched shrink/expand kernels (SGMV/BGMV) for each adapted
   projection, `lora` in the layer: FLOPs 2 x tokens x rank x (in + out) per projection, bytes the active
-  adapters' weights plus the activations, priced by the roofline.
+  adapters' weights plus the activations. Its time is the profile bundle's measured kernels when the bundle
+  has a `lora.csv` (per module at the rank, the step's distinct adapters and its tokens, interpolated:
+  frontend/compute/lora_table.py), else the roofline of those FLOPs and bytes.
 Adapter sizes per NPU: for each adapted projection of a layer, rank x (in + out) x dtype bytes, with in/out
 the projection's TP-sharded dimensions, over the NPU's layers.
 """
@@ -59,6 +61,18 @@ def adapter_of(request_id: str, seed: int, cfg) -> int:
     return min(cfg.adapters - 1, bisect.bisect_right(cum, rng.random() * cum[-1]))
 
 
+def _lora_table(cm):
+    """The measured LoRA table of the profile model under `cm` (through EP layers), or None (roofline)."""
+    for _ in range(16):
+        table = cm.__dict__.get("lora") if hasattr(cm, "__dict__") else None
+        if table is not None:
+            return table
+        cm = cm.__dict__.get("inner") if hasattr(cm, "__dict__") else None
+        if cm is None:
+            return None
+    return None
+
+
 def _accumulate(xs):
     t = 0.0
     for x in xs:
@@ -78,6 +92,10 @@ class LoRACompute:
         self.b = dtype_bytes
         self.layer_bytes = adapter_bytes_per_layer(model, tp, cfg.rank, cfg.target_modules, dtype_bytes)
         self.adapter_bytes = self.layer_bytes * -(-model.num_layers // pp)
+        self.modules = list(cfg.target_modules)
+        self.table = _lora_table(inner)  # measured kernels (a profile bundle's lora.csv), else the roofline
+        if self.table is not None:
+            self.table.check_modules(self.modules)
         self.resident: OrderedDict[int, None] = OrderedDict()  # adapter -> (LRU order)
         self.active: int = 0  # distinct adapters in the step being costed
         self.loading: int = 0  # adapters it had to load
@@ -124,8 +142,11 @@ class LoRACompute:
         t, r = shape.num_tokens, self.cfg.rank
         flops = sum(2 * t * r * (i + o) for i, o in self.mods)
         nbytes = self.active * self.layer_bytes + sum(t * (i + o) for i, o in self.mods) * self.b
-        launch = getattr(self.roof, "launch", 0)
-        ns = int(max(flops / self.roof.flops_per_ns, nbytes / self.roof.bytes_per_ns)) + 2 * len(self.mods) * launch
+        if self.table is not None:
+            ns = int(sum(self.table.time_ns(m, r, self.active, t) for m in self.modules))
+        else:
+            launch = getattr(self.roof, "launch", 0)
+            ns = int(max(flops / self.roof.flops_per_ns, nbytes / self.roof.bytes_per_ns)) + 2 * len(self.mods) * launch
         return ops + [OpCost("lora", ns, int(flops), int(nbytes))]
 
     def epilogue_ops(self, shape: BatchShape) -> list[OpCost]:

@@ -1,5 +1,6 @@
 """Write a profile bundle: <out>/<dtype>/meta.yaml and <out>/<dtype>/tp<N>/{dense,per_sequence,attention}.csv,
-plus tp<N>/moe.csv (tokens, activated_experts, time_us) for a MoE model.
+plus tp<N>/moe.csv (tokens, activated_experts, time_us) for a MoE model and, when asked (--lora-ranks),
+tp<N>/lora.csv (module, rank, adapters, tokens, time_us) of the batched LoRA kernels.
 
 The operators in the tables are those the architecture file of the model's family runs
 (`frontend/profiler/layer.py`); meta.yaml records that family as `architecture`.
@@ -63,7 +64,10 @@ def moe_grid(tokens: list[int], k: int, experts: int) -> list[tuple[int, int]]:
 
 def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: int = 1, max_tokens: int = 2048,
             max_seqs: int = 256, max_kv: int = 16384, iters: int = 3, warmup: int = 1,
-            hardware: str = "unknown", progress: Callable[[str], None] | None = None) -> Path:
+            hardware: str = "unknown", progress: Callable[[str], None] | None = None,
+            lora_ranks: list[int] | None = None, lora_adapters: list[int] | None = None) -> Path:
+    """Write the bundle; with `lora_ranks`, also lora.csv (frontend/profiler/lora.py) at those ranks, the
+    `lora_adapters` distinct-adapter counts (default 1, 4, 16) and tokens doubling from 1 to max_tokens."""
     try:
         import torch
     except ImportError as e:  # optional extra
@@ -137,6 +141,13 @@ def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: i
                                   "index_add combine; not vLLM's fused MoE kernel",
                 "tp_sharding": "each expert's intermediate split by TP (no expert parallelism); router replicated",
             }
+        lora_meta = None
+        if lora_ranks:
+            from frontend.profiler.lora import write_lora_table
+
+            lora_tokens = sorted(set(doubling(1, max_tokens) + [max_tokens]))
+            lora_meta = write_lora_table(tdir, model, tp, device, tdt, measure, sorted(set(lora_ranks)),
+                                         sorted(set(lora_adapters or [1, 4, 16])), lora_tokens, say)
     meta = {
         "profiler": "astraserve",
         "torch_version": str(torch.__version__),
@@ -156,5 +167,7 @@ def profile(model: ModelSpec, device: str, out: Path, dtype: str = "bf16", tp: i
     }
     if moe_meta is not None:
         meta["moe"] = moe_meta
+    if lora_meta is not None:
+        meta["lora"] = lora_meta
     (Path(out) / dtype / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
     return Path(out)
