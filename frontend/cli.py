@@ -519,8 +519,8 @@ def profile_cmd(
                                                    "ranks, e.g. 8,16,32,64")] = None,
     lora_adapters: Annotated[str, typer.Option(help="--lora-ranks: distinct adapters per batch to time")] = "1,4,16",
 ) -> None:
-    """Measure dense / per-sequence / attention latency tables (or, with --collectives, collective
-    latencies) with PyTorch and write a bundle."""
+    """Measure dense / per-sequence / attention latency tables (with --lora-ranks also the batched LoRA
+    kernels; or, with --collectives, collective latencies) with PyTorch and write a bundle."""
     from frontend.config.loader import find_catalog_file
     from frontend.config.models import load_model_spec
     from frontend.metrics.output import check_writable_dir
