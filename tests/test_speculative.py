@@ -265,3 +265,12 @@ def test_mtp_run_conserves_tokens():
     assert sp["method"] == "mtp" and s["completed"] == 8
     assert sp["tokens_emitted"] + len(res.requests) == sum(r.output_tokens for r in res.requests)
     assert 0 < sp["draft_overhead_share"] < 0.5
+
+
+def test_mtp_reuse_only_with_mtp():
+    from frontend.config.loader import ConfigError
+
+    d = small_run_dict()
+    d["engine"] = {**d["engine"], "speculative_tokens": 2, "speculative_mtp_reuse": True}
+    with pytest.raises(ConfigError, match="speculative_mtp_reuse: only with speculative_method: mtp"):
+        parse_config(d, "x.yaml")

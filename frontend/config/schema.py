@@ -131,6 +131,8 @@ class EngineConfig(Strict):
     def _draft_model_named(self) -> EngineConfig:
         if self.speculative_tokens and self.speculative_method == "draft_model" and not self.speculative_draft_model:
             raise ValueError("speculative_method: draft_model needs speculative_draft_model")
+        if self.speculative_mtp_reuse and self.speculative_method != "mtp":
+            raise ValueError("speculative_mtp_reuse: only with speculative_method: mtp")
         a = self.speculative_acceptance
         if isinstance(a, list) and self.speculative_tokens and len(a) != self.speculative_tokens:
             raise ValueError(f"speculative_acceptance: {len(a)} per-position rates for speculative_tokens = "
