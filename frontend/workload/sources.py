@@ -7,7 +7,9 @@ dispatches on kinds itself. The built-in modules are imported on first use, so i
 costs nothing (no numpy, no pydantic).
 
 Trace files (`workload.kind: trace`) have a second, smaller registry of formats (Azure, BurstGPT,
-Mooncake, ...): each format module registers a `TraceFormat` with `@register_trace_format("<name>")`.
+Mooncake, ...): each format module registers a `TraceFormat` with `@register_trace_format("<name>")`. An agent
+format (mini-swe-agent trajectories, Copilot OTel sessions) also has `load_programs(path, **options)` returning
+(programs, tool distributions, notes); `kind: trace` replays it as agent programs (frontend/workload/agent_traces.py).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ _FORMATS: dict[str, TraceFormat] = {}
 BUILTIN_SOURCES = {"synthetic": "frontend.workload.synthetic_source", "jsonl": "frontend.workload.jsonl_source",
                    "agents": "frontend.workload.agents_source", "trace": "frontend.workload.agent_traces"}
 BUILTIN_FORMATS = {"azure": "frontend.workload.azure", "burstgpt": "frontend.workload.burstgpt",
-                   "mooncake": "frontend.workload.mooncake", "swe_traj": "frontend.workload.swe_traj"}
+                   "mooncake": "frontend.workload.mooncake", "swe_traj": "frontend.workload.swe_traj",
+                   "copilot_otel": "frontend.workload.copilot_otel"}
 
 
 def _register(table: dict, name: str) -> Callable[[S], S]:
