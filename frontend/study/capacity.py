@@ -4,7 +4,7 @@ The knob is workload.arrival.rate_per_s for a synthetic workload; a JSONL trace 
 trace (`kind: trace`: Azure, BurstGPT, Mooncake) is replayed faster or slower through workload.time_scale
 (rate = the trace's own rate / time_scale, its own rate measured on the requests the run replays, after the
 trace's window, sample and limit); agent workloads, agentic JSONL session traces and agent-program traces
-(swe_traj, copilot_otel) are refused (their load is set by programs and tool times, not by one arrival rate). Every
+(swe_traj, copilot_otel, tracelab) are refused (their load is set by programs and tool times, not by one arrival rate). Every
 evaluation keeps the run's seed, so all rates see the same request sizes and the same arrival pattern
 stretched in time.
 

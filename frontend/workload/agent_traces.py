@@ -1,7 +1,7 @@
 """`workload.kind: trace` with agent-trace formats: a trace whose format is an agent format (one whose reader has
 `load_programs`: mini-swe-agent trajectories, frontend/workload/swe_traj.py; Copilot OTel sessions,
-frontend/workload/copilot_otel.py) replays as agent programs with tool gaps; any other format goes to the
-flat-request source of frontend/workload/trace.py unchanged.
+frontend/workload/copilot_otel.py; TraceLab rounds, frontend/workload/tracelab.py) replays as agent programs with
+tool gaps; any other format goes to the flat-request source of frontend/workload/trace.py unchanged.
 
 This module is the built-in source of the `trace` kind (frontend/workload/sources.py); it wraps trace.py's
 TraceSource instead of changing it. A directory as `workload.path` is read as a directory of trajectories.

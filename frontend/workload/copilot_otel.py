@@ -45,14 +45,13 @@ earliest program's start), seeded `sample`, `num_requests` (at most that many pr
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 
 from frontend.workload.jsonl import MAX_TIME_NS, MAX_TOKENS, WorkloadError, parse_json_line
+from frontend.workload.program_window import select
 from frontend.workload.sources import TraceRow, register_trace_format
 
 NS_PER_S = 1_000_000_000
@@ -391,26 +390,13 @@ def load_programs(path: str | Path, *, time_scale: float = 1.0, start_s: float |
     if not read.sessions:
         raise WorkloadError(f"{path}: no Copilot LLM calls to replay ({read.spans} spans read, {read.skipped_calls} "
                             f"chat spans without usage counts, {read.other_records} other records)")
-    origin = read.sessions[0].start_ns
-    lo = None if start_s is None else origin + int(Decimal(repr(start_s)) * NS_PER_S)
-    hi = None if end_s is None else origin + int(Decimal(repr(end_s)) * NS_PER_S)
-    rng = random.Random(seed) if sample < 1 else None
-    kept: list[Session] = []
-    outside = unsampled = 0
-    for s in read.sessions:
-        if (lo is not None and s.start_ns < lo) or (hi is not None and s.start_ns >= hi):
-            outside += 1
-            continue
-        if rng is not None and rng.random() >= sample:
-            unsampled += 1
-            continue
-        kept.append(s)
-        if num_programs is not None and len(kept) >= num_programs:
-            break
+    sel = select(read.sessions, lambda s: s.start_ns, start_s=start_s, end_s=end_s, sample=sample, seed=seed,
+                 limit=num_programs)
+    kept: list[Session] = sel.kept
     if not kept:
-        raise WorkloadError(f"{path}: no sessions to replay ({len(read.sessions)} read, {outside} outside the time "
-                            f"window, {unsampled} not sampled)")
-    progs = to_programs(kept, time_scale, origin if lo is None else lo)
+        raise WorkloadError(f"{path}: no sessions to replay ({len(read.sessions)} read, {sel.outside} outside the "
+                            f"time window, {sel.unsampled} not sampled)")
+    progs = to_programs(kept, time_scale, sel.origin_ns)
     calls = sum(len(s.calls) for s in kept)
     overlaps = sum(1 for s in kept for k in range(1, len(s.calls)) if s.calls[k].start_ns < s.calls[k - 1].end_ns)
     edges = Counter(s.edge_tool(k) for s in kept for k in range(1, len(s.calls)))
@@ -420,8 +406,7 @@ def load_programs(path: str | Path, *, time_scale: float = 1.0, start_s: float |
              f"their own, {read.standalone} chat spans outside an invocation as one-call programs)"
              + (f"; {read.skipped_calls} chat spans without usage counts skipped" if read.skipped_calls else "")
              + (f"; {read.other_records} records that are not spans skipped" if read.other_records else "")
-             + (f"; {outside} sessions outside the time window" if outside else "")
-             + (f"; {unsampled} not sampled (sample {sample:g}, seed {seed})" if unsampled else ""),
+             + sel.note(sample, seed),
              f"copilot_otel tool gaps: all {sum(edges.values())} measured between calls; {read.tool_calls} tool spans "
              f"in {sum(read.batches.values())} batches ({multi} of several tools, largest "
              f"{max(read.batches, default=0)}); edges by tool: "
