@@ -1,6 +1,12 @@
 """GitHub Copilot agent sessions from Copilot Chat's OpenTelemetry export, replayed as agent programs.
 
-No public dataset of Copilot sessions exists (searched: see README "Workload sources"); what is public is the
+No public dataset of Copilot sessions was found (searched December 2026: Hugging Face datasets and papers for
+Copilot / coding-agent traces, GitHub issues of github/copilot-cli and microsoft/vscode-copilot-chat, agent-trace
+collections; the public coding-agent session datasets found hold Claude Code, Codex, OpenCode or SWE-agent runs,
+the largest with serving timings being TraceLab, read by frontend/workload/tracelab.py; the one set naming Copilot,
+huggingface.co/datasets/davidkling/hf-coding-tools-traces, holds single benchmark answers with latency and token
+counts, no agent loop or tool calls; Copilot CLI's own
+~/.copilot/session-state/*/events.jsonl is undocumented and changes across versions). What is public is the
 *schema* Copilot Chat (VS Code agent mode) writes when a user turns its OpenTelemetry export on, documented at
 https://github.com/microsoft/vscode-copilot-chat/blob/main/docs/monitoring/agent_monitoring.md
 (also https://code.visualstudio.com/docs/copilot/guides/monitoring-agents). A user records their own sessions with
