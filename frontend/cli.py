@@ -206,9 +206,10 @@ def run(
     seed: Annotated[int | None, typer.Option(help="random seed (default: the config's)")] = None,
     workload: Annotated[Path | None, typer.Option(help="workload replacing the config's: the project's JSONL or a "
                                                   "trace (Azure / BurstGPT CSV, Mooncake JSONL, mini-swe-agent "
-                                                  "trajectories)")] = None,
-    workload_format: Annotated[str | None, typer.Option(help="jsonl | azure | burstgpt | mooncake | swe_traj (default: "
-                                                        "detected from the file's first line)")] = None,
+                                                  "trajectories, Copilot Chat OTel JSON lines, TraceLab rounds)")] = None,
+    workload_format: Annotated[str | None, typer.Option(help="jsonl | azure | burstgpt | mooncake | swe_traj | "
+                                                        "copilot_otel | tracelab (default: detected from the file's "
+                                                        "first line)")] = None,
     num_requests: Annotated[int | None, typer.Option(help="limit/override the number of requests")] = None,
     backend: Annotated[str | None, typer.Option(help="embedded | astra-sim")] = None,
     compute: Annotated[str | None, typer.Option(help="roofline | profile: the compute model (roofline ignores a "
@@ -364,10 +365,11 @@ def backends_check(config: Annotated[Path | None, typer.Argument(help="run file 
 @guarded
 def convert(
     src: Annotated[Path, typer.Argument(metavar="IN", help="a trace file (Azure / BurstGPT CSV, Mooncake JSONL, "
-                                                          "mini-swe-agent trajectories)")],
+                                                          "mini-swe-agent trajectories, Copilot Chat OTel JSON "
+                                                          "lines, TraceLab rounds)")],
     dst: Annotated[Path, typer.Argument(metavar="OUT", help="the project's flat JSONL to write")],
-    fmt: Annotated[str | None, typer.Option("--format", help="azure | burstgpt | mooncake | swe_traj (default: "
-                                            "detected from the file's first line)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="azure | burstgpt | mooncake | swe_traj | copilot_otel | "
+                                            "tracelab (default: detected from the file's first line)")] = None,
     num_requests: Annotated[int | None, typer.Option(help="convert only the first N requests")] = None,
 ) -> None:
     """Convert a trace to the project's JSONL (request_id, arrival_time_ns, input_toks, output_toks[, input_tok_ids])."""

@@ -63,6 +63,50 @@ def test_four_point_sweep_gives_one_row_per_point(tmp_path: Path):
     assert (res.parquet is None) == (res.path.with_suffix(".parquet").exists() is False)
 
 
+def _same_cell(text: str, v) -> bool:
+    """A parquet value equals the CSV cell it came from (typed: 40 == '40', 7.59495 == '7.59495', True == 'True')."""
+    if v is None:
+        return text == ""
+    if isinstance(v, bool | str):
+        return text == str(v)
+    if isinstance(v, int):
+        return int(text) == v
+    return float(text) == v or (v != v and text.lower() == "nan")
+
+
+def _parquet_equals_csv(pq_path: Path, csv_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pq_path)
+    with csv_path.open(newline="") as f:
+        header, *rows = list(csv.reader(f))
+    assert table.column_names == header and table.num_rows == len(rows)
+    for rec, got in zip(rows, table.to_pylist(), strict=True):
+        bad = {c: (t, got[c]) for c, t in zip(header, rec, strict=True) if not _same_cell(t, got[c])}
+        assert not bad, bad
+
+
+def test_parquet_round_trips_equal_to_results_csv(tmp_path: Path):
+    pytest.importorskip("pyarrow")
+    from frontend.study.sweep import write_parquet
+
+    spec = load_sweep(_sweep(tmp_path, grid={"engine.max_num_seqs": [8, 32]}, extra="slo: [ttft_p99_ms=200]\n"))
+    res = run_sweep(spec, tmp_path / "out", workers=1)
+    assert res.parquet == tmp_path / "out" / "results.parquet" and res.parquet.stat().st_size > 0
+    _parquet_equals_csv(res.parquet, res.path)
+    # ids that look like numbers stay text, an error message is text, only an empty cell is null ('nan' is a float)
+    t = tmp_path / "t.csv"
+    t.write_text("point_id,engine.max_num_seqs,ttft_ms_p99,slo_met,error,wall_s\n"
+                 "123456789012,8,nan,True,,0.1\n1234e5678901,,1.5,False,ValueError: x,0.25\n")
+    out = write_parquet(t)
+    assert out is not None
+    _parquet_equals_csv(out, t)
+    import pyarrow.parquet as pq
+
+    types = {f.name: str(f.type) for f in pq.read_table(out).schema}
+    assert types["point_id"] == types["error"] == "string" and types["ttft_ms_p99"] == "double"
+
+
 def test_resume_skips_done_points_and_retries_cut_rows(tmp_path: Path):
     spec = load_sweep(_sweep(tmp_path))
     out = tmp_path / "out"

@@ -230,10 +230,13 @@ class TraceWorkload(Strict):
     """A production trace replayed as flat requests (frontend/workload/trace.py and one module per format)."""
 
     kind: Literal["trace"] = "trace"
-    format: Literal["azure", "burstgpt", "mooncake", "swe_traj"] | None = Field(
+    format: Literal["azure", "burstgpt", "mooncake", "swe_traj", "copilot_otel", "tracelab"] | None = Field(
         None, description="azure (TIMESTAMP,ContextTokens,GeneratedTokens CSV), burstgpt (BurstGPT CSV), mooncake "
                           "(JSONL with hash_ids), swe_traj (mini-swe-agent .traj.json trajectories, a file or a "
-                          "directory, replayed as agent programs); detected from the file's first line when omitted")
+                          "directory, replayed as agent programs), copilot_otel (GitHub Copilot Chat OpenTelemetry "
+                          "JSON lines: sessions replayed as agent programs), tracelab (TraceLab Claude Code / Codex "
+                          "round JSONL, optionally gzipped, replayed as agent programs); detected from the file's "
+                          "first line when omitted")
     path: str
     num_requests: int | None = Field(None, ge=1, le=MAX_COUNT)
     time_scale: float = Field(1.0, gt=0, le=1e6, description="multiply arrival times (e.g. 0.5 = twice the rate)")
@@ -244,8 +247,9 @@ class TraceWorkload(Strict):
     chars_per_token: float = Field(4.0, gt=0, le=100, description="swe_traj: token estimate of a message without "
                                    "usage counts = ceil(characters / chars_per_token)")
     tools: dict[str, ToolDist] = Field(default_factory=dict, description="swe_traj: tool durations where the "
-                                       "trajectory has no timestamps (default bash lognormal 2000 ms, sigma 1); a "
-                                       "distribution named here replaces that tool's measured gaps")
+                                       "trajectory has no timestamps (default bash lognormal 2000 ms, sigma 1); "
+                                       "swe_traj, copilot_otel and tracelab: a distribution named here replaces that tool's "
+                                       "measured gaps")
 
     @model_validator(mode="after")
     def _check(self) -> TraceWorkload:

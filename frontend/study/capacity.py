@@ -4,7 +4,7 @@ The knob is workload.arrival.rate_per_s for a synthetic workload; a JSONL trace 
 trace (`kind: trace`: Azure, BurstGPT, Mooncake) is replayed faster or slower through workload.time_scale
 (rate = the trace's own rate / time_scale, its own rate measured on the requests the run replays, after the
 trace's window, sample and limit); agent workloads, agentic JSONL session traces and agent-program traces
-(swe_traj) are refused (their load is set by programs and tool times, not by one arrival rate). Every
+(swe_traj, copilot_otel, tracelab) are refused (their load is set by programs and tool times, not by one arrival rate). Every
 evaluation keeps the run's seed, so all rates see the same request sizes and the same arrival pattern
 stretched in time.
 
@@ -91,7 +91,7 @@ def _trace_rate(resolved: Any) -> float:
     sample and num_requests limit apply exactly as in the runs the search makes."""
     import dataclasses
 
-    from frontend.workload.agent_traces import AGENT_FORMATS, resolve_trace_path
+    from frontend.workload.agent_traces import is_agent_format, resolve_trace_path
     from frontend.workload.sources import detect_format, load_workload
 
     wl = resolved.config.workload
@@ -99,7 +99,7 @@ def _trace_rate(resolved: Any) -> float:
     fmt = wl.format
     if fmt is None:
         fmt = "swe_traj" if path.is_dir() else detect_format(path)
-    if fmt in AGENT_FORMATS:
+    if is_agent_format(fmt):
         raise UserError(f"capacity: {path}: a {fmt} trace replays as agent programs; its load is set by its "
                         "programs and tool times, not by one arrival rate")
     unscaled = resolved.config.model_copy(update={"workload": wl.model_copy(update={"time_scale": 1.0})})

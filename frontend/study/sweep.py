@@ -466,15 +466,23 @@ def write_table(path: Path, columns: Sequence[str], rows: dict[str, dict[str, An
     os.replace(tmp, path)
 
 
+TEXT_COLUMNS = ("point_id", "error")  # text whatever they hold (a hex id may look like a number: 1234e5678901)
+
+
 def write_parquet(csv_path: Path) -> Path | None:
-    """DIR/results.parquet from results.csv, or None when pyarrow is not importable."""
+    """DIR/results.parquet from results.csv, or None when pyarrow is not importable. Column types are inferred
+    from the cells (int64, double, bool, string) except TEXT_COLUMNS, always strings; only an empty cell is null
+    (pyarrow's default would also null 'nan', 'NA' or 'None'), so every cell reads back as the CSV holds it."""
     try:
+        import pyarrow as pa
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
     except ImportError:
         return None
     out = csv_path.with_suffix(".parquet")
-    pq.write_table(pacsv.read_csv(csv_path), out)
+    opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in TEXT_COLUMNS}, null_values=[""],
+                                strings_can_be_null=False)
+    pq.write_table(pacsv.read_csv(csv_path, convert_options=opts), out)
     return out
 
 

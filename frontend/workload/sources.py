@@ -7,13 +7,17 @@ dispatches on kinds itself. The built-in modules are imported on first use, so i
 costs nothing (no numpy, no pydantic).
 
 Trace files (`workload.kind: trace`) have a second, smaller registry of formats (Azure, BurstGPT,
-Mooncake, ...): each format module registers a `TraceFormat` with `@register_trace_format("<name>")`.
+Mooncake, ...): each format module registers a `TraceFormat` with `@register_trace_format("<name>")`. An agent
+format (mini-swe-agent trajectories, Copilot OTel sessions, TraceLab rounds) also has `load_programs(path, **options)` returning
+(programs, tool distributions, notes); `kind: trace` replays it as agent programs (frontend/workload/agent_traces.py).
 """
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +60,15 @@ class TraceFormat(Protocol):
 
 
 S = TypeVar("S")
+GZIP_MAGIC = b"\x1f\x8b"
 _SOURCES: dict[str, WorkloadSource] = {}
 _FORMATS: dict[str, TraceFormat] = {}
 # built-in plug-ins, imported on first use
 BUILTIN_SOURCES = {"synthetic": "frontend.workload.synthetic_source", "jsonl": "frontend.workload.jsonl_source",
                    "agents": "frontend.workload.agents_source", "trace": "frontend.workload.agent_traces"}
 BUILTIN_FORMATS = {"azure": "frontend.workload.azure", "burstgpt": "frontend.workload.burstgpt",
-                   "mooncake": "frontend.workload.mooncake", "swe_traj": "frontend.workload.swe_traj"}
+                   "mooncake": "frontend.workload.mooncake", "swe_traj": "frontend.workload.swe_traj",
+                   "copilot_otel": "frontend.workload.copilot_otel", "tracelab": "frontend.workload.tracelab"}
 
 
 def _register(table: dict, name: str) -> Callable[[S], S]:
@@ -149,9 +155,13 @@ def first_line(path: Path) -> str:
         return ""
     try:
         with path.open("rb") as f:
-            return f.readline(1 << 20).decode("utf-8", errors="replace")
-    except OSError as e:
-        raise WorkloadError(f"{path}: cannot read ({e.strerror})") from None
+            if f.read(2) != GZIP_MAGIC:
+                f.seek(0)
+                return f.readline(1 << 20).decode("utf-8", errors="replace")
+        with gzip.open(path, "rb") as g:  # a gzipped trace (TraceLab's release) is detected by its first line too
+            return g.readline(1 << 20).decode("utf-8", errors="replace")
+    except (OSError, EOFError, zlib.error) as e:
+        raise WorkloadError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
 __all__ = ["TraceFormat", "TraceRow", "WorkloadParts", "WorkloadSource", "detect_format", "first_line",

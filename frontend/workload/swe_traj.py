@@ -405,3 +405,6 @@ class SweTrajFormat:
                 s = c.release_s if c.release_s is not None else c.done_s
                 yield TraceRow(t.line, row, 0 if s is None else int(round(s * 1e9)), c.prompt_tokens, c.output_tokens)
                 row += 1
+
+    def load_programs(self, path: Path, **kw):
+        return load_programs(path, **kw)
