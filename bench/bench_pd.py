@@ -11,6 +11,10 @@ $2.95 per GPU-hour, the May 2026 median of 37 providers, aimultiple.com/gpu-inde
 simulation's wall time against the colocated run with the same GPU count (min of --repeats).
 DistServe (arXiv 2401.09670) and Splitwise (arXiv 2311.18677) report that disaggregation removes the
 prefill-decode interference that inflates TPOT in colocated serving, at the cost of the KV transfer in TTFT.
+Second table (cluster network, issue 14): the same prefill-heavy load over a cluster network of 4-GPU
+nodes (`cluster:`, frontend/network/: each GPU's NIC into one leaf switch, links that queue when shared)
+against the per-instance-pair FIFO links, with the KV pulled after the prefill or streamed layer by layer
+while it runs, at 50 GB/s (400 Gb/s NDR InfiniBand per GPU) and 12.5 GB/s (100 Gb/s Ethernet per GPU).
 Usage: python bench/bench_pd.py [--requests N] [--repeats R]
 """
 
@@ -53,6 +57,35 @@ def _raw(insts: list[dict], prompt: dict, output: dict, rate: float, n: int) -> 
             "backend": {"kind": "embedded", "system": {"preferred_dataset_splits": 4}}}
 
 
+def _network_table(n: int, repeats: int) -> None:
+    prompt, output, rate = WORKLOADS["prefill-heavy"]
+    print(f"== cluster network: prefill-heavy, {n} requests at {rate}/s; KV transfer modes and NIC speeds")
+    print(f"{'deployment':10s} {'NIC GB/s':>8s} {'transfer':24s} {'TTFT p50':>9s} {'TTFT p99':>9s} "
+          f"{'xfer ms mean':>12s} {'xfer p99':>9s} {'TPOT p50':>9s} {'wall s':>7s}")
+    for dep in ("1P1D TP4", "2P1D TP4"):
+        for bw in (50.0, 12.5):
+            for mode in ("per-pair FIFO links", "cluster, after prefill", "cluster, layer-wise"):
+                raw = _raw(DEPLOYMENTS[dep], prompt, output, rate, n)
+                if mode == "per-pair FIFO links":
+                    raw["pd"]["scale_out"] = {"bw_gbps": bw, "latency_ns": 2000}
+                else:
+                    del raw["pd"]["scale_out"]
+                    raw["cluster"] = {"npus_per_node": 4, "scale_out": {"bw_gbps": bw, "latency_ns": 2000}}
+                    raw["pd"]["kv_transfer"] = "layerwise" if "layer" in mode else "after_prefill"
+                run = resolve(parse_config(raw, "bench"))
+                walls = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    res, extra = simulate(run)
+                    walls.append(time.perf_counter() - t0)
+                s = summarize(res, extra)
+                x = s["pd"]["transfer_ms"]
+                print(f"{dep:10s} {bw:8.1f} {mode:24s} {s['ttft_ms']['p50']:9.1f} {s['ttft_ms']['p99']:9.1f} "
+                      f"{x['mean']:12.2f} {x['p99']:9.2f} {s['tpot_ms']['p50']:9.2f} {min(walls):7.3f}")
+    print("(transfer: first byte on the wire to the last byte in the decode GPUs; a streamed transfer starts with the")
+    print(" prefill's first layer, so its duration spans the prefill and TTFT is what to compare)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
@@ -82,6 +115,7 @@ def main() -> None:
                   f"{s['cost']['output_tokens_per_usd']:9.0f} {kv:7.1f} {wall:7.3f}"
                   + (f" ({wall / base_wall:.2f}x colocated)" if name != "colocated 2x TP4" else ""))
         print()
+    _network_table(a.requests, a.repeats)
 
 
 if __name__ == "__main__":

@@ -256,7 +256,7 @@ def _run_config(raw: dict, iterations: set[int], name: str) -> list[tuple[Instan
         def take(self, k, inst, out, start_ns):  # noqa: ANN001
             jobs.append((inst.timing_system, list(out.graphs)))
 
-        def transfer(self, k, req, system, graphs, start_ns):  # noqa: ANN001
+        def transfer(self, k, req, system, graphs, start_ns, finish_ns=None):  # noqa: ANN001
             jobs.append((system, list(graphs)))  # a prefill/decode KV transfer (frontend/pd.py)
 
     run = resolve(parse_config(raw, name, REPO / "configs" / "examples"), name)

@@ -316,7 +316,7 @@ class Cluster:
         if any(i.inst.role == "prefill" for i in instances):
             from frontend.pd import PDCoordinator
 
-            self.pd = PDCoordinator(run_cfg.pd, instances, schedule_timer)
+            self.pd = PDCoordinator(run_cfg.pd, instances, schedule_timer, run_cfg.cluster)
         # new requests go to the instances that take them: all but decode instances
         self.entry = [i for i in instances if i.inst.role != "decode"]
         self.lora = run_cfg.lora if run_cfg.lora.adapters else None
@@ -349,3 +349,18 @@ class Cluster:
 
     def after_complete(self, inst: InstanceRuntime, now: int) -> list[InstanceRuntime]:
         return [] if self.pd is None else self.pd.after_complete(inst, now)
+
+    @property
+    def network(self):
+        """The cluster network (frontend/network/cluster_net.py), or None."""
+        return self.pd.network if self.pd is not None else None
+
+    @property
+    def watches_step_starts(self) -> bool:
+        """Whether `on_step_start` does anything (the engine calls it only then)."""
+        return self.pd is not None and self.pd.streaming
+
+    def on_step_start(self, inst: InstanceRuntime, out: StepOutcome, now: int) -> None:
+        """A step of `inst` starts now (layer-wise KV streaming pushes its layers as they end)."""
+        if self.pd is not None:
+            self.pd.on_step_start(inst, out, now)

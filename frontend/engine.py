@@ -149,7 +149,13 @@ class Engine:
         done = 0
         now = 0
         last_report = 0.0
-        while events:
+        step_starts = self.cluster.watches_step_starts
+        net = self.cluster.network  # messages between instances: handled in bulk between the engine's events
+        while True:
+            if net is not None:
+                net.catch_up(events[0][0] if events else None)
+            if not events:
+                break
             now = events[0][0]
             touched: list = []  # units (frontend/cluster.py) whose next step may start now
             while events and events[0][0] == now:
@@ -225,6 +231,8 @@ class Engine:
                                 inst.queue_delay_ns = 0.9 * inst.queue_delay_ns + 0.1 * (now - r.arrival_ns)
                     end = now + out.duration_ns
                     self.log.add(inst, now, end, out)
+                    if step_starts:
+                        self.cluster.on_step_start(inst, out, now)
                     if self.on_step is not None:
                         self.on_step(inst, out, now)
                 unit.busy = True

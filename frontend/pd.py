@@ -28,9 +28,18 @@ Conditional disaggregation (`pd.local_prefill_max_tokens`): a request whose prom
 decode instance already caches, is short is prefilled on that decode instance itself (DistServe / vLLM's
 "conditional" P/D: short prefills do not pay the transfer).
 
-Not modelled: layer-by-layer streaming of the KV while the prefill runs (the pull starts when the prefill
-ends, as vLLM's NixlConnector does; the transfer is its own graph, not inside the prefill step's), P and D of
-different models.
+On a cluster network (`cluster:`, frontend/network/): the KV moves as messages between the two instances'
+NPUs over the cluster's links, which other transfers share (ASTRA-sim's congestion-aware semantics):
+prefill rank j sends decode rank k the part of each layer's KV heads both hold (TP_p != TP_d fans in or
+out), that layer's 2 x kv_heads/TP_d x head_dim x tokens x bytes per decode rank, the pipeline stage
+holding the layer on each side. `pd.kv_transfer: layerwise` pushes each prefill step's chunk layer by
+layer as the step computes it (DistServe / Mooncake-style streaming): the decode instance is chosen at the
+request's first prefill step, the decode side's cached prefix is not sent, and layer l leaves when the
+step's layer l ends (the chain's layers are identical: l ends at prologue + (l+1) x the layer time). When
+the decode side admits the request, any part of its prompt the decode cache held at the first step but
+has evicted since is sent then; the KV is ready when the last message arrives.
+
+Not modelled: P and D of different models.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from astra_bridge.backend import InstanceSystem
 from astra_bridge.embedded.network import Dimension
 from chakra_gen.graph import COMP, RECV, SEND, Graph
 from frontend.config.models import DTYPE_BYTES
-from frontend.config.schema import PDConfig
+from frontend.config.schema import ClusterConfig, PDConfig
 from frontend.instance.runtime import InstanceRuntime
 from frontend.workload.request import Request
 
@@ -70,7 +79,8 @@ class PDStats:
         if not t:
             return {"transfers": 0, "kv_transfer_bytes": 0, "local_prefills": self.local_prefills}
         dur = np.array([x.end_ns - x.start_ns for x in t]) / 1e6
-        queue = np.array([x.start_ns - x.admitted_ns for x in t]) / 1e6
+        # a streamed transfer starts before the decode side admits its request: no queue on the links then
+        queue = np.array([max(0, x.start_ns - x.admitted_ns) for x in t]) / 1e6
         wait = np.array([x.admitted_ns - x.handoff_ns for x in t]) / 1e6
         by_link: dict[str, dict] = {}
         for x in t:
@@ -91,11 +101,46 @@ class PDStats:
                 "links": {k: {**v, "busy_ms": round(v["busy_ms"], 4)} for k, v in sorted(by_link.items())}}
 
 
+@dataclass
+class StreamState:
+    """A hand-off request's KV on the cluster network: where it goes and what is still on the links."""
+
+    decoder: InstanceRuntime
+    cached_tokens: int  # the decode side's cached prefix when it was chosen (not sent)
+    outstanding: int = 0
+    sent_bytes: int = 0
+    first_ns: int = -1
+    last_ns: int = -1
+    on_done: object = None  # set at decode-side admission: runs when the last message has arrived
+    messages: list | None = None  # (issue ns, source NPU, destination NPU, bytes), kept for Chakra dumps
+
+
+def kv_pairs(tp_src: int, tp_dst: int) -> list[tuple[int, int, int]]:
+    """(source rank, destination rank, share in 1/tp_src units of the destination rank's part): rank j of a
+    TP-t instance holds KV heads [j/t, (j+1)/t) of every layer (vLLM shards KV heads over TP), so decode rank
+    k receives from each prefill rank the overlap of their slices."""
+    out = []
+    for k in range(tp_dst):
+        for j in range(tp_src):
+            u = min((j + 1) * tp_dst, (k + 1) * tp_src) - max(j * tp_dst, k * tp_src)
+            if u > 0:
+                out.append((j, k, u))
+    return out
+
+
 class PDCoordinator:
     """Hands prefilled requests to decode instances and times their KV transfers (module docstring)."""
 
-    def __init__(self, cfg: PDConfig, instances: list[InstanceRuntime], schedule_timer) -> None:
+    def __init__(self, cfg: PDConfig, instances: list[InstanceRuntime], schedule_timer,
+                 cluster: ClusterConfig | None = None) -> None:
         self.cfg = cfg
+        self.network = None
+        if cluster is not None:
+            from frontend.network.cluster_net import ClusterNetwork
+
+            self.network = ClusterNetwork(cluster, [i.inst for i in instances], schedule_timer)
+        self.streaming = cfg.kv_transfer == "layerwise"
+        self._stream: dict[int, StreamState] = {}
         self.decoders = [i for i in instances if i.inst.role == "decode"]
         self.by_name = {i.name: i for i in instances}
         self.schedule_timer = schedule_timer
@@ -147,9 +192,13 @@ class PDCoordinator:
             return []
         woken = []
         for req in sched.handed_off:
-            d = self._pick_decoder()
-            if self.cfg.decode_router == "round_robin":
-                self._rr += 1
+            st = self._stream.get(id(req))
+            if st is not None:  # streamed: its decode instance was chosen at its first prefill step
+                d = st.decoder
+            else:
+                d = self._pick_decoder()
+                if self.cfg.decode_router == "round_robin":
+                    self._rr += 1
             req.handoff = False
             req.remote_kv = True
             req.num_computed_tokens = 0
@@ -160,8 +209,127 @@ class PDCoordinator:
         return woken
 
     # ---- transfers ----
+    # ---- the cluster network ----
+    def on_step_start(self, inst: InstanceRuntime, out, now: int) -> None:
+        """Layer-wise streaming: a prefill step starting now pushes each layer's KV of its hand-off chunks as
+        that layer ends (module docstring)."""
+        if not self.streaming or inst.inst.role != "prefill":
+            return
+        plan = out.plan
+        offsets = None
+        for req, n, c0 in zip(plan.requests, plan.num_new_tokens, plan.contexts, strict=True):
+            if not req.handoff:
+                continue
+            st = self._stream.get(id(req))
+            if st is None:
+                d = self._pick_decoder()
+                if self.cfg.decode_router == "round_robin":
+                    self._rr += 1
+                cached = len(d.pool.find_cached_prefix(req)) * d.pool.block_size
+                st = self._stream[id(req)] = StreamState(d, cached)
+            lo, hi = max(c0, st.cached_tokens), min(c0 + n, req.input_tokens)
+            if hi <= lo:
+                continue
+            if offsets is None:
+                offsets = layer_end_offsets(out, inst.inst.model.num_layers)
+            self._send_kv(inst, st.decoder, st, hi - lo, [now + o for o in offsets])
+
+    def _send_kv(self, src: InstanceRuntime, dst: InstanceRuntime, st: StreamState, tokens: int,
+                 layer_times: list[int] | None, now: int = 0) -> None:
+        """Messages carrying `tokens` tokens' KV from `src` to `dst`: per layer at `layer_times` (streaming),
+        or every layer at once at `now`, one message per NPU pair (the layers of a pipeline stage summed)."""
+        net = self.network
+        a, b = src.inst, dst.inst
+        L = a.model.num_layers
+        eng = b.engine
+        kv_b = DTYPE_BYTES[eng.dtype if eng.kv_cache_dtype == "auto" else eng.kv_cache_dtype]
+        per_rank = tokens * b.model.kv_bytes_per_token_per_layer(kv_b, b.tp)  # one layer, one decode rank
+        pairs = kv_pairs(a.tp, b.tp)
+        per_a, per_b = -(-L // a.pp), -(-L // b.pp)
+        sizes: dict[tuple[int, int, int], int] = {}
+        for layer in range(L):
+            t = layer_times[layer] if layer_times is not None else now
+            sa, sb = layer // per_a, layer // per_b
+            for j, k, u in pairs:
+                key = (t, net.npu(a.name, sa * a.tp + j), net.npu(b.name, sb * b.tp + k))
+                sizes[key] = sizes.get(key, 0) + per_rank * u // a.tp
+        for (t, s_npu, d_npu), size in sizes.items():
+            if size <= 0:
+                continue
+            st.outstanding += 1
+            st.sent_bytes += size
+            if self.on_transfer is not None:
+                if st.messages is None:
+                    st.messages = []
+                st.messages.append((t, s_npu, d_npu, size))
+            if st.first_ns < 0 or t < st.first_ns:
+                st.first_ns = t
+            net.send(t, s_npu, d_npu, size, lambda at, st=st: self._message_arrived(st, at))
+
+    def _message_arrived(self, st: StreamState, at: int) -> None:
+        st.outstanding -= 1
+        st.last_ns = max(st.last_ns, at)
+        if st.outstanding == 0 and st.on_done is not None:
+            done, st.on_done = st.on_done, None
+            self.network.notify(at, done)
+
+    def _start_network_transfer(self, src: InstanceRuntime, dst: InstanceRuntime, req: Request, cached_tokens: int,
+                                handoff_ns: int, now: int) -> None:
+        st = self._stream.pop(id(req), None)
+        if st is None:  # pulled once the prefill ended: the whole uncached prompt now
+            st = StreamState(dst, cached_tokens)
+            tokens = req.input_tokens - cached_tokens
+        else:  # streamed: what the decode cache held at the first step but no longer does
+            tokens = max(0, st.cached_tokens - cached_tokens)
+            if tokens:
+                st.cached_tokens = cached_tokens
+        if tokens > 0:
+            self._send_kv(src, dst, st, tokens, None, now)
+
+        def arrived(src=src, dst=dst, req=req, st=st) -> InstanceRuntime:
+            src.scheduler.release_kv_source(req)
+            dst.scheduler.kv_arrived(req)
+            if self.on_transfer is not None and st.messages:
+                self._dump_messages(req, st.messages)
+            self.stats.transfers.append(TransferRecord(req.request_id, src.name, dst.name, st.sent_bytes, handoff_ns,
+                                                       now, st.first_ns if st.first_ns >= 0 else now,
+                                                       max(now, st.last_ns)))
+            return dst
+
+        if st.outstanding == 0:
+            self.schedule_timer(now, arrived)
+        else:
+            st.on_done = arrived
+
+    def _dump_messages(self, req: Request, messages: list) -> None:
+        """A transfer's messages as Chakra SEND/RECV graphs over the NPUs they touch (renumbered from 0), on a
+        1-D Switch of the link they crossed: what ASTRA-sim's congestion-aware binary runs for them alone
+        (astra_bridge/network_messages.py). `per_rank_finish_ns` is the cluster network's answer for that
+        isolated set; in the run other transfers may have shared the links."""
+        from astra_bridge.network_messages import TimedMessage, message_graphs, model_finish
+        from frontend.network.topology import ClusterTopology
+
+        topo = self.network.topology
+        npus = sorted({m[1] for m in messages} | {m[2] for m in messages})
+        idx = {g: i for i, g in enumerate(npus)}
+        t0 = min(m[0] for m in messages)
+        msgs = [TimedMessage(t - t0, idx[a], idx[b], n) for t, a, b, n in messages]
+        intra = topo.node_of(messages[0][1]) == topo.node_of(messages[0][2])
+        bw, lat = ((topo.scale_up_bw_gbps, topo.scale_up_latency_ns) if intra
+                   else (topo.scale_out_bw_gbps, topo.scale_out_latency_ns))
+        n = max(2, len(npus))
+        alone = ClusterTopology(num_nodes=n, npus_per_node=1, scale_up_bw_gbps=1.0, scale_up_latency_ns=0.0,
+                                scale_out_bw_gbps=bw, scale_out_latency_ns=lat)
+        finish = model_finish(alone.build(), alone.route, n, msgs)
+        system = InstanceSystem(name=f"kv-net {req.request_id}", num_npus=n,
+                                dims=(Dimension("Switch", n, bw * 1e9 / 2**30, float(lat), "ring"),))
+        self.on_transfer(req, system, message_graphs(n, msgs), t0, finish)
+
     def _start_transfer(self, dst: InstanceRuntime, req: Request, cached_tokens: int, now: int) -> None:
         src, handoff_ns = self._pending.pop(id(req))
+        if self.network is not None:
+            self._start_network_transfer(src, dst, req, cached_tokens, handoff_ns, now)
+            return
         tokens = max(0, req.input_tokens - cached_tokens)
         eng = dst.inst.engine
         kv_b = DTYPE_BYTES[eng.dtype if eng.kv_cache_dtype == "auto" else eng.kv_cache_dtype]
@@ -184,6 +352,22 @@ class PDCoordinator:
             return dst
 
         self.schedule_timer(end, arrived)
+
+
+def layer_end_offsets(out, num_layers: int) -> list[int]:
+    """When each of the model's layers ends in a step, from the step's start: its chain's layers are one
+    template repeated, so after the prologue they end at equal intervals before the epilogue (the
+    sampler/LM head); other graph kinds (pipelines) spread the layers evenly over the step."""
+    core = max(1, out.result.duration_ns)
+    pro = epi = 0
+    t = getattr(out.graphs[0], "template", None) if out.graphs else None
+    if t is not None and hasattr(t, "prologue"):
+        pro = sum(x[2] for x in t.prologue if x[1] == COMP)
+        epi = sum(x[2] for x in t.epilogue if x[1] == COMP)
+        if pro + epi >= core:
+            pro = epi = 0
+    span = core - pro - epi
+    return [pro + (i + 1) * span // num_layers for i in range(num_layers)]
 
 
 def transfer_graphs(tp_src: int, tp_dst: int, nbytes: int, bw_gbps: float, latency_ns: float, name: str

@@ -173,14 +173,15 @@ class IterationHook:
     def take(self, k: int, inst: InstanceRuntime, out: StepOutcome, start_ns: int) -> None:
         raise NotImplementedError
 
-    def transfer(self, k: int, req, system, graphs: list, start_ns: int) -> None:
-        """The k-th KV transfer of a prefill/decode deployment (frontend/pd.py): its own graphs. Default: ignored."""
+    def transfer(self, k: int, req, system, graphs: list, start_ns: int, finish_ns: list[int] | None = None) -> None:
+        """The k-th KV transfer of a prefill/decode deployment (frontend/pd.py): its own graphs (with `finish_ns`
+        when the cluster network timed them: congestion-aware messages). Default: ignored."""
 
-    def on_transfer(self, req, system, graphs: list, start_ns: int) -> None:
+    def on_transfer(self, req, system, graphs: list, start_ns: int, finish_ns: list[int] | None = None) -> None:
         k = self.transfers
         self.transfers += 1
         if k in self.wanted:
-            self.transfer(k, req, system, graphs, start_ns)
+            self.transfer(k, req, system, graphs, start_ns, finish_ns)
 
 
 @dataclass
@@ -209,17 +210,23 @@ class ChakraDumper(IterationHook):
         }, indent=2) + "\n")
         self.written.append(k)
 
-    def transfer(self, k: int, req, system, graphs: list, start_ns: int) -> None:
-        """KV transfers go to iter-kv<k>/ (the k-th transfer of the run), ASTRA-sim input sets like iterations."""
+    def transfer(self, k: int, req, system, graphs: list, start_ns: int, finish_ns: list[int] | None = None) -> None:
+        """KV transfers go to iter-kv<k>/ (the k-th transfer of the run), ASTRA-sim input sets like iterations.
+        Transfers over a cluster network (`finish_ns` given) are congestion-aware message sets: run them with
+        AstraSim_Analytical_Congestion_Aware."""
         from astra_bridge.embedded.backend import make_executor
         from astra_bridge.inputs import write_input_set
 
         d = self.out_dir / f"iter-kv{k}"
         write_input_set(d, system, graphs, metadata={"transfer": k, "request": req.request_id})
-        r = make_executor(system).run(graphs)
+        if finish_ns is None:
+            r = make_executor(system).run(graphs)
+            finish, binary = r.per_rank_finish_ns, "AstraSim_Analytical_Congestion_Unaware"
+        else:
+            finish, binary = finish_ns, "AstraSim_Analytical_Congestion_Aware"
         (d / "embedded.json").write_text(json.dumps({
-            "transfer": k, "request": req.request_id, "start_ns": start_ns,
-            "per_rank_finish_ns": r.per_rank_finish_ns, "duration_ns": r.duration_ns}, indent=2) + "\n")
+            "transfer": k, "request": req.request_id, "start_ns": start_ns, "binary": binary,
+            "per_rank_finish_ns": finish, "duration_ns": max(finish)}, indent=2) + "\n")
 
 
 def _acceptance_trace(run: ResolvedRun, path: str) -> dict[str, float]:

@@ -451,6 +451,14 @@ def resolve(cfg: RunConfig, source: str = "<config>") -> ResolvedRun:
         raise ConfigError("instances: prefill instances need at least one role: decode instance to hand their KV to")
     if "decode" in roles and not roles & {"prefill", "mixed"}:
         raise ConfigError("instances: decode instances need a role: prefill (or mixed) instance to take new requests")
+    if cfg.cluster is not None:
+        if "prefill" not in roles:
+            raise ConfigError("cluster: the cluster network carries the KV of prefill/decode hand-offs; no instance "
+                              "has role: prefill, so nothing would cross it (remove `cluster:` or add roles)")
+        from frontend.network.cluster_net import place, topology_of
+
+        topology_of(cfg.cluster, max(i.node for i in instances) + 1)
+        place(instances, cfg.cluster.npus_per_node)
     if "prefill" in roles and any(i.dp_group is not None and i.model.is_moe for i in instances):
         raise ConfigError("instances: prefill/decode disaggregation with DP groups of MoE engines is not simulated")
     if "prefill" in roles and len({i.model.name for i in instances}) > 1:

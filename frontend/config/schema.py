@@ -397,6 +397,11 @@ class PDConfig(Strict):
 
     decode_router: Literal["round_robin", "least_loaded"] = Field(
         "least_loaded", description="which decode instance takes a prefilled request")
+    kv_transfer: Literal["after_prefill", "layerwise"] = Field(
+        "after_prefill", description="after_prefill: the decode side pulls the prompt's KV once its prefill ends "
+                                     "(vLLM NixlConnector); layerwise: each prefill step pushes every layer's KV "
+                                     "of its chunk as that layer finishes (DistServe / Mooncake style), over "
+                                     "the cluster network (needs `cluster:`)")
     local_prefill_max_tokens: int = Field(
         0, ge=0, le=10**9, description="conditional disaggregation: a request whose prompt, less what the chosen "
                                        "decode instance has cached, is at most this many tokens is prefilled on "
@@ -409,6 +414,30 @@ class PDConfig(Strict):
         default_factory=lambda: LinkConfig(bw_gbps=50.0, latency_ns=2000.0),
         description="per-GPU NIC path between nodes (default: one 400 Gb/s NDR InfiniBand NIC per GPU, as "
                     "configs/networks/h100-2x4-ib.yaml)")
+
+
+class ClusterConfig(Strict):
+    """The cluster network instances sit on (frontend/network/topology.py): nodes of NPUs with a scale-up
+    switch each, one NIC per NPU into leaf switches, leaves joined by a spine. Messages between instances
+    (prefill -> decode KV) take routes over its links and queue where they share one (ASTRA-sim's
+    congestion-aware analytical semantics, frontend/network/linknet.py)."""
+
+    npus_per_node: int = Field(8, ge=1, le=1024, description="NPUs in a node; an instance's NPUs are packed onto "
+                                                             "its node (instances[].node) in listing order")
+    num_nodes: int | None = Field(None, ge=1, le=100_000, description="nodes in the cluster (default: the highest "
+                                                                     "node an instance uses + 1)")
+    scale_up: LinkConfig = Field(
+        default_factory=lambda: LinkConfig(bw_gbps=450.0, latency_ns=1000.0),
+        description="each NPU's link into its node's switch (default: H100 NVLink 4 through NVSwitch, 450 GB/s "
+                    "per direction, as configs/networks/h100-nvlink-8.yaml)")
+    scale_out: LinkConfig = Field(
+        default_factory=lambda: LinkConfig(bw_gbps=50.0, latency_ns=2000.0),
+        description="each NPU's NIC link into its leaf switch (default: one 400 Gb/s NDR InfiniBand NIC per GPU, "
+                    "as configs/networks/h100-2x4-ib.yaml)")
+    nodes_per_leaf: int = Field(0, ge=0, le=100_000, description="nodes under one leaf switch (0: one leaf holds "
+                                                                 "every node, a single-tier fabric)")
+    oversubscription: float = Field(1.0, ge=1.0, le=1000.0, description="a leaf's NIC bandwidth over its uplink to "
+                                                                        "the spine (1: non-blocking fat tree)")
 
 
 class PlacementConfig(Strict):
@@ -475,6 +504,8 @@ class RunConfig(Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     moe: MoEConfig = Field(default_factory=MoEConfig)
     pd: PDConfig = Field(default_factory=PDConfig)
+    cluster: ClusterConfig | None = Field(None, description="the cluster network between instances (default: none; "
+                                                           "PD transfers then use pd.scale_up / pd.scale_out)")
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -488,3 +519,14 @@ class RunConfig(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"instance names must be unique, got {names}")
         return v
+
+    @model_validator(mode="after")
+    def _pd_network(self) -> RunConfig:
+        if self.pd.kv_transfer == "layerwise" and self.cluster is None:
+            raise ValueError("pd.kv_transfer: layerwise streams over the cluster network: add a `cluster:` section")
+        if self.cluster is not None:
+            given = sorted(self.pd.model_fields_set & {"scale_up", "scale_out"})
+            if given:
+                raise ValueError(f"pd.{given[0]}: with a `cluster:` network, transfers take the cluster's links "
+                                 f"(cluster.scale_up / cluster.scale_out); remove pd.{given[0]}")
+        return self

@@ -167,6 +167,9 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         s["moe"] = moe
     if result.pd is not None:
         s["pd"] = result.pd.stats.summary()
+        if result.pd.network is not None:
+            s["pd"]["kv_transfer"] = result.pd.cfg.kv_transfer
+            s["pd"]["network_links"] = result.pd.network.link_stats()
     lora = [i.compute for i in result.instances if hasattr(i.compute, "resident")]
     if lora:
         cfg = lora[0].cfg
