@@ -229,3 +229,23 @@ def test_dumped_network_transfers_replay_on_the_congestion_aware_binary(tmp_path
                            cwd=d, capture_output=True, text=True, timeout=300, check=True)
         finish, _ = parse_finished(p.stdout, len(meta["per_rank_finish_ns"]))
         assert finish == meta["per_rank_finish_ns"]
+
+
+def test_fan_out_and_pipeline_stages_send_from_the_stage_holding_each_layer():
+    """TP2 x PP2 prefill -> TP4 decode: each prefill stage's two ranks send its layers' KV, every decode rank
+    receives a quarter of the heads of every layer; bytes still equal the formula."""
+    raw = _with()
+    raw["instances"] = [{"name": "p", "hardware": "H100-SXM", "tp": 2, "pp": 2, "role": "prefill", "node": 0,
+                         "network": {"dims": [{"topology": "Switch", "npus": 2, "bw_gbps": 450, "latency_ns": 500},
+                                              {"topology": "Switch", "npus": 2, "bw_gbps": 450, "latency_ns": 500}]}},
+                        {"name": "d", "hardware": "H100-SXM", "tp": 4, "role": "decode", "node": 1, "network": NV4}]
+    res = _run(raw)
+    assert all(r.status == "finished" for r in res.requests)
+    per_tok = res.instances[0].inst.model.kv_bytes_per_token(2)
+    assert sum(x.bytes for x in res.pd.stats.transfers) == sum((r.input_tokens - r.cached_tokens) * per_tok
+                                                               for r in res.requests)
+    links = res.pd.network.link_stats()
+    ups = {int(k.split("->")[0]): v["bytes"] for k, v in links.items() if int(k.split("->")[0]) < 4}
+    assert sorted(ups) == [0, 1, 2, 3] and len(set(ups.values())) == 1  # both stages, both ranks, equal shares
+    downs = {k: v["bytes"] for k, v in links.items() if int(k.split("->")[1]) in (4, 5, 6, 7)}
+    assert len(downs) == 4 and len(set(downs.values())) == 1
