@@ -374,6 +374,17 @@ class LinkConfig(Strict):
     latency_ns: float = Field(ge=0, le=1e12)
 
 
+def _nvlink4_link() -> LinkConfig:
+    """H100 NVLink 4 through NVSwitch: 450 GB/s per direction per GPU, ~1 us (configs/networks/h100-nvlink-8.yaml)."""
+    return LinkConfig(bw_gbps=450.0, latency_ns=1000.0)
+
+
+def _ndr_nic_link() -> LinkConfig:
+    """One ConnectX-7 400 Gb/s NDR InfiniBand NIC per GPU: 50 GB/s, ~2 us through NIC and switch
+    (configs/networks/h100-2x4-ib.yaml)."""
+    return LinkConfig(bw_gbps=50.0, latency_ns=2000.0)
+
+
 class LoRAConfig(Strict):
     """LoRA adapters served by every instance (vLLM's --enable-lora / --max-loras / --max-lora-rank meanings)."""
 
@@ -407,11 +418,11 @@ class PDConfig(Strict):
                                        "decode instance has cached, is at most this many tokens is prefilled on "
                                        "the decode instance itself (0: never)")
     scale_up: LinkConfig = Field(
-        default_factory=lambda: LinkConfig(bw_gbps=450.0, latency_ns=1000.0),
+        default_factory=_nvlink4_link,
         description="GPU-to-GPU path between instances on one node (default: NVLink 4 through NVSwitch, 450 GB/s "
                     "per direction per GPU, as configs/networks/h100-nvlink-8.yaml)")
     scale_out: LinkConfig = Field(
-        default_factory=lambda: LinkConfig(bw_gbps=50.0, latency_ns=2000.0),
+        default_factory=_ndr_nic_link,
         description="per-GPU NIC path between nodes (default: one 400 Gb/s NDR InfiniBand NIC per GPU, as "
                     "configs/networks/h100-2x4-ib.yaml)")
 
@@ -427,11 +438,11 @@ class ClusterConfig(Strict):
     num_nodes: int | None = Field(None, ge=1, le=100_000, description="nodes in the cluster (default: the highest "
                                                                      "node an instance uses + 1)")
     scale_up: LinkConfig = Field(
-        default_factory=lambda: LinkConfig(bw_gbps=450.0, latency_ns=1000.0),
+        default_factory=_nvlink4_link,
         description="each NPU's link into its node's switch (default: H100 NVLink 4 through NVSwitch, 450 GB/s "
                     "per direction, as configs/networks/h100-nvlink-8.yaml)")
     scale_out: LinkConfig = Field(
-        default_factory=lambda: LinkConfig(bw_gbps=50.0, latency_ns=2000.0),
+        default_factory=_ndr_nic_link,
         description="each NPU's NIC link into its leaf switch (default: one 400 Gb/s NDR InfiniBand NIC per GPU, "
                     "as configs/networks/h100-2x4-ib.yaml)")
     nodes_per_leaf: int = Field(0, ge=0, le=100_000, description="nodes under one leaf switch (0: one leaf holds "

@@ -56,8 +56,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontend.workload.jsonl import MAX_TIME_NS, MAX_TOKENS, WorkloadError, parse_json_line
-from frontend.workload.program_window import select
+from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, parse_json_line
+from frontend.workload.program_window import select_sessions, sessions_to_programs
 from frontend.workload.sources import TraceRow, register_trace_format
 
 NS_PER_S = 1_000_000_000
@@ -360,34 +360,6 @@ def _last_le(sorted_vals: list[int], x: int) -> int | None:
 
 # ---- programs ----
 
-def to_programs(sessions: list[Session], time_scale: float, origin_ns: int):
-    """One ProgramSpec per session (see the module docstring)."""
-    from frontend.agents.program import Edge, ProgramSpec, TurnSpec
-
-    progs = []
-    for sess in sessions:
-        pid = sess.name
-        turns: list[TurnSpec] = []
-        for k, c in enumerate(sess.calls):
-            spec = TurnSpec(f"{pid}.t{k}", pid, k, c.prompt_tokens, c.output_tokens, full_input_tokens=c.prompt_tokens)
-            if k:
-                prev = sess.calls[k - 1]
-                spec.parents = [Edge(turns[-1].turn_id, sess.edge_tool(k), sess.gap_ns(k))]
-                ctx = prev.prompt_tokens + prev.output_tokens
-                if c.prompt_tokens >= ctx:
-                    spec.context_parent = turns[-1].turn_id
-                    spec.new_tokens = c.prompt_tokens - ctx
-            turns.append(spec)
-        arrival = round(max(0, sess.start_ns - origin_ns) * time_scale)
-        if arrival > MAX_TIME_NS:
-            raise WorkloadError(f"line {sess.calls[0].line}: session {pid}: arrival x time_scale = {arrival:.3g} ns "
-                                f"is beyond the simulable {MAX_TIME_NS:.0e} ns")
-        prog = ProgramSpec(pid, int(arrival), turns)
-        prog.validate()
-        progs.append(prog)
-    return progs
-
-
 def load_programs(path: str | Path, *, time_scale: float = 1.0, start_s: float | None = None,
                   end_s: float | None = None, sample: float = 1.0, seed: int = 0, num_programs: int | None = None,
                   tools: dict | None = None, **_ignored):
@@ -396,13 +368,10 @@ def load_programs(path: str | Path, *, time_scale: float = 1.0, start_s: float |
     if not read.sessions:
         raise WorkloadError(f"{path}: no Copilot LLM calls to replay ({read.spans} spans read, {read.skipped_calls} "
                             f"chat spans without usage counts, {read.other_records} other records)")
-    sel = select(read.sessions, lambda s: s.start_ns, start_s=start_s, end_s=end_s, sample=sample, seed=seed,
-                 limit=num_programs)
+    sel = select_sessions(path, read.sessions, lambda s: s.start_ns, start_s=start_s, end_s=end_s, sample=sample,
+                          seed=seed, limit=num_programs)
     kept: list[Session] = sel.kept
-    if not kept:
-        raise WorkloadError(f"{path}: no sessions to replay ({len(read.sessions)} read, {sel.outside} outside the "
-                            f"time window, {sel.unsampled} not sampled)")
-    progs = to_programs(kept, time_scale, sel.origin_ns)
+    progs = sessions_to_programs(kept, lambda s: s.calls, time_scale, sel.origin_ns)
     calls = sum(len(s.calls) for s in kept)
     overlaps = sum(1 for s in kept for k in range(1, len(s.calls)) if s.calls[k].start_ns < s.calls[k - 1].end_ns)
     edges = Counter(s.edge_tool(k) for s in kept for k in range(1, len(s.calls)))

@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from frontend.workload.jsonl import MAX_TIME_NS, MAX_TOKENS, WorkloadError, parse_json_line
-from frontend.workload.program_window import select
+from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, parse_json_line
+from frontend.workload.program_window import select_sessions, sessions_to_programs
 from frontend.workload.sources import GZIP_MAGIC, TraceRow, register_trace_format
 
 INPUT_EVENTS = ("user_message", "tool_result")
@@ -218,33 +218,6 @@ def read_sessions(path: str | Path) -> Read:
     return out
 
 
-def to_programs(sessions: list[Session], time_scale: float, origin_ns: int):
-    from frontend.agents.program import Edge, ProgramSpec, TurnSpec
-
-    progs = []
-    for sess in sessions:
-        pid = sess.name
-        turns: list[TurnSpec] = []
-        for k, r in enumerate(sess.rounds):
-            spec = TurnSpec(f"{pid}.t{k}", pid, k, r.prompt_tokens, r.output_tokens, full_input_tokens=r.prompt_tokens)
-            if k:
-                prev = sess.rounds[k - 1]
-                spec.parents = [Edge(turns[-1].turn_id, sess.edge_tool(k), sess.gap_ns(k))]
-                ctx = prev.prompt_tokens + prev.output_tokens
-                if r.prompt_tokens >= ctx:
-                    spec.context_parent = turns[-1].turn_id
-                    spec.new_tokens = r.prompt_tokens - ctx
-            turns.append(spec)
-        arrival = round(max(0, sess.start_ns - origin_ns) * time_scale)
-        if arrival > MAX_TIME_NS:
-            raise WorkloadError(f"line {sess.rounds[0].line}: session {pid}: arrival x time_scale = {arrival:.3g} ns "
-                                f"is beyond the simulable {MAX_TIME_NS:.0e} ns")
-        prog = ProgramSpec(pid, int(arrival), turns)
-        prog.validate()
-        progs.append(prog)
-    return progs
-
-
 def load_programs(path: str | Path, *, time_scale: float = 1.0, start_s: float | None = None,
                   end_s: float | None = None, sample: float = 1.0, seed: int = 0, num_programs: int | None = None,
                   tools: dict | None = None, **_ignored):
@@ -253,13 +226,10 @@ def load_programs(path: str | Path, *, time_scale: float = 1.0, start_s: float |
     if not read.sessions:
         raise WorkloadError(f"{path}: no TraceLab rounds to replay ({read.rows} rows, {read.skipped} without token "
                             "counts)")
-    sel = select(read.sessions, lambda s: s.start_ns, start_s=start_s, end_s=end_s, sample=sample, seed=seed,
-                 limit=num_programs)
+    sel = select_sessions(path, read.sessions, lambda s: s.start_ns, start_s=start_s, end_s=end_s, sample=sample,
+                          seed=seed, limit=num_programs)
     kept: list[Session] = sel.kept
-    if not kept:
-        raise WorkloadError(f"{path}: no sessions to replay ({len(read.sessions)} read, {sel.outside} outside the "
-                            f"time window, {sel.unsampled} not sampled)")
-    progs = to_programs(kept, time_scale, sel.origin_ns)
+    progs = sessions_to_programs(kept, lambda s: s.rounds, time_scale, sel.origin_ns)
     rounds = sum(len(s.rounds) for s in kept)
     gaps = [(s.edge_tool(k), s.gap_ns(k)) for s in kept for k in range(1, len(s.rounds))]
     unmeasured = sorted({t for t, g in gaps if g is None})
