@@ -227,6 +227,8 @@ class PDCoordinator:
                     self._rr += 1
                 cached = len(d.pool.find_cached_prefix(req)) * d.pool.block_size
                 st = self._stream[id(req)] = StreamState(d, cached)
+                if c0 > cached:  # the prefill side's own cached prefix: its KV is there already, sent now
+                    self._send_kv(inst, d, st, c0 - cached, None, now)
             lo, hi = max(c0, st.cached_tokens), min(c0 + n, req.input_tokens)
             if hi <= lo:
                 continue

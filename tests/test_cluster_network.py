@@ -249,3 +249,19 @@ def test_fan_out_and_pipeline_stages_send_from_the_stage_holding_each_layer():
     assert sorted(ups) == [0, 1, 2, 3] and len(set(ups.values())) == 1  # both stages, both ranks, equal shares
     downs = {k: v["bytes"] for k, v in links.items() if int(k.split("->")[1]) in (4, 5, 6, 7)}
     assert len(downs) == 4 and len(set(downs.values())) == 1
+
+
+def test_streaming_also_sends_the_prefill_sides_cached_prefix():
+    """Prompts sharing a long system prompt hit the prefill instance's prefix cache: that KV never runs in a
+    prefill step, yet the decode side needs it; streamed or pulled, the bytes are the same."""
+    raw = _with(workload={"shared_prefix_tokens": 1024}, pd={"decode_router": "round_robin"})
+    raw["instances"].append({"name": "d2", "hardware": "H100-SXM", "tp": 2, "role": "decode", "node": 1,
+                             "network": NV2})  # a second decoder sees the shared prompt later than the prefill side
+    pull = _run(raw)
+    push = _run({**raw, "pd": {"decode_router": "round_robin", "kv_transfer": "layerwise"}})
+    per_tok = pull.instances[0].inst.model.kv_bytes_per_token(2)
+    for res in (pull, push):
+        assert sum(x.bytes for x in res.pd.stats.transfers) == sum((r.input_tokens - r.cached_tokens) * per_tok
+                                                                   for r in res.requests)
+    # the prefill side hit its cache for the shared prompt (those tokens never ran in a prefill step)
+    assert sum(it[4] for it in push.iterations.rows if it[0] == "p") < sum(r.input_tokens for r in push.requests)
