@@ -62,6 +62,7 @@ class Study:
     # "load at the same latency": sweep these rates and report, per variant, the rate at which the metric
     # reaches twice the baseline's value at the lowest rate (the knee), interpolated between grid points
     load_grid: list[float] = field(default_factory=list)
+    decompose: bool = False  # load studies: also print each point's latency split (latency_parts_s)
 
 
 VLLM = ("vLLM (fcfs + lru)", {"policy": {"scheduling": "fcfs", "retention": "lru", "prefetch": "none"}})
@@ -127,7 +128,12 @@ STUDY_LIST = [
           "Autellix PLAS vs vLLM FCFS on single-threaded agent programs",
           "4x-15x program throughput at the same latency", mean_completion_s, "mean program latency s",
           VLLM, [AUTELLIX, AUTELLIX_SWAP, ("vLLM (fcfs, swap preemption)", {**HOST_SWAP, **VLLM[1]})],
-          load_grid=[0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
+          load_grid=[0.25, 0.5, 1, 2, 4, 8, 16], decompose=True),
+    Study("autellix-uniform", "autellix-plas-llama8b.yaml",
+          "Autellix PLAS vs vLLM FCFS, the same study with the earlier uniform 1..40 calls per program (same mean)",
+          "(sensitivity: how much of the effect is the heavy tail)", mean_completion_s, "mean program latency s",
+          VLLM, [AUTELLIX], overrides={"workload": {"turns": None, "turns_min": 1, "turns_max": 40}},
+          load_grid=[0.25, 0.5, 1, 2, 4, 8, 16], decompose=True),
 ]
 
 
@@ -138,7 +144,27 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def run_point(study: Study, overrides: dict, rate: float | None, programs: int | None) -> tuple[float, dict, float]:
+def latency_parts_s(res) -> dict[str, float]:
+    """Mean program latency split into its parts (s): tools (the same under every order), queue (a call
+    waiting for admission: the only part a waiting-queue order such as PLAS can shorten) and execution
+    (prefill + decode while admitted: what batch slow-down stretches, shared by every order); plus the
+    mean latency of the shorter half of the programs (by calls), which least-attained-service favours."""
+    from frontend.metrics.report import program_rows
+
+    rows = [r for r in program_rows(res) if r[2] >= 0]
+    n = max(1, len(rows))
+    lat = [(r[2] - r[1]) / 1e9 for r in rows]
+    tool = sum(r[4] for r in rows) / 1e9 / n
+    queue = sum(r[5] for r in rows) / 1e9 / n
+    calls = sorted(r[3] for r in rows)
+    med = calls[len(calls) // 2] if calls else 0
+    short = [(r[2] - r[1]) / 1e9 for r in rows if r[3] <= med]
+    return {"mean": sum(lat) / n, "tool": tool, "queue": queue, "exec": sum(lat) / n - tool - queue,
+            "short_mean": sum(short) / max(1, len(short)), "median_calls": med}
+
+
+def run_point(study: Study, overrides: dict, rate: float | None, programs: int | None,
+              keep: list | None = None) -> tuple[float, dict, float]:
     ov = _merge(study.overrides, overrides)
     wl: dict = {}
     if rate is not None:
@@ -152,6 +178,8 @@ def run_point(study: Study, overrides: dict, rate: float | None, programs: int |
     res, extra = simulate(run)
     wall = time.perf_counter() - t0
     s = summarize(res, extra)
+    if keep is not None:
+        keep.append(latency_parts_s(res))
     return study.metric(res, s), s, wall
 
 
@@ -172,9 +200,12 @@ def run_load_study(study: Study, programs: int | None) -> None:
     grid = study.load_grid
     print(f"   {'variant':48s} " + " ".join(f"{r:>8g}/s" for r in grid) + f" {'knee rate':>10s} {'vs baseline':>11s}")
     curves = []
+    parts: dict[str, list[dict]] = {}
     for name, ov in [study.baseline, *study.policies]:
-        vals = [run_point(study, ov, r, programs)[0] for r in grid]
+        keep: list[dict] = []
+        vals = [run_point(study, ov, r, programs, keep if study.decompose else None)[0] for r in grid]
         curves.append((name, vals))
+        parts[name] = keep
     limit = 2 * curves[0][1][0]
     base_knee = knee_rate(grid, curves[0][1], limit)
     for name, vals in curves:
@@ -184,6 +215,16 @@ def run_load_study(study: Study, programs: int | None) -> None:
         print(f"   {name:48s} " + " ".join(f"{v:10.4f}" for v in vals) + f" {ks:>10s} {ratio:>11s}", flush=True)
     print(f"   ({study.metric_name}; knee = the rate where it reaches 2x the baseline's value at {grid[0]:g}/s "
           f"= {limit:.4f})")
+    if study.decompose:
+        print("   mean program latency = tools + queue (waiting for admission) + execution (admitted: prefill + "
+              "decode, stretched by batch slow-down), s; 'short' = mean latency of the programs with at most the "
+              "median number of calls")
+        print(f"   {'variant':48s} {'rate/s':>7s} {'mean':>8s} {'tools':>8s} {'queue':>8s} {'exec':>8s} "
+              f"{'queue %':>8s} {'short':>8s}")
+        for name, _ in curves:
+            for r, p in zip(grid, parts[name], strict=True):
+                print(f"   {name:48s} {r:7g} {p['mean']:8.2f} {p['tool']:8.2f} {p['queue']:8.2f} {p['exec']:8.2f} "
+                      f"{100 * p['queue'] / max(1e-9, p['mean']):7.1f}% {p['short_mean']:8.2f}")
 
 
 def run_study(study: Study, programs: int | None = None) -> None:

@@ -150,6 +150,7 @@ class InstanceRuntime:
         self.closed_form_steps = 0
         self._base: TimingBase | None = None
         self._begin_step = getattr(compute, "begin_step", None)  # step-keyed compute (expert routing samples)
+        self._set_now = getattr(compute, "set_now", None)  # time-aware compute (LoRA background loads)
         self.unit = None  # the cluster unit that steps this instance (frontend/cluster.py), set by the engine
 
     @property
@@ -223,6 +224,8 @@ class InstanceRuntime:
         if plan is None:
             return None
         self.iterations += 1
+        if self._set_now is not None:
+            self._set_now(now_ns)
         if self._begin_step is not None:
             self._begin_step(self.iterations, plan)
         return plan
