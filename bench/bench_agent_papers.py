@@ -82,6 +82,10 @@ KVFLOW = ("KVFlow (inv. distance evict + prefetch)",
           {"policy": {"retention": "invocation_distance", "prefetch": "invocation_distance"}})
 KVFLOW_EVICT = ("KVFlow eviction only", {"policy": {"retention": "invocation_distance", "prefetch": "none"}})
 NO_TIER = {"kv": {"offload": "none", "tiers": []}}
+# ScaleSim: KVFlow's KV prefetch/eviction plus the adapters of the agents due next (prefetch/invocation_distance_lora)
+SCALESIM = ("ScaleSim (inv. distance KV + adapters)",
+            {"policy": {"retention": "invocation_distance", "prefetch": "invocation_distance_lora"}})
+NO_LORA = {"lora": {"adapters": 0}, "workload": {"lora_per_program": False}}
 
 STUDY_LIST = [
     Study("continuum", "continuum-swebench-llama8b.yaml",
@@ -111,13 +115,21 @@ STUDY_LIST = [
           "up to 2.19x speed-up", makespan_s, "all workflows s", ("SGLang HiCache (lru + DRAM tier)", {}),
           [KVFLOW, KVFLOW_EVICT]),
     Study("scalesim", "scalesim-genagents-llama8b.yaml",
-          "ScaleSim vs SGLang on multi-agent simulation benchmarks", "up to 1.74x speed-up", makespan_s,
-          "simulation s", ("SGLang HiCache (lru + DRAM tier)", {}), [KVFLOW, KVFLOW_EVICT]),
+          "ScaleSim vs SGLang on multi-agent simulation benchmarks (per-agent rank-64 LoRA adapters, 100 slots)",
+          "up to 1.74x speed-up", makespan_s, "simulation s", ("SGLang HiCache (lru KV + lru adapters)", {}),
+          [SCALESIM, KVFLOW, ("adapter loads free (bound: host link 1e6 GB/s)", {"lora": {"host_bw_gbps": 1e6}}),
+           ("ScaleSim, adapter loads free", {"lora": {"host_bw_gbps": 1e6}, **SCALESIM[1]}),
+           ("SGLang default 8 adapters per batch (lru)", {"lora": {"max_loras": 8}}),
+           ("ScaleSim, 8 adapters per batch", {"lora": {"max_loras": 8}, **SCALESIM[1]})]),
+    Study("scalesim-no-lora", "scalesim-genagents-llama8b.yaml",
+          "ScaleSim vs SGLang, the same study without adapters (KV only: the earlier study)",
+          "up to 1.74x speed-up", makespan_s, "simulation s", ("SGLang HiCache (lru + DRAM tier)", NO_LORA),
+          [(KVFLOW[0], {**NO_LORA, **KVFLOW[1]}), (KVFLOW_EVICT[0], {**NO_LORA, **KVFLOW_EVICT[1]})]),
     Study("scalesim-gpu-only", "scalesim-genagents-llama8b.yaml",
-          "ScaleSim eviction vs SGLang GPU-only radix cache (no host tier: a miss recomputes)",
+          "ScaleSim eviction vs SGLang GPU-only radix cache, no adapters (no host tier: a miss recomputes)",
           "(the text we read does not say whether the SGLang baseline had a host tier)", makespan_s,
-          "simulation s", ("SGLang (lru, no tier)", NO_TIER),
-          [("ScaleSim eviction (no tier)", {**NO_TIER, **KVFLOW_EVICT[1]})]),
+          "simulation s", ("SGLang (lru, no tier)", {**NO_TIER, **NO_LORA}),
+          [("ScaleSim eviction (no tier)", {**NO_TIER, **NO_LORA, **KVFLOW_EVICT[1]})]),
     Study("infercept", "infercept-mixed-gptj6b.yaml",
           "InferCept sustains 1.6-2x higher serving load than vLLM at similar latency per token",
           "1.6x-2x load at equal normalized latency", normalized_latency_s_per_token, "norm. latency s/token",
@@ -128,12 +140,12 @@ STUDY_LIST = [
           "Autellix PLAS vs vLLM FCFS on single-threaded agent programs",
           "4x-15x program throughput at the same latency", mean_completion_s, "mean program latency s",
           VLLM, [AUTELLIX, AUTELLIX_SWAP, ("vLLM (fcfs, swap preemption)", {**HOST_SWAP, **VLLM[1]})],
-          load_grid=[0.25, 0.5, 1, 2, 4, 8, 16], decompose=True),
+          load_grid=[0.25, 0.5, 0.75, 1, 2, 4, 8, 16], decompose=True),
     Study("autellix-uniform", "autellix-plas-llama8b.yaml",
           "Autellix PLAS vs vLLM FCFS, the same study with the earlier uniform 1..40 calls per program (same mean)",
           "(sensitivity: how much of the effect is the heavy tail)", mean_completion_s, "mean program latency s",
           VLLM, [AUTELLIX], overrides={"workload": {"turns": None, "turns_min": 1, "turns_max": 40}},
-          load_grid=[0.25, 0.5, 1, 2, 4, 8, 16], decompose=True),
+          load_grid=[0.25, 0.5, 0.75, 1, 2, 4, 8, 16], decompose=True),
 ]
 
 
@@ -215,6 +227,17 @@ def run_load_study(study: Study, programs: int | None) -> None:
         print(f"   {name:48s} " + " ".join(f"{v:10.4f}" for v in vals) + f" {ks:>10s} {ratio:>11s}", flush=True)
     print(f"   ({study.metric_name}; knee = the rate where it reaches 2x the baseline's value at {grid[0]:g}/s "
           f"= {limit:.4f})")
+    # throughput at the same latency at every level the baseline reaches: the rate at which each variant
+    # reaches the baseline's value at rate r, over r (linear between grid points; '>' past the grid)
+    print("   throughput at the same latency, vs the baseline at each of its rates (variant's rate at the baseline's "
+          "value there / that rate):")
+    print(f"   {'variant':48s} " + " ".join(f"{r:>8g}/s" for r in grid[1:]))
+    for name, vals in curves[1:]:
+        cells = []
+        for r, level in zip(grid[1:], curves[0][1][1:], strict=True):
+            k = knee_rate(grid, vals, level)
+            cells.append(f">{grid[-1] / r:.2f}x" if k is None else f"{k / r:.2f}x")
+        print(f"   {name:48s} " + " ".join(f"{c:>10s}" for c in cells))
     if study.decompose:
         print("   mean program latency = tools + queue (waiting for admission) + execution (admitted: prefill + "
               "decode, stretched by batch slow-down), s; 'short' = mean latency of the programs with at most the "
@@ -252,8 +275,11 @@ def run_study(study: Study, programs: int | None = None) -> None:
             else:
                 eff = f"{base_v / v:.2f}x" if v > 0 else "-"
             pins = f"{p.get('pins_created', 0)}/{p.get('pins_expired', 0)}/{p.get('pins_broken', 0)}"
+            lo = s.get("lora")
+            adapters = "" if lo is None else (f"   adapters: {lo['loads']} cold loads ({lo['load_bytes'] / 1e9:.1f} GB), "
+                                              f"{lo.get('prefetches', 0)} prefetched")
             print(f"   {name:48s} {v:22.4f} {eff:>18s} {a['cross_turn_hit_rate']:10.3f} {pins:>14s} "
-                  f"{p.get('bytes_prefetched', 0) / 1e9:11.2f} {wall:7.1f}", flush=True)
+                  f"{p.get('bytes_prefetched', 0) / 1e9:11.2f} {wall:7.1f}{adapters}", flush=True)
 
 
 def main() -> None:

@@ -111,6 +111,7 @@ def test_adapter_prefetch_lands_in_the_background_and_evicts_the_farthest():
     lc.set_now(load_ns // 2)
     lc.begin_step(3, _plan(5))
     assert lc.loading == 0 and lc.stall_bytes == pytest.approx(lc.adapter_bytes / 2, rel=0.01)
+    assert lc.prefetch_used == 1
     # a cold load with the hint frees the slot needed last (6, due at 4) rather than the LRU one (0, due at 0)
     assert list(lc.resident) == [0, 6, 5]
     lc.next_use = {0: (0,), 5: (1,), 6: (4,)}
@@ -150,6 +151,7 @@ def test_scalesim_lora_prefetch_copies_adapters_of_agents_due_next():
     kv_only, lora = runs["invocation_distance"]["lora"], runs["invocation_distance_lora"]["lora"]
     assert "prefetches" not in kv_only  # KVFlow's prefetch leaves adapters alone
     assert lora["prefetches"] > 0 and lora["prefetch_bytes"] == lora["prefetches"] * lora["adapter_bytes_per_npu"]
-    # the adapters copied ahead are cold loads the steps no longer wait for
+    # the adapters copied ahead are cold loads the steps no longer wait for; most copies are used before they
+    # are evicted (a waiting request's adapter is needed now and is never a victim)
     assert lora["loads"] < kv_only["loads"]
-    assert lora["loads"] + lora["prefetches"] >= kv_only["loads"] * 0.5
+    assert lora["prefetches_used"] >= 0.5 * lora["prefetches"]

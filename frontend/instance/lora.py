@@ -93,6 +93,7 @@ class LoRACompute:
         self.stall_bytes = 0
         self.prefetches = 0
         self.prefetch_bytes = 0
+        self.prefetch_used = 0  # prefetched adapters a step used before they were evicted
         self.stalled_bytes = 0
         # eviction hint from a policy: adapter -> when it is next needed (smaller = sooner); adapters it does not
         # name are the farthest. None: plain LRU among the adapters not in the batch (vLLM)
@@ -159,6 +160,7 @@ class LoRACompute:
                 self.resident.move_to_end(a)
                 ready = self.ready_ns.get(a)
                 if ready is not None:
+                    self.prefetch_used += 1
                     if ready > self.now_ns:  # its background copy has not landed: wait for the rest of it
                         left = min(1.0, (ready - self.now_ns) * self.cfg.host_bw_gbps / max(1, self.adapter_bytes))
                         self.stall_bytes += int(left * self.adapter_bytes)

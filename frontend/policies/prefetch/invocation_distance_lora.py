@@ -13,18 +13,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from frontend.policies.common import PREFETCH_STEPS
+from frontend.policies.common import FAR, PREFETCH_STEPS
 from frontend.policies.prefetch.invocation_distance import InvocationDistancePrefetch
 from frontend.policies.registry import register_prefetch
 
 if TYPE_CHECKING:
     from frontend.instance.runtime import InstanceRuntime
 
-RUNNING = (-1,)  # next-use key of an adapter in the running batch: before every upcoming turn
+RUNNING = (-1,)  # next-use key of an adapter of a running or waiting request: before every upcoming turn
 
 
 @register_prefetch("invocation_distance_lora")
 class InvocationDistanceLoRAPrefetch(InvocationDistancePrefetch):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._unserved: set[str] | None = None  # programs not yet served on any instance (lazily: all of them)
+
     def after_ranking(self, inst: InstanceRuntime, now: int, prio: dict[int, tuple],
                       order: list[tuple[tuple, str]]) -> None:
         super().after_ranking(inst, now, prio, order)
@@ -33,10 +37,34 @@ class InvocationDistanceLoRAPrefetch(InvocationDistancePrefetch):
             return
         self._adapters_ahead(inst, lora, now, order)
 
+    def _unserved_ahead(self, inst: InstanceRuntime) -> list[tuple[tuple, str]]:
+        """Upcoming turns (within PREFETCH_STEPS) of programs no instance has served yet, when `inst` is the only
+        instance new programs go to (otherwise where they will run is not known): an agent's first invocation
+        has no KV to load back, but its adapter is known ahead (ScaleSim's simulator knows who acts next)."""
+        ctx = self.ctx
+        if ctx.entry_instances != [inst.name]:
+            return []
+        orch = self.orch
+        if self._unserved is None:
+            self._unserved = set(orch.programs)
+        memo: dict[str, int] = {}
+        out = []
+        for pid in sorted(self._unserved):
+            prog = orch.programs[pid]
+            if pid in ctx.last_turn or prog.turns_left == 0 or prog.spec.lora is None:
+                self._unserved.discard(pid)
+                continue
+            for tid, d in ctx.upcoming(pid, memo):
+                if d <= PREFETCH_STEPS:
+                    out.append(((d, FAR), tid))
+                break  # the program's next turn only
+        return out
+
     def _adapters_ahead(self, inst: InstanceRuntime, lora, now: int, order: list[tuple[tuple, str]]) -> None:
         orch = self.orch
+        order = sorted([*order, *self._unserved_ahead(inst)])
         next_use: dict[int, tuple] = {}
-        for r in inst.scheduler.running:
+        for r in [*inst.scheduler.running, *inst.scheduler.waiting]:  # arrived turns need theirs now
             if r.lora is not None and r.lora >= 0:
                 next_use[r.lora] = RUNNING
         due: list[tuple[tuple, int]] = []
@@ -49,6 +77,14 @@ class InvocationDistanceLoRAPrefetch(InvocationDistancePrefetch):
                 due.append((key, a))
         lora.next_use = next_use
         lora.set_now(now)
+        # nearest first, at most prefetch_lookahead copies per pass (the knob that bounds the KV prefetch too),
+        # each only into a free slot or the slot of an adapter needed later
         budget = max(1, self.cfg.prefetch_lookahead)
-        for key, a in due[:budget]:
-            lora.prefetch(a, key)
+        for key, a in due:
+            if budget <= 0:
+                break
+            if a in lora.resident:
+                continue
+            if not lora.prefetch(a, key):
+                break
+            budget -= 1
