@@ -277,7 +277,7 @@ def run_study(study: Study, programs: int | None = None) -> None:
             pins = f"{p.get('pins_created', 0)}/{p.get('pins_expired', 0)}/{p.get('pins_broken', 0)}"
             lo = s.get("lora")
             adapters = "" if lo is None else (f"   adapters: {lo['loads']} cold loads ({lo['load_bytes'] / 1e9:.1f} GB), "
-                                              f"{lo.get('prefetches', 0)} prefetched")
+                                              f"{lo.get('prefetches', 0)} prefetched ({lo.get('prefetches_used', 0)} used)")
             print(f"   {name:48s} {v:22.4f} {eff:>18s} {a['cross_turn_hit_rate']:10.3f} {pins:>14s} "
                   f"{p.get('bytes_prefetched', 0) / 1e9:11.2f} {wall:7.1f}{adapters}", flush=True)
 
