@@ -191,7 +191,9 @@ def run_point(study: Study, overrides: dict, rate: float | None, programs: int |
     wall = time.perf_counter() - t0
     s = summarize(res, extra)
     if keep is not None:
-        keep.append(latency_parts_s(res))
+        parts = latency_parts_s(res)
+        parts.update(tpot_ms=s["tpot_ms"]["mean"], hit=s["agents"]["cross_turn_hit_rate"], preempt=s["preemptions"])
+        keep.append(parts)
     return study.metric(res, s), s, wall
 
 
@@ -243,11 +245,12 @@ def run_load_study(study: Study, programs: int | None) -> None:
               "decode, stretched by batch slow-down), s; 'short' = mean latency of the programs with at most the "
               "median number of calls")
         print(f"   {'variant':48s} {'rate/s':>7s} {'mean':>8s} {'tools':>8s} {'queue':>8s} {'exec':>8s} "
-              f"{'queue %':>8s} {'short':>8s}")
+              f"{'queue %':>8s} {'short':>8s} {'TPOT ms':>8s} {'x-turn hit':>10s} {'preempt':>8s}")
         for name, _ in curves:
             for r, p in zip(grid, parts[name], strict=True):
                 print(f"   {name:48s} {r:7g} {p['mean']:8.2f} {p['tool']:8.2f} {p['queue']:8.2f} {p['exec']:8.2f} "
-                      f"{100 * p['queue'] / max(1e-9, p['mean']):7.1f}% {p['short_mean']:8.2f}")
+                      f"{100 * p['queue'] / max(1e-9, p['mean']):7.1f}% {p['short_mean']:8.2f} {p['tpot_ms']:8.2f} "
+                      f"{p['hit']:10.3f} {p['preempt']:8d}")
 
 
 def run_study(study: Study, programs: int | None = None) -> None:
