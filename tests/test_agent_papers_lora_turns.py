@@ -155,3 +155,29 @@ def test_scalesim_lora_prefetch_copies_adapters_of_agents_due_next():
     # are evicted (a waiting request's adapter is needed now and is never a victim)
     assert lora["loads"] < kv_only["loads"]
     assert lora["prefetches_used"] >= 0.5 * lora["prefetches"]
+
+
+def test_unserved_programs_adapters_are_ranked_only_on_the_sole_entry_instance():
+    from types import SimpleNamespace
+
+    from frontend.agents.orchestrator import Orchestrator
+    from frontend.agents.program import Edge, ProgramSpec, TurnSpec
+    from frontend.agents.tools import ToolSimulator
+    from frontend.config.schema import PolicyConfig, ToolDist
+    from frontend.policies import RetentionPolicy
+
+    # two agents: b's first turn waits for a message from a's (running) turn, so it is one step away
+    a0 = TurnSpec("a.t0", "a", 0, 32, 4)
+    b0 = TurnSpec("b.t0", "b", 0, 32, 4, parents=[Edge("a.t0", "message")])
+    progs = [ProgramSpec("a", 0, [a0], lora=0), ProgramSpec("b", 0, [b0], lora=1)]
+    orch = Orchestrator(progs, ToolSimulator({"message": ToolDist(dist="constant", mean_ms=0)}, 1), 16)
+    for r in orch.initial():
+        r.status = "running"
+    pol = RetentionPolicy(PolicyConfig(retention="invocation_distance", prefetch="invocation_distance_lora"),
+                          orch, lambda t, f: None)
+    pf = pol.prefetch_policy
+    inst = SimpleNamespace(name="i0")
+    pol.ctx.entry_instances = ["i0", "i1"]  # where b will run is not known yet
+    assert pf._unserved_ahead(inst) == []
+    pol.ctx.entry_instances = ["i0"]
+    assert [tid for _, tid in pf._unserved_ahead(inst)] == ["b.t0"]
