@@ -62,6 +62,7 @@ class Study:
     # "load at the same latency": sweep these rates and report, per variant, the rate at which the metric
     # reaches twice the baseline's value at the lowest rate (the knee), interpolated between grid points
     load_grid: list[float] = field(default_factory=list)
+    decompose: bool = False  # load studies: also print each point's latency split (latency_parts_s)
 
 
 VLLM = ("vLLM (fcfs + lru)", {"policy": {"scheduling": "fcfs", "retention": "lru", "prefetch": "none"}})
@@ -81,6 +82,13 @@ KVFLOW = ("KVFlow (inv. distance evict + prefetch)",
           {"policy": {"retention": "invocation_distance", "prefetch": "invocation_distance"}})
 KVFLOW_EVICT = ("KVFlow eviction only", {"policy": {"retention": "invocation_distance", "prefetch": "none"}})
 NO_TIER = {"kv": {"offload": "none", "tiers": []}}
+# ScaleSim: KVFlow's KV prefetch/eviction plus the adapters of the agents due next (prefetch/invocation_distance_lora)
+SCALESIM = ("ScaleSim (inv. distance KV + adapters)",
+            {"policy": {"retention": "invocation_distance", "prefetch": "invocation_distance_lora"}})
+NO_LORA = {"lora": {"adapters": 0}, "workload": {"lora_per_program": False}}
+SLOW_LORA = {"lora": {"host_bw_gbps": 6}}
+# the baseline with the whole H100 KV pool (no eviction at all): what no eviction/prefetch policy can beat
+MEMORY_IDEAL = ("memory-ideal bound (lru, 27000 blocks)", {"engine": {"num_gpu_blocks_override": 27000}})
 
 STUDY_LIST = [
     Study("continuum", "continuum-swebench-llama8b.yaml",
@@ -100,7 +108,7 @@ STUDY_LIST = [
     Study("kvflow-single", "kvflow-workflow-llama8b.yaml",
           "KVFlow vs SGLang hierarchical radix cache, one workflow with large prompts",
           "up to 1.83x speed-up", makespan_s, "workflow s", ("SGLang HiCache (lru + DRAM tier)", {}),
-          [KVFLOW, KVFLOW_EVICT]),
+          [KVFLOW, KVFLOW_EVICT, MEMORY_IDEAL]),
     Study("kvflow-single-gpu-only", "kvflow-workflow-llama8b.yaml",
           "KVFlow vs SGLang GPU-only radix cache (no host tier: a miss recomputes the prompt)",
           "(paper's second baseline; the headline is vs HiCache)", makespan_s, "workflow s",
@@ -108,15 +116,27 @@ STUDY_LIST = [
     Study("kvflow-concurrent", "kvflow-concurrent-llama8b.yaml",
           "KVFlow vs SGLang hierarchical radix cache, many concurrent workflows",
           "up to 2.19x speed-up", makespan_s, "all workflows s", ("SGLang HiCache (lru + DRAM tier)", {}),
-          [KVFLOW, KVFLOW_EVICT]),
+          [KVFLOW, KVFLOW_EVICT, MEMORY_IDEAL]),
     Study("scalesim", "scalesim-genagents-llama8b.yaml",
-          "ScaleSim vs SGLang on multi-agent simulation benchmarks", "up to 1.74x speed-up", makespan_s,
-          "simulation s", ("SGLang HiCache (lru + DRAM tier)", {}), [KVFLOW, KVFLOW_EVICT]),
+          "ScaleSim vs SGLang on multi-agent simulation benchmarks (per-agent rank-64 LoRA adapters, 100 slots)",
+          "up to 1.74x speed-up", makespan_s, "simulation s", ("SGLang HiCache (lru KV + lru adapters)", {}),
+          [SCALESIM, KVFLOW, ("adapter loads free (bound: host link 1e6 GB/s)", {"lora": {"host_bw_gbps": 1e6}}),
+           ("ScaleSim, adapter loads free", {"lora": {"host_bw_gbps": 1e6}, **SCALESIM[1]}),
+           ("SGLang default 8 adapters per batch (lru)", {"lora": {"max_loras": 8}}),
+           ("ScaleSim, 8 adapters per batch", {"lora": {"max_loras": 8}, **SCALESIM[1]})]),
+    Study("scalesim-slow-link", "scalesim-genagents-llama8b.yaml",
+          "ScaleSim vs SGLang with adapters loading at an effective 6 GB/s (sensitivity: the rate is not in the text)",
+          "up to 1.74x speed-up", makespan_s, "simulation s", ("SGLang HiCache (lru KV + lru adapters)", SLOW_LORA),
+          [(SCALESIM[0], {**SLOW_LORA, **SCALESIM[1]})]),
+    Study("scalesim-no-lora", "scalesim-genagents-llama8b.yaml",
+          "ScaleSim vs SGLang, the same study without adapters (KV only: the earlier study)",
+          "up to 1.74x speed-up", makespan_s, "simulation s", ("SGLang HiCache (lru + DRAM tier)", NO_LORA),
+          [(KVFLOW[0], {**NO_LORA, **KVFLOW[1]}), (KVFLOW_EVICT[0], {**NO_LORA, **KVFLOW_EVICT[1]})]),
     Study("scalesim-gpu-only", "scalesim-genagents-llama8b.yaml",
-          "ScaleSim eviction vs SGLang GPU-only radix cache (no host tier: a miss recomputes)",
+          "ScaleSim eviction vs SGLang GPU-only radix cache, no adapters (no host tier: a miss recomputes)",
           "(the text we read does not say whether the SGLang baseline had a host tier)", makespan_s,
-          "simulation s", ("SGLang (lru, no tier)", NO_TIER),
-          [("ScaleSim eviction (no tier)", {**NO_TIER, **KVFLOW_EVICT[1]})]),
+          "simulation s", ("SGLang (lru, no tier)", {**NO_TIER, **NO_LORA}),
+          [("ScaleSim eviction (no tier)", {**NO_TIER, **NO_LORA, **KVFLOW_EVICT[1]})]),
     Study("infercept", "infercept-mixed-gptj6b.yaml",
           "InferCept sustains 1.6-2x higher serving load than vLLM at similar latency per token",
           "1.6x-2x load at equal normalized latency", normalized_latency_s_per_token, "norm. latency s/token",
@@ -127,7 +147,12 @@ STUDY_LIST = [
           "Autellix PLAS vs vLLM FCFS on single-threaded agent programs",
           "4x-15x program throughput at the same latency", mean_completion_s, "mean program latency s",
           VLLM, [AUTELLIX, AUTELLIX_SWAP, ("vLLM (fcfs, swap preemption)", {**HOST_SWAP, **VLLM[1]})],
-          load_grid=[0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
+          load_grid=[0.25, 0.5, 0.75, 1, 2, 4, 8, 16], decompose=True),
+    Study("autellix-uniform", "autellix-plas-llama8b.yaml",
+          "Autellix PLAS vs vLLM FCFS, the same study with the earlier uniform 1..40 calls per program (same mean)",
+          "(sensitivity: how much of the effect is the heavy tail)", mean_completion_s, "mean program latency s",
+          VLLM, [AUTELLIX], overrides={"workload": {"turns": None, "turns_min": 1, "turns_max": 40}},
+          load_grid=[0.25, 0.5, 0.75, 1, 2, 4, 8, 16], decompose=True),
 ]
 
 
@@ -138,7 +163,27 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def run_point(study: Study, overrides: dict, rate: float | None, programs: int | None) -> tuple[float, dict, float]:
+def latency_parts_s(res) -> dict[str, float]:
+    """Mean program latency split into its parts (s): tools (the same under every order), queue (a call
+    waiting for admission: the only part a waiting-queue order such as PLAS can shorten) and execution
+    (prefill + decode while admitted: what batch slow-down stretches, shared by every order); plus the
+    mean latency of the shorter half of the programs (by calls), which least-attained-service favours."""
+    from frontend.metrics.report import program_rows
+
+    rows = [r for r in program_rows(res) if r[2] >= 0]
+    n = max(1, len(rows))
+    lat = [(r[2] - r[1]) / 1e9 for r in rows]
+    tool = sum(r[4] for r in rows) / 1e9 / n
+    queue = sum(r[5] for r in rows) / 1e9 / n
+    calls = sorted(r[3] for r in rows)
+    med = calls[len(calls) // 2] if calls else 0
+    short = [(r[2] - r[1]) / 1e9 for r in rows if r[3] <= med]
+    return {"mean": sum(lat) / n, "tool": tool, "queue": queue, "exec": sum(lat) / n - tool - queue,
+            "short_mean": sum(short) / max(1, len(short)), "median_calls": med}
+
+
+def run_point(study: Study, overrides: dict, rate: float | None, programs: int | None,
+              keep: list | None = None) -> tuple[float, dict, float]:
     ov = _merge(study.overrides, overrides)
     wl: dict = {}
     if rate is not None:
@@ -152,6 +197,10 @@ def run_point(study: Study, overrides: dict, rate: float | None, programs: int |
     res, extra = simulate(run)
     wall = time.perf_counter() - t0
     s = summarize(res, extra)
+    if keep is not None:
+        parts = latency_parts_s(res)
+        parts.update(tpot_ms=s["tpot_ms"]["mean"], hit=s["agents"]["cross_turn_hit_rate"], preempt=s["preemptions"])
+        keep.append(parts)
     return study.metric(res, s), s, wall
 
 
@@ -172,9 +221,12 @@ def run_load_study(study: Study, programs: int | None) -> None:
     grid = study.load_grid
     print(f"   {'variant':48s} " + " ".join(f"{r:>8g}/s" for r in grid) + f" {'knee rate':>10s} {'vs baseline':>11s}")
     curves = []
+    parts: dict[str, list[dict]] = {}
     for name, ov in [study.baseline, *study.policies]:
-        vals = [run_point(study, ov, r, programs)[0] for r in grid]
+        keep: list[dict] = []
+        vals = [run_point(study, ov, r, programs, keep if study.decompose else None)[0] for r in grid]
         curves.append((name, vals))
+        parts[name] = keep
     limit = 2 * curves[0][1][0]
     base_knee = knee_rate(grid, curves[0][1], limit)
     for name, vals in curves:
@@ -184,6 +236,28 @@ def run_load_study(study: Study, programs: int | None) -> None:
         print(f"   {name:48s} " + " ".join(f"{v:10.4f}" for v in vals) + f" {ks:>10s} {ratio:>11s}", flush=True)
     print(f"   ({study.metric_name}; knee = the rate where it reaches 2x the baseline's value at {grid[0]:g}/s "
           f"= {limit:.4f})")
+    # throughput at the same latency at every level the baseline reaches: the rate at which each variant
+    # reaches the baseline's value at rate r, over r (linear between grid points; '>' past the grid)
+    print("   throughput at the same latency, vs the baseline at each of its rates (variant's rate at the baseline's "
+          "value there / that rate):")
+    print(f"   {'variant':48s} " + " ".join(f"{r:>8g}/s" for r in grid[1:]))
+    for name, vals in curves[1:]:
+        cells = []
+        for r, level in zip(grid[1:], curves[0][1][1:], strict=True):
+            k = knee_rate(grid, vals, level)
+            cells.append(f">{grid[-1] / r:.2f}x" if k is None else f"{k / r:.2f}x")
+        print(f"   {name:48s} " + " ".join(f"{c:>10s}" for c in cells))
+    if study.decompose:
+        print("   mean program latency = tools + queue (waiting for admission) + execution (admitted: prefill + "
+              "decode, stretched by batch slow-down), s; 'short' = mean latency of the programs with at most the "
+              "median number of calls")
+        print(f"   {'variant':48s} {'rate/s':>7s} {'mean':>8s} {'tools':>8s} {'queue':>8s} {'exec':>8s} "
+              f"{'queue %':>8s} {'short':>8s} {'TPOT ms':>8s} {'x-turn hit':>10s} {'preempt':>8s}")
+        for name, _ in curves:
+            for r, p in zip(grid, parts[name], strict=True):
+                print(f"   {name:48s} {r:7g} {p['mean']:8.2f} {p['tool']:8.2f} {p['queue']:8.2f} {p['exec']:8.2f} "
+                      f"{100 * p['queue'] / max(1e-9, p['mean']):7.1f}% {p['short_mean']:8.2f} {p['tpot_ms']:8.2f} "
+                      f"{p['hit']:10.3f} {p['preempt']:8d}")
 
 
 def run_study(study: Study, programs: int | None = None) -> None:
@@ -211,8 +285,11 @@ def run_study(study: Study, programs: int | None = None) -> None:
             else:
                 eff = f"{base_v / v:.2f}x" if v > 0 else "-"
             pins = f"{p.get('pins_created', 0)}/{p.get('pins_expired', 0)}/{p.get('pins_broken', 0)}"
+            lo = s.get("lora")
+            adapters = "" if lo is None else (f"   adapters: {lo['loads']} cold loads ({lo['load_bytes'] / 1e9:.1f} GB), "
+                                              f"{lo.get('prefetches', 0)} prefetched ({lo.get('prefetches_used', 0)} used)")
             print(f"   {name:48s} {v:22.4f} {eff:>18s} {a['cross_turn_hit_rate']:10.3f} {pins:>14s} "
-                  f"{p.get('bytes_prefetched', 0) / 1e9:11.2f} {wall:7.1f}", flush=True)
+                  f"{p.get('bytes_prefetched', 0) / 1e9:11.2f} {wall:7.1f}{adapters}", flush=True)
 
 
 def main() -> None:

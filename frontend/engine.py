@@ -69,6 +69,7 @@ class Engine:
 
             pol = run.config.policy
             self.retention = RetentionPolicy(pol, orchestrator, self.schedule_timer)
+            self.retention.ctx.entry_instances = [i.name for i in self.cluster.entry]
             key = priority_key(pol, orchestrator)
             for inst in instances:
                 inst.scheduler.priority = key

@@ -52,7 +52,7 @@ def coding_programs(cfg: AgentWorkload, seed: int) -> list[ProgramSpec]:
     progs = []
     for p in range(cfg.num_programs):
         pid = f"prog-{p}"
-        n = int(rng.integers(cfg.turns_min, cfg.turns_max + 1))
+        n = _one(cfg.turns, rng) if cfg.turns is not None else int(rng.integers(cfg.turns_min, cfg.turns_max + 1))
         turns = []
         for k in range(n):
             tid = f"{pid}.t{k}"
@@ -246,8 +246,12 @@ def read_dag_jsonl(path: Path) -> list[ProgramSpec]:
 
 
 def generate(cfg: AgentWorkload, seed: int) -> list[ProgramSpec]:
-    return {"coding": coding_programs, "research": research_programs,
-            "multiagent": multiagent_programs, "workflow": workflow_programs}[cfg.generator](cfg, seed)
+    progs = {"coding": coding_programs, "research": research_programs,
+             "multiagent": multiagent_programs, "workflow": workflow_programs}[cfg.generator](cfg, seed)
+    if cfg.lora_per_program:  # program i's adapter is i (multiagent: agent a's is a); drawn from no rng
+        for i, p in enumerate(progs):
+            p.lora = int(p.program_id.removeprefix("agent-")) if cfg.generator == "multiagent" else i
+    return progs
 
 
 def default_tools(cfg: AgentWorkload) -> dict[str, ToolDist]:

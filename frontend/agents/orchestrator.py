@@ -120,6 +120,9 @@ class Orchestrator:
                 req.hashes = extend_block_hashes(prefix, segs + out_seg, bs, req.input_tokens + req.output_tokens)
         req.program_id = t.program_id
         req.turn_index = t.index
+        lora = self.programs[t.program_id].spec.lora
+        if lora is not None:
+            req.lora = lora
         req.seq = self._seq
         req.ready_ns = st.release_ns
         st.request = req

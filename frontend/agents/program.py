@@ -43,6 +43,7 @@ class ProgramSpec:
     program_id: str
     arrival_ns: int
     turns: list[TurnSpec]
+    lora: int | None = None  # the LoRA adapter every call of this program names (an agent's own adapter)
 
     def validate(self) -> None:
         ids = {t.turn_id for t in self.turns}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Topology = Literal["Ring", "FullyConnected", "Switch"]
 Algorithm = Literal["ring", "direct", "halvingDoubling", "doubleBinaryTree"]
@@ -177,9 +177,11 @@ class InstanceConfig(Strict):
 
 
 class Dist(Strict):
-    dist: Literal["constant", "lognormal", "uniform", "exponential", "empirical"] = "lognormal"
+    dist: Literal["constant", "lognormal", "uniform", "exponential", "empirical", "pareto"] = "lognormal"
     mean: float | None = Field(None, gt=0, le=1e12)
     sigma: float | None = Field(None, ge=0, le=20)
+    alpha: float | None = Field(None, gt=1, le=100, description="pareto: tail index (shape); the scale is "
+                                "mean x (alpha - 1) / alpha so that `mean` is the untruncated mean (alpha > 1)")
     value: float | None = Field(None, gt=0, le=1e12)
     low: float | None = Field(None, ge=0, le=1e12)
     high: float | None = Field(None, gt=0, le=1e12)
@@ -190,7 +192,7 @@ class Dist(Strict):
     @model_validator(mode="after")
     def _check(self) -> Dist:
         need = {"constant": ["value"], "lognormal": ["mean", "sigma"], "uniform": ["low", "high"],
-                "exponential": ["mean"], "empirical": ["values"]}[self.dist]
+                "exponential": ["mean"], "empirical": ["values"], "pareto": ["mean", "alpha"]}[self.dist]
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
             raise ValueError(f"dist={self.dist!r} needs {', '.join(missing)}")
@@ -273,6 +275,9 @@ class AgentWorkload(Strict):
     rate_per_s: float = Field(1.0, gt=0, le=1e12)
     turns_min: int = Field(5, ge=1, le=100_000)
     turns_max: int = Field(50, ge=1, le=100_000)
+    turns: Dist | None = Field(None, description="coding: LLM calls per program drawn from this distribution "
+                               "(e.g. {dist: pareto, mean: 8, alpha: 1.5, max: 500}; its min/max bound the count) "
+                               "instead of uniform on turns_min..turns_max")
     system_prompt_tokens: int = Field(2000, ge=0, le=MAX_TOKENS)
     tool_output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=400, sigma=0.8))
     output_tokens: Dist = Field(default_factory=lambda: Dist(dist="lognormal", mean=150, sigma=0.7))
@@ -281,13 +286,32 @@ class AgentWorkload(Strict):
     num_agents: int = Field(5000, ge=2, le=10_000_000, description="an acting agent messages others: at least 2")
     steps: int = Field(20, ge=1, le=100_000)
     active_fraction: float = Field(0.05, gt=0, le=1)
+    lora_per_program: bool = Field(False, description="every call of program i (agent i) names LoRA adapter i: "
+                                   "each agent has its own adapter (ScaleSim's per-agent state); needs lora.adapters "
+                                   ">= the number of programs (multiagent: num_agents)")
+
+    @field_validator("turns")
+    @classmethod
+    def _check_turns(cls, v: Dist | None, info: ValidationInfo) -> Dist | None:
+        if v is None:
+            return v
+        gen = info.data.get("generator")
+        if gen != "coding":
+            raise ValueError(f"only the coding generator draws a call count per program (generator is {gen!r})")
+        if v.max > 100_000:
+            raise ValueError(f"max: at most 100000 calls per program (got {v.max}; Dist's default max is 32768)")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> AgentWorkload:
         if self.turns_min > self.turns_max:
             raise ValueError(f"turns_min ({self.turns_min}) exceeds turns_max ({self.turns_max})")
+        both = sorted({"turns_min", "turns_max"} & self.model_fields_set)
+        if self.turns is not None and both:
+            raise ValueError(f"turns: give either a turns distribution or {' / '.join(both)}, not both")
         if self.trace is None:
-            turns = {"coding": self.num_programs * self.turns_max, "research": self.num_programs * (self.fanout + 2),
+            max_turns = self.turns.max if self.turns is not None else self.turns_max
+            turns = {"coding": self.num_programs * max_turns, "research": self.num_programs * (self.fanout + 2),
                      "multiagent": int(self.num_agents * self.active_fraction * 1.5 + 1) * self.steps,
                      "workflow": self.num_programs * self.steps}[self.generator]
             if turns > MAX_COUNT:
@@ -475,7 +499,10 @@ class PolicyConfig(Strict):
         "fixed", description="ttl_pin: 'fixed' pins for ttl_ms when the tool's mean is within it (Continuum's "
                              "released preview); 'utility' picks the TTL that maximises the expected benefit "
                              "of a pin minus its memory cost (the Continuum paper's TTL model)")
-    prefetch: Literal["none", "invocation_distance"] = "none"
+    prefetch: Literal["none", "invocation_distance", "invocation_distance_lora"] = Field(
+        "none", description="none | invocation_distance (KVFlow: KV of the turns due next) | invocation_distance_lora "
+                            "(ScaleSim: also the LoRA adapters of the agents due next, and adapter slots freed "
+                            "farthest-next-use first) (frontend/policies/prefetch/)")
     prefetch_lookahead: int = Field(8, ge=0, le=1_000_000)
 
 
@@ -517,7 +544,7 @@ class RunConfig(Strict):
     pd: PDConfig = Field(default_factory=PDConfig)
     cluster: ClusterConfig | None = Field(None, description="the cluster network between instances (default: none; "
                                                            "PD transfers then use pd.scale_up / pd.scale_out)")
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, validate_default=True)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -541,3 +568,15 @@ class RunConfig(Strict):
                 raise ValueError(f"pd.{given[0]}: with a `cluster:` network, transfers take the cluster's links "
                                  f"(cluster.scale_up / cluster.scale_out); remove pd.{given[0]}")
         return self
+
+    @field_validator("lora")
+    @classmethod
+    def _adapter_per_program(cls, v: LoRAConfig, info: ValidationInfo) -> LoRAConfig:
+        wl = info.data.get("workload")
+        if isinstance(wl, AgentWorkload) and wl.lora_per_program and wl.trace is None:
+            need = wl.num_agents if wl.generator == "multiagent" else wl.num_programs
+            if v.adapters < need:
+                raise ValueError(f"workload.lora_per_program gives each of the {need} "
+                                 f"{'agents' if wl.generator == 'multiagent' else 'programs'} its own adapter, "
+                                 f"but lora.adapters is {v.adapters}")
+        return v

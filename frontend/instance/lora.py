@@ -98,9 +98,66 @@ class LoRACompute:
             self.table.check_modules(self.modules)
         self.resident: OrderedDict[int, None] = OrderedDict()  # adapter -> (LRU order)
         self.active: int = 0  # distinct adapters in the step being costed
+        self.active_set: set[int] = set()
         self.loading: int = 0  # adapters it had to load
         self.loads = 0
         self.load_bytes = 0
+        # background loads (a prefetch policy's): the host link is busy until link_free_ns; an adapter copied
+        # ahead of need is resident (its slot taken) from the start and usable once ready_ns[a] has passed;
+        # a step that needs it earlier waits for the part still on the link (stall_bytes, in its prologue)
+        self.now_ns = 0
+        self.link_free_ns = 0
+        self.ready_ns: dict[int, int] = {}
+        self.stall_bytes = 0
+        self.prefetches = 0
+        self.prefetch_bytes = 0
+        self.prefetch_used = 0  # prefetched adapters a step used before they were evicted
+        self.stalled_bytes = 0
+        # eviction hint from a policy: adapter -> when it is next needed (smaller = sooner); adapters it does not
+        # name are the farthest. None: plain LRU among the adapters not in the batch (vLLM)
+        self.next_use: dict[int, tuple] | None = None
+
+    def set_now(self, now_ns: int) -> None:
+        """The simulated time of the step about to be planned (the instance runtime calls this)."""
+        self.now_ns = now_ns
+
+    def _victim(self, keep: set[int]) -> int | None:
+        """The resident adapter to give its slot up: not in `keep`; LRU first, or with a next-use hint the one
+        needed last (not named = never), LRU among equals."""
+        cands = [x for x in self.resident if x not in keep]
+        if not cands:
+            return None
+        if self.next_use is None:
+            return cands[0]
+        far = (float("inf"),)
+        best = cands[0]
+        for x in cands[1:]:  # the first (least recently used) wins ties
+            if self.next_use.get(x, far) > self.next_use.get(best, far):
+                best = x
+        return best
+
+    def prefetch(self, adapter: int, due: tuple) -> bool:
+        """Copy `adapter` into a slot in the background (the GPU keeps running): into a free slot, or the slot of
+        the resident adapter needed last if that one is needed later than `due`; never one in the running batch
+        or one still landing. False when it is resident already or no slot may be taken."""
+        if adapter in self.resident:
+            return False
+        if len(self.resident) >= self.cfg.max_loras:
+            flying = {a for a, t in self.ready_ns.items() if t > self.now_ns}
+            victim = self._victim(self.active_set | flying)
+            far = (float("inf"),)
+            if victim is None or (self.next_use or {}).get(victim, far) <= due:
+                return False
+            del self.resident[victim]
+            self.ready_ns.pop(victim, None)
+        start = max(self.now_ns, self.link_free_ns)
+        done = start + int(self.adapter_bytes / self.cfg.host_bw_gbps)
+        self.link_free_ns = done
+        self.resident[adapter] = None
+        self.ready_ns[adapter] = done
+        self.prefetches += 1
+        self.prefetch_bytes += self.adapter_bytes
+        return True
 
     def __getattr__(self, item: str):
         return getattr(self.inner, item)
@@ -113,26 +170,40 @@ class LoRACompute:
             return
         active = {r.lora for r in plan.requests if r.lora is not None and r.lora >= 0}
         self.active = len(active)
+        self.active_set = active
         self.loading = 0
+        self.stall_bytes = 0
         for a in sorted(active):
             if a in self.resident:
                 self.resident.move_to_end(a)
+                ready = self.ready_ns.get(a)
+                if ready is not None:
+                    self.prefetch_used += 1
+                    if ready > self.now_ns:  # its background copy has not landed: wait for the rest of it
+                        left = min(1.0, (ready - self.now_ns) * self.cfg.host_bw_gbps / max(1, self.adapter_bytes))
+                        self.stall_bytes += int(left * self.adapter_bytes)
+                    del self.ready_ns[a]
                 continue
             while len(self.resident) >= self.cfg.max_loras:
-                victim = next((x for x in self.resident if x not in active), None)
+                victim = self._victim(active)
                 if victim is None:
                     break
                 del self.resident[victim]
+                self.ready_ns.pop(victim, None)
             self.resident[a] = None
             self.loading += 1
         self.loads += self.loading
         self.load_bytes += self.loading * self.adapter_bytes
+        self.stalled_bytes += self.stall_bytes
+        if self.loading and self.prefetches:  # a synchronous load occupies the host link too
+            self.link_free_ns = max(self.link_free_ns, self.now_ns) + int(
+                self.loading * self.adapter_bytes / self.cfg.host_bw_gbps)
 
     def prologue_ops(self, shape: BatchShape) -> list[OpCost]:
         ops = self.inner.prologue_ops(shape)
-        if not self.loading:
+        if not self.loading and not self.stall_bytes:
             return ops
-        nbytes = self.loading * self.adapter_bytes
+        nbytes = self.loading * self.adapter_bytes + self.stall_bytes
         return ops + [OpCost("lora_load", int(nbytes / self.cfg.host_bw_gbps), 0, nbytes)]
 
     def layer_ops(self, shape: BatchShape, **kw) -> list[OpCost]:

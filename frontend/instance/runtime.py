@@ -154,6 +154,7 @@ class InstanceRuntime:
         # speculative decoding: the drafter's operator, summed over steps (the draft overhead share)
         self._draft_op = getattr(compute, "draft_op", None)
         self.draft_ns = 0
+        self._set_now = getattr(compute, "set_now", None)  # time-aware compute (LoRA background loads)
         self.unit = None  # the cluster unit that steps this instance (frontend/cluster.py), set by the engine
 
     @property
@@ -227,6 +228,8 @@ class InstanceRuntime:
         if plan is None:
             return None
         self.iterations += 1
+        if self._set_now is not None:
+            self._set_now(now_ns)
         if self._begin_step is not None:
             self._begin_step(self.iterations, plan)
         return plan

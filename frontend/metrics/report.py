@@ -176,6 +176,11 @@ def summarize(result: RunResult, extra: dict[str, Any] | None = None) -> dict[st
         s["lora"] = {"adapters": cfg.adapters, "rank": cfg.rank, "max_loras": cfg.max_loras,
                      "loads": sum(c.loads for c in lora), "load_bytes": sum(c.load_bytes for c in lora),
                      "adapter_bytes_per_npu": lora[0].adapter_bytes}
+        if any(c.prefetches for c in lora):  # a policy copied adapters ahead of need (prefetch/*_lora.py)
+            s["lora"].update(prefetches=sum(c.prefetches for c in lora),
+                             prefetch_bytes=sum(c.prefetch_bytes for c in lora),
+                             prefetches_used=sum(c.prefetch_used for c in lora),
+                             prefetch_wait_bytes=sum(c.stalled_bytes for c in lora))
     spec = speculative_summary(result)
     if spec:
         s["speculative"] = spec

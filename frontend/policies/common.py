@@ -78,6 +78,9 @@ class PolicyContext:
         # instance -> block hash on the tier link right now -> (transfer start ns, end ns)
         self.inflight: dict[str, dict[int, tuple[int, int]]] = {}
         self.now: dict[str, int] = {}  # instance -> time of its step being planned (set before each step)
+        # the instances that take new programs (set by the engine): a program not yet served anywhere is known to
+        # go to an instance only when that instance is the only one
+        self.entry_instances: list[str] = []
         self.tm: dict[str, object] = {}  # instance -> its tier manager (for loads charged at admission)
 
     # ---- tool gaps ----

@@ -34,6 +34,11 @@ def sample_dist(d: Dist, rng: np.random.Generator, n: int) -> np.ndarray:
         x = rng.uniform(float(d.low), float(d.high), n)
     elif d.dist == "exponential":
         x = rng.exponential(float(d.mean), n)
+    elif d.dist == "pareto":
+        # Pareto type I with tail index alpha and scale x_m = mean (alpha - 1) / alpha, so E[X] = mean;
+        # numpy's pareto draws the Lomax X / x_m - 1
+        alpha = float(d.alpha)
+        x = float(d.mean) * (alpha - 1) / alpha * (1.0 + rng.pareto(alpha, n))
     else:
         x = rng.choice(np.asarray(d.values, dtype=float), n)
     # clip in float first: rint of a huge draw cast to int64 would wrap around
