@@ -395,6 +395,11 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
         {"tp": 2, "dp": 4, **ep, "network": dims(("Switch", 2, 450.0, 500.0, "direct"), ("Switch", 4, 450.0, 500.0, "ring"))},
         hw="H200", n_req=24)
     out[-1][2]["engine"]["dtype"] = "fp8"
+    # decode attention on a PIM device (rank 1, SEND/RECV of q/k/v and outputs, PIM compute nodes), with and
+    # without NeuPIMs sub-batch interleaving
+    for inter in (False, True):
+        add(f"pim hbm-pim x5{' interleave' if inter else ''} llama8b", "PIM attention", "Llama-3.1-8B", {})
+        out[-1][2]["placement"] = {"pim": {"device": "hbm-pim-aquabolt-xl", "devices": 5, "interleave": inter}}
     return out
 
 

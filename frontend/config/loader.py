@@ -111,6 +111,7 @@ class ResolvedInstance:
     draft_model: ModelSpec | None = None  # speculative decoding with a draft model (its weights and KV are here too)
     offloaded_weight_bytes_per_npu: int = 0  # placement: layer weights kept in `weights_tier`, streamed each step
     weights_tier: str | None = None
+    pim: Any = None  # placement.pim: (PIMDevice, PIMPlacementConfig) when the KV cache lives on a PIM device
     dp_group: str | None = None
     dp_rank: int = 0
     group_dims: list[NetworkDim] = field(default_factory=list)
@@ -314,6 +315,14 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         reserve += slot_bytes_per_npu(model, inst.tp, inst.pp, cfg.lora, b)
     usable = hw.hbm_capacity_gib * GIB * engine.gpu_memory_utilization
     free = usable - weights - reserve
+    pim = None
+    if pl.pim is not None:
+        pim = _pim_placement(prefix, pl.pim, inst, model, engine, cfg, catalog)
+        if free <= 0:
+            raise ConfigError(f"{prefix}: model {model.name} does not fit: {weights / GIB:.1f} GiB of weights + "
+                              f"{reserve / GIB:.1f} GiB activation reserve exceed {usable / GIB:.1f} GiB of {hw.name}")
+        # the KV cache lives on the PIM device(s): their capacity, not the accelerator's HBM, holds the blocks
+        free = pl.pim.devices * pim[0].capacity_gib * GIB
     if engine.num_gpu_blocks_override is not None:
         blocks = engine.num_gpu_blocks_override
     else:
@@ -341,7 +350,32 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                             activation_reserve_bytes=reserve, tiers=tiers, dp=inst.dp,
                             enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
                             group_dims=group_dims, role=inst.role, draft_model=draft,
-                            offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None)
+                            offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None,
+                            pim=pim)
+
+
+def _pim_placement(prefix: str, pc: Any, inst: InstanceConfig, model: ModelSpec, engine: EngineConfig,
+                   cfg: RunConfig, catalog: dict[tuple[str, Path], Any] | None) -> tuple:
+    """The PIM device of placement.pim, after the checks of what the PIM path simulates."""
+    from frontend.compute.pim import PIM_MODELS, load_pim_device
+
+    dev = _catalog_entry(catalog, "pim", find_catalog_file(pc.device, "pim", cfg.base_dir), load_pim_device)
+    why = []
+    if inst.tp != 1 or inst.pp != 1 or inst.dp != 1:
+        why.append("tp = pp = dp = 1 (the PIM device is rank 1 beside a single accelerator)")
+    if model.is_mla:
+        why.append("a non-MLA model")
+    if engine.speculative_tokens:
+        why.append("no speculative decoding")
+    if cfg.kv.tiers:
+        why.append("no kv.tiers (the KV cache lives on the PIM device)")
+    if cfg.placement.weights_fraction > 0:
+        why.append("no weight offload")
+    if why:
+        raise ConfigError(f"{prefix}: placement.pim is simulated with " + "; ".join(why))
+    if pc.model not in PIM_MODELS:
+        raise ConfigError(f"placement.pim.model: {pc.model!r} is not a PIM timing model (have {sorted(PIM_MODELS)})")
+    return dev, pc
 
 
 def _split_dp_dims(prefix: str, inst: InstanceConfig, dims: list[NetworkDim]) -> list[NetworkDim]:

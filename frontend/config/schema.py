@@ -400,6 +400,20 @@ class PDConfig(Strict):
                     "configs/networks/h100-2x4-ib.yaml)")
 
 
+class PIMPlacementConfig(Strict):
+    """A PIM device holding the instance's KV cache; decode attention runs there (frontend/compute/pim.py)."""
+
+    device: str = Field(description="a configs/pim/ entry (or a file): the PIM device's DRAM parameters")
+    devices: int = Field(1, ge=1, le=4096, description="identical devices (stacks / chips); their channels add up")
+    model: str = Field("bank_parallel", description="PIM timing model (frontend/compute/pim.py PIM_MODELS)")
+    interleave: bool = Field(False, description="NeuPIMs sub-batch interleaving: two sub-batches, the accelerator "
+                                                "runs one's dense layers while the PIM device attends the other")
+    link_bw_gbps: float | None = Field(None, gt=0, le=1e7, description="accelerator-PIM link bandwidth (default: "
+                                       "devices x the device's bus width x data rate)")
+    link_latency_ns: float | None = Field(None, ge=0, le=1e9, description="accelerator-PIM link latency (default: "
+                                          "the device's t_rcd_ns + cl_ns, one row open and read)")
+
+
 class PlacementConfig(Strict):
     """Where the weights live: a fraction of every layer's weights in a lower memory tier (FlexGen's per-layer
     percentage placement, arXiv 2303.06865), streamed to HBM layer by layer every iteration."""
@@ -407,6 +421,7 @@ class PlacementConfig(Strict):
     weights_tier: str | None = Field(None, description="a kv.tiers entry (host DRAM or CXL) holding the offloaded part")
     weights_fraction: float = Field(0.0, ge=0, le=1, description="fraction of each layer's weights kept there "
                                                                  "(0: all weights in HBM)")
+    pim: PIMPlacementConfig | None = Field(None, description="KV cache on a PIM device, decode attention there")
 
     @model_validator(mode="after")
     def _tier_named(self) -> PlacementConfig:

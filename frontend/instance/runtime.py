@@ -137,6 +137,12 @@ class InstanceRuntime:
         self.weight_loads = [MemTransfer(inst.weights_tier, inst.offloaded_weight_bytes_per_npu
                                          // max(1, self.layers_per_stage))] if inst.offloaded_weight_bytes_per_npu else []
         self.system = instance_system(inst, sys_cfg, self.spec, timing)
+        self.pim = None  # placement.pim: decode attention on a PIM device (rank 1 of the instance's system)
+        if inst.pim is not None:
+            from frontend.instance.pim_offload import PIMOffload
+
+            self.pim = PIMOffload(inst, inst.pim[0], inst.pim[1], compute, prologue_ops, self.spec.num_layers)
+            self.system = self.pim.system(self.system)
         self.power = InstancePower(inst.hardware, inst.num_npus)
         self.pins: dict = {}  # program id -> Pin held by a retention policy
         self.evict_first: list[int] = []  # freed blocks a policy wants evicted before the rest
@@ -206,6 +212,8 @@ class InstanceRuntime:
 
     def graphs_for(self, plan: IterationPlan, spec: BuildSpec | None = None) -> list[Graph]:
         shape = self.shape_of(plan)
+        if self.pim is not None:
+            return self.pim.graphs(shape)
         spec = spec or self.spec_for(plan)
         mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]
         return build_graphs(spec, mbs)
@@ -236,6 +244,10 @@ class InstanceRuntime:
             if out is not None:
                 self.closed_form_steps += 1
                 return out
+        if self.pim is not None:
+            graphs = self.pim.graphs(self.shape_of(plan))
+            result = self.backend.run(self.system, graphs, start_ns=now_ns)
+            return StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs)
         spec = self.spec_for(plan)
         shape = self.shape_of(plan)
         mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]
