@@ -14,8 +14,8 @@ from astra_bridge.embedded.network import Dimension
 from chakra_gen.graph import Graph
 from chakra_gen.pim import SubBatchWork, build_pim_graphs
 from frontend.compute.batch import BatchShape
-from frontend.config.models import DTYPE_BYTES
 from frontend.compute.pim import AttentionShape, BankParallelPIM, PIMDevice, make_pim_model
+from frontend.config.models import DTYPE_BYTES
 
 
 class PIMOffload:
