@@ -18,7 +18,8 @@ from astra_bridge.backend import Backend, InstanceSystem
 from astra_bridge.embedded.network import Dimension, SystemKnobs
 from astra_bridge.result import IterationResult
 from chakra_gen.builder import BuildSpec, MemTransfer, MicroBatchCost, build_graphs
-from chakra_gen.graph import ChainGraph, Graph
+from chakra_gen.graph import COMP, ChainGraph, Graph
+from chakra_gen.pim import pim_busy_ns
 from frontend.compute.batch import BatchShape
 from frontend.compute.factory import ComputeModel
 from frontend.config.loader import ResolvedInstance
@@ -53,6 +54,11 @@ def tp_involved_dims(inst: ResolvedInstance) -> tuple[bool, ...] | None:
     return tuple(inv)
 
 
+def compute_busy_ns(graph: Graph) -> int:
+    """Time one rank's compute nodes take back to back (a 0 ns node counts as 1 ns in both backends)."""
+    return sum(max(1, d) for t, d in zip(graph.types, graph.durations_ns, strict=True) if t == COMP)
+
+
 def repeated_layers(model) -> int:
     """Layers the chain repeats: all of them, or the MoE layers of a model with leading dense layers (those
     run once each, in the prologue: see prologue_ops)."""
@@ -72,7 +78,8 @@ class StepOutcome:
     tensor bytes), `num_ranks` the number of per-NPU graphs; `graphs` are built on first access when the
     step was timed in closed form."""
 
-    __slots__ = ("plan", "result", "duration_ns", "_graphs", "_build", "tensor_bytes", "num_ranks")
+    __slots__ = ("plan", "result", "duration_ns", "_graphs", "_build", "tensor_bytes", "num_ranks", "pim_busy_ns",
+                 "npu_compute_ns")
 
     def __init__(self, plan: IterationPlan, result: IterationResult, duration_ns: int, graphs: list[Graph] | None,
                  tensor_bytes: int | None = None, num_ranks: int = 0,
@@ -87,6 +94,8 @@ class StepOutcome:
             tensor_bytes = graphs[0].tensor_bytes_total()
         self.tensor_bytes = tensor_bytes
         self.num_ranks = num_ranks or (len(graphs) if graphs is not None else 1)
+        self.pim_busy_ns = 0  # placement.pim: time the PIM device attended (its attention nodes)
+        self.npu_compute_ns = -1  # placement.pim: the accelerator rank's compute time (-1: result.compute_ns)
 
     @property
     def graphs(self) -> list[Graph]:
@@ -144,6 +153,9 @@ class InstanceRuntime:
             self.pim = PIMOffload(inst, inst.pim[0], inst.pim[1], compute, prologue_ops, self.spec.num_layers)
             self.system = self.pim.system(self.system)
         self.power = InstancePower(inst.hardware, inst.num_npus)
+        if self.pim is not None:
+            self.power.pim_active_w = self.pim.active_w
+            self.power.pim_idle_w = self.pim.idle_w
         self.pins: dict = {}  # program id -> Pin held by a retention policy
         self.evict_first: list[int] = []  # freed blocks a policy wants evicted before the rest
         self.queue_delay_ns = 0.0  # moving average of admission delay (observed, for policies)
@@ -247,7 +259,10 @@ class InstanceRuntime:
         if self.pim is not None:
             graphs = self.pim.graphs(self.shape_of(plan))
             result = self.backend.run(self.system, graphs, start_ns=now_ns)
-            return StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs)
+            out = StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs, num_ranks=1)
+            out.pim_busy_ns = pim_busy_ns(graphs[1])
+            out.npu_compute_ns = compute_busy_ns(graphs[0])
+            return out
         spec = self.spec_for(plan)
         shape = self.shape_of(plan)
         mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]

@@ -83,7 +83,13 @@ class IterationLog:
         host = sum(tiers.values()) if tiers else 0
         hbm = out.tensor_bytes - host // max(1, out.num_ranks)
         dur = end - start
-        energy = inst.power.iteration(start, dur, r.compute_ns, max(0, hbm), r.comm_bytes, host)
+        if inst.pim is None:
+            energy = inst.power.iteration(start, dur, r.compute_ns, max(0, hbm), r.comm_bytes, host)
+        else:  # the accelerator's own compute time; the PIM device's energy beside it
+            pw = inst.power
+            gap = max(0, start - pw.last_end_ns)
+            energy = pw.iteration(start, dur, out.npu_compute_ns, max(0, hbm), r.comm_bytes, host) \
+                + pw.pim(gap, dur, out.pim_busy_ns)
         pool = inst.pool
         row = (inst.name, start, end, len(p.requests), p.num_prefill_tokens, p.num_decode_tokens,
                pool.num_used, pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,

@@ -214,7 +214,8 @@ def energy_summary(result: RunResult, out_tokens: int, dur_s: float) -> dict[str
 
     def block(e: EnergyBreakdown, tokens: int, done: int, states: bool, wakeups: int, wake_ns: int) -> dict:
         total = e.total_j
-        bd = {k: round(v, 3) for k, v in vars(e).items() if states or k not in ("deep_idle_j", "wake_j")}
+        bd = {k: round(v, 3) for k, v in vars(e).items()
+              if (states or k not in ("deep_idle_j", "wake_j")) and (k != "pim_j" or v)}
         d: dict[str, Any] = {"total_j": round(total, 3), "breakdown_j": bd}
         if states:
             d["wakeups"] = wakeups
