@@ -97,11 +97,17 @@ class InstancePower:
 
     def pim(self, gap_ns: int, duration_ns: int, busy_ns: int) -> float:
         """PIM device energy of one iteration and the gap before it: active_w while its attention nodes run,
-        idle_w the rest of the iteration and the gap (PIM devices have no deep idle state here)."""
+        idle_w the rest of the iteration and the gap (PIM devices have no deep idle state here). Returns the
+        iteration's part (the gap's is in the total, as the NPUs' idle energy is)."""
         busy = min(busy_ns, duration_ns)
-        j = self.pim_active_w * busy * 1e-9 + self.pim_idle_w * (duration_ns - busy + gap_ns) * 1e-9
-        self.energy.pim_j += j
+        j = self.pim_active_w * busy * 1e-9 + self.pim_idle_w * (duration_ns - busy) * 1e-9
+        self.energy.pim_j += j + self.pim_idle_w * gap_ns * 1e-9
         return j
+
+    @property
+    def deep_after_ns(self) -> int | None:
+        """Gap after which the GPUs are in deep idle (None: never)."""
+        return self._deep_after_ns
 
     @property
     def has_states(self) -> bool:
