@@ -72,7 +72,7 @@ def main() -> None:
     for b in BATCHES:
         shape = BatchShape(q=[1] * b, ctx=[a.context] * b, num_sampled=b)
         cells = []
-        for name, (rt, be) in modes.items():
+        for rt, be in modes.values():
             ns, j = step(rt, be, shape)
             blocks = b * -(-(a.context + 1) // rt.inst.engine.block_size)
             fits = "yes" if blocks <= rt.inst.num_gpu_blocks else "no"
