@@ -400,6 +400,12 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
     for inter in (False, True):
         add(f"pim hbm-pim x5{' interleave' if inter else ''} llama8b", "PIM attention", "Llama-3.1-8B", {})
         out[-1][2]["placement"] = {"pim": {"device": "hbm-pim-aquabolt-xl", "devices": 5, "interleave": inter}}
+    # per-layer KV placement: every 4th layer's KV in a CXL tier, streamed ahead of its attention, written back
+    add("tp2 kv layers 0-31/4 cxl llama8b", "KV layer placement", "Llama-3.1-8B",
+        {"tp": 2, "network": dims(("Switch", 2, 450.0, 500.0, "direct"))})
+    out[-1][2]["kv"] = {"tiers": [{"name": "cxl", "kind": "cxl", "capacity_gib": 256, "bw_gbps": 45,
+                                   "latency_ns": 250, "scope": "instance"}]}
+    out[-1][2]["placement"] = {"kv_layers": [{"layers": "0-31/4", "tier": "cxl"}]}
     return out
 
 

@@ -111,6 +111,8 @@ class ResolvedInstance:
     draft_model: ModelSpec | None = None  # speculative decoding with a draft model (its weights and KV are here too)
     offloaded_weight_bytes_per_npu: int = 0  # placement: layer weights kept in `weights_tier`, streamed each step
     weights_tier: str | None = None
+    kv_layer_tiers: dict[int, str] = field(default_factory=dict)  # placement.kv_layers: layer -> lower tier
+    kv_layer_share_bytes: dict[str, int] = field(default_factory=dict)  # tier -> its share of one block (per NPU)
     pim: Any = None  # placement.pim: (PIMDevice, PIMPlacementConfig) when the KV cache lives on a PIM device
     dp_group: str | None = None
     dp_rank: int = 0
@@ -323,8 +325,27 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                               f"{reserve / GIB:.1f} GiB activation reserve exceed {usable / GIB:.1f} GiB of {hw.name}")
         # the KV cache lives on the PIM device(s): their capacity, not the accelerator's HBM, holds the blocks
         free = pl.pim.devices * pim[0].capacity_gib * GIB
+    kv_layers: dict[int, str] = {}
+    shares: dict[str, int] = {}
+    if pl.kv_layers:
+        kv_layers, shares = _kv_layer_placement(prefix, inst, model, engine, cfg, pl.pim is not None, block_bytes,
+                                                layers_per_stage)
     if engine.num_gpu_blocks_override is not None:
         blocks = engine.num_gpu_blocks_override
+    elif kv_layers:
+        hbm_share = block_bytes - sum(shares.values())
+        blocks = int(free // hbm_share) if hbm_share > 0 else MAX_BLOCKS
+        max_len = engine.max_model_len or model.max_position_embeddings
+        for t in cfg.kv.tiers:
+            if t.name in shares:
+                fit = int(t.capacity_gib * GIB // (shares[t.name] * npus))
+                if fit * engine.block_size < max_len:
+                    raise ConfigError(
+                        f"placement.kv_layers: tier {t.name!r} ({t.capacity_gib} GiB) holds the KV of "
+                        f"{fit * engine.block_size:,} tokens of its layers for {name!r}, less than one "
+                        f"max_model_len sequence ({max_len:,} tokens); raise kv.tiers {t.name}.capacity_gib or place "
+                        "fewer layers there")
+                blocks = min(blocks, fit)
     else:
         blocks = int(free // block_bytes)
     if blocks > MAX_BLOCKS:
@@ -351,7 +372,31 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                             enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
                             group_dims=group_dims, role=inst.role, draft_model=draft,
                             offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None,
-                            pim=pim)
+                            pim=pim, kv_layer_tiers=kv_layers, kv_layer_share_bytes=shares)
+
+
+def _kv_layer_placement(prefix: str, inst: InstanceConfig, model: ModelSpec, engine: EngineConfig, cfg: RunConfig,
+                        pim: bool, block_bytes: int, layers: int) -> tuple[dict[int, str], dict[str, int]]:
+    """placement.kv_layers resolved: layer -> lower tier, and each tier's share of a block (per NPU)."""
+    from frontend.instance.kv_layers import layer_tiers
+
+    why = []
+    if inst.pp != 1 or inst.dp != 1:
+        why.append("pp = dp = 1")
+    if pim:
+        why.append("no placement.pim")
+    if model.dense_prefix_layers:
+        why.append("a model without leading dense layers")
+    if engine.speculative_tokens and engine.speculative_method == "draft_model":
+        why.append("no draft model")
+    if why:
+        raise ConfigError(f"{prefix}: placement.kv_layers is simulated with " + "; ".join(why))
+    placed = layer_tiers(cfg.placement.kv_layers, layers, {t.name for t in cfg.kv.tiers})
+    per_layer = block_bytes // layers
+    shares: dict[str, int] = {}
+    for t in placed.values():
+        shares[t] = shares.get(t, 0) + per_layer
+    return placed, shares
 
 
 def _pim_placement(prefix: str, pc: Any, inst: InstanceConfig, model: ModelSpec, engine: EngineConfig,

@@ -414,6 +414,15 @@ class PIMPlacementConfig(Strict):
                                           "the device's t_rcd_ns + cl_ns, one row open and read)")
 
 
+class KVLayerPlacement(Strict):
+    """The KV cache of some layers lives in a lower tier: every iteration streams those layers' KV to HBM ahead of
+    their attention and writes the new tokens' KV back (frontend/instance/kv_layers.py)."""
+
+    layers: str = Field(description="layer indices: ranges and lists, 'a-b' (inclusive), 'a-' (to the last), "
+                                    "'n', 'a-b/s' (every s-th), comma-separated, e.g. '16-31' or '0-31/2'")
+    tier: str = Field(description="'hbm' or a kv.tiers entry (host DRAM or CXL)")
+
+
 class PlacementConfig(Strict):
     """Where the weights live: a fraction of every layer's weights in a lower memory tier (FlexGen's per-layer
     percentage placement, arXiv 2303.06865), streamed to HBM layer by layer every iteration."""
@@ -422,6 +431,8 @@ class PlacementConfig(Strict):
     weights_fraction: float = Field(0.0, ge=0, le=1, description="fraction of each layer's weights kept there "
                                                                  "(0: all weights in HBM)")
     pim: PIMPlacementConfig | None = Field(None, description="KV cache on a PIM device, decode attention there")
+    kv_layers: list[KVLayerPlacement] = Field(default_factory=list, description="per-layer KV placement: layers not "
+                                              "listed keep their KV in HBM")
 
     @model_validator(mode="after")
     def _tier_named(self) -> PlacementConfig:

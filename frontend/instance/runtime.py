@@ -145,6 +145,12 @@ class InstanceRuntime:
         # weights in a lower tier (placement): every iteration streams each layer's share, ahead of its attention
         self.weight_loads = [MemTransfer(inst.weights_tier, inst.offloaded_weight_bytes_per_npu
                                          // max(1, self.layers_per_stage))] if inst.offloaded_weight_bytes_per_npu else []
+        # per-layer KV placement: (tier, its layers) and the KV bytes of one token of one layer per NPU
+        by_tier: dict[str, set[int]] = {}
+        for li, t in inst.kv_layer_tiers.items():
+            by_tier.setdefault(t, set()).add(li)
+        self.kv_layers = [(t, frozenset(ls)) for t, ls in sorted(by_tier.items())]
+        self.kv_token_layer_bytes = inst.kv_block_bytes // max(1, eng.block_size * self.layers_per_stage)
         self.system = instance_system(inst, sys_cfg, self.spec, timing)
         self.pim = None  # placement.pim: decode attention on a PIM device (rank 1 of the instance's system)
         if inst.pim is not None:
@@ -208,7 +214,7 @@ class InstanceRuntime:
     def spec_for(self, plan: IterationPlan) -> BuildSpec:
         """The build spec with this iteration's transfers (per NPU, per layer): KV moves, and the weights a
         placement keeps in a lower tier, streamed layer by layer every iteration."""
-        if not plan.kv_moves and not self.weight_loads:
+        if not plan.kv_moves and not self.weight_loads and not self.kv_layers:
             return self.spec
         per_block_layer = self.inst.kv_block_bytes // max(1, self.layers_per_stage)
         loads: dict[str, int] = {}
@@ -219,8 +225,21 @@ class InstanceRuntime:
         return BuildSpec(num_layers=self.spec.num_layers, tp=self.spec.tp, pp=self.spec.pp,
                          hidden_size=self.spec.hidden_size, act_dtype_bytes=self.spec.act_dtype_bytes,
                          tp_involved_dims=self.spec.tp_involved_dims,
-                         loads=self.weight_loads + [MemTransfer(t, n * per_block_layer) for t, n in sorted(loads.items())],
-                         stores=[MemTransfer(t, n * per_block_layer) for t, n in sorted(stores.items())])
+                         loads=self.weight_loads + [MemTransfer(t, n * per_block_layer) for t, n in sorted(loads.items())]
+                         + self._kv_layer_transfers(plan, True),
+                         stores=[MemTransfer(t, n * per_block_layer) for t, n in sorted(stores.items())]
+                         + self._kv_layer_transfers(plan, False))
+
+    def _kv_layer_transfers(self, plan: IterationPlan, load: bool) -> list[MemTransfer]:
+        """placement.kv_layers: per placed layer, the cached contexts' KV loaded ahead of its attention (load) or
+        the step's new tokens' KV written back (store), per NPU."""
+        if not self.kv_layers:
+            return []
+        tokens = sum(plan.contexts) if load else sum(plan.num_new_tokens)
+        nbytes = tokens * self.kv_token_layer_bytes
+        if not nbytes:
+            return []
+        return [MemTransfer(t, nbytes, layers) for t, layers in self.kv_layers]
 
     def graphs_for(self, plan: IterationPlan, spec: BuildSpec | None = None) -> list[Graph]:
         shape = self.shape_of(plan)
