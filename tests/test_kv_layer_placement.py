@@ -67,3 +67,24 @@ def test_placed_layers_stream_their_kv_every_iteration():
         assert ld in g.deps[attn]
     # the run moved bytes over the tier in its iterations
     assert sum(r[11] for r in res.iterations.rows) > 0
+
+
+def test_weight_layers_stream_only_their_layers():
+    d = small_run_dict(kv={"tiers": [TIER]}, placement={"weights_layers": [{"layers": "24-31", "tier": "cxl"}]})
+    run = resolve(parse_config(d, "x.yaml"))
+    frac = resolve(parse_config(small_run_dict(kv={"tiers": [TIER]}, placement={"weights_fraction": 0.25,
+                                                                                  "weights_tier": "cxl"}), "y.yaml"))
+    i, f = run.instances[0], frac.instances[0]
+    # 8 of 32 whole layers = a quarter of every layer: the same HBM freed, within a byte per layer
+    assert abs(i.weight_bytes_per_npu - f.weight_bytes_per_npu) <= 32
+    res, _ = simulate(run)
+    rt = res.instances[0]
+    from frontend.instance.plan import IterationPlan
+
+    g = rt.graphs_for(IterationPlan("g", [], [1], [50], num_sampled=1))[0]
+    loads = {int(n.split(".")[0][1:]): b for n, t, b in zip(g.names, g.types, g.tensor_bytes, strict=True)
+             if t == MEM_LOAD}
+    assert loads == {li: i.weight_layer_bytes for li in range(24, 32)}  # the offloaded stream per iteration
+    with pytest.raises(Exception, match="either weights_fraction"):
+        parse_config(small_run_dict(kv={"tiers": [TIER]}, placement={
+            "weights_fraction": 0.2, "weights_tier": "cxl", "weights_layers": [{"layers": "0", "tier": "cxl"}]}), "z")

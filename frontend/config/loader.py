@@ -113,6 +113,8 @@ class ResolvedInstance:
     weights_tier: str | None = None
     kv_layer_tiers: dict[int, str] = field(default_factory=dict)  # placement.kv_layers: layer -> lower tier
     kv_layer_share_bytes: dict[str, int] = field(default_factory=dict)  # tier -> its share of one block (per NPU)
+    weight_layer_tiers: dict[int, str] = field(default_factory=dict)  # placement.weights_layers: layer -> tier
+    weight_layer_bytes: int = 0  # one layer's weights per NPU (placement.weights_layers)
     pim: Any = None  # placement.pim: (PIMDevice, PIMPlacementConfig) when the KV cache lives on a PIM device
     dp_group: str | None = None
     dp_rank: int = 0
@@ -309,6 +311,18 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         emb = model.vocab_size * model.hidden_size * b / inst.tp * (1 if model.tie_word_embeddings else 2)
         offloaded = int(pl.weights_fraction * (weights - emb))
         weights -= offloaded
+    weight_layers: dict[int, str] = {}
+    weight_layer_bytes = 0
+    if pl.weights_layers:
+        from frontend.instance.kv_layers import layer_tiers
+
+        if inst.dp > 1 or inst.pp > 1 or model.dense_prefix_layers or pl.pim is not None:
+            raise ConfigError(f"{prefix}: placement.weights_layers is simulated for tp-only instances of models "
+                              "without leading dense layers, without placement.pim")
+        weight_layers = layer_tiers(pl.weights_layers, model.num_layers, {t.name for t in cfg.kv.tiers})
+        emb = model.vocab_size * model.hidden_size * b / inst.tp * (1 if model.tie_word_embeddings else 2)
+        weight_layer_bytes = int((weights - emb) // model.num_layers)  # one layer's weights per NPU
+        weights -= weight_layer_bytes * len(weight_layers)
     reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
                else activation_reserve_bytes(model, engine, inst.tp))
     if cfg.lora.adapters:  # LoRA adapter slots reserved at start-up (frontend/instance/lora.py)
@@ -372,7 +386,8 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                             enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
                             group_dims=group_dims, role=inst.role, draft_model=draft,
                             offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None,
-                            pim=pim, kv_layer_tiers=kv_layers, kv_layer_share_bytes=shares)
+                            pim=pim, kv_layer_tiers=kv_layers, kv_layer_share_bytes=shares,
+                            weight_layer_tiers=weight_layers, weight_layer_bytes=weight_layer_bytes)
 
 
 def _kv_layer_placement(prefix: str, inst: InstanceConfig, model: ModelSpec, engine: EngineConfig, cfg: RunConfig,

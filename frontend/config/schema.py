@@ -414,9 +414,9 @@ class PIMPlacementConfig(Strict):
                                           "the device's t_rcd_ns + cl_ns, one row open and read)")
 
 
-class KVLayerPlacement(Strict):
-    """The KV cache of some layers lives in a lower tier: every iteration streams those layers' KV to HBM ahead of
-    their attention and writes the new tokens' KV back (frontend/instance/kv_layers.py)."""
+class LayerPlacement(Strict):
+    """Where some layers' KV cache (kv_layers) or weights (weights_layers) live: a lower tier is streamed to HBM
+    every iteration ahead of each placed layer's attention (frontend/instance/kv_layers.py)."""
 
     layers: str = Field(description="layer indices: ranges and lists, 'a-b' (inclusive), 'a-' (to the last), "
                                     "'n', 'a-b/s' (every s-th), comma-separated, e.g. '16-31' or '0-31/2'")
@@ -431,13 +431,18 @@ class PlacementConfig(Strict):
     weights_fraction: float = Field(0.0, ge=0, le=1, description="fraction of each layer's weights kept there "
                                                                  "(0: all weights in HBM)")
     pim: PIMPlacementConfig | None = Field(None, description="KV cache on a PIM device, decode attention there")
-    kv_layers: list[KVLayerPlacement] = Field(default_factory=list, description="per-layer KV placement: layers not "
-                                              "listed keep their KV in HBM")
+    kv_layers: list[LayerPlacement] = Field(default_factory=list, description="per-layer KV placement: layers not "
+                                            "listed keep their KV in HBM")
+    weights_layers: list[LayerPlacement] = Field(default_factory=list, description="per-layer weight placement: the "
+                                                 "listed layers' weights live in the tier and stream every "
+                                                 "iteration; the rest stay in HBM (not with weights_fraction)")
 
     @model_validator(mode="after")
     def _tier_named(self) -> PlacementConfig:
         if self.weights_fraction > 0 and not self.weights_tier:
             raise ValueError("weights_fraction > 0 needs weights_tier (the name of a kv.tiers entry)")
+        if self.weights_fraction > 0 and self.weights_layers:
+            raise ValueError("give either weights_fraction (a share of every layer) or weights_layers (whole layers)")
         return self
 
 

@@ -145,6 +145,11 @@ class InstanceRuntime:
         # weights in a lower tier (placement): every iteration streams each layer's share, ahead of its attention
         self.weight_loads = [MemTransfer(inst.weights_tier, inst.offloaded_weight_bytes_per_npu
                                          // max(1, self.layers_per_stage))] if inst.offloaded_weight_bytes_per_npu else []
+        # whole layers' weights in a lower tier (placement.weights_layers): streamed ahead of those layers only
+        wt: dict[str, set[int]] = {}
+        for li, t in inst.weight_layer_tiers.items():
+            wt.setdefault(t, set()).add(li)
+        self.weight_loads += [MemTransfer(t, inst.weight_layer_bytes, frozenset(ls)) for t, ls in sorted(wt.items())]
         # per-layer KV placement: (tier, its layers) and the KV bytes of one token of one layer per NPU
         by_tier: dict[str, set[int]] = {}
         for li, t in inst.kv_layer_tiers.items():
