@@ -227,3 +227,27 @@ def test_power_columns_crafted_idle_gaps_and_timeline(tmp_path: Path):
     events = tl["traceEvents"] if isinstance(tl, dict) else tl
     watts = {e["args"]["W"] for e in events if e.get("name") == "power_w"}
     assert deep_w in watts and hw.idle_w in watts
+
+
+def test_wake_latency_applied_lengthens_the_waking_iteration(tmp_path: Path):
+    states = dict(idle_to_deep_idle_ms=50.0, deep_idle_w=20.0, wake_energy_j=0.3, wake_latency_us=150.0)
+    cfg = _sparse(_hw_file(tmp_path, "rep", **states))
+    cfg["workload"]["num_requests"] = 3
+    rep = list(csv.DictReader((_run(tmp_path, "rep", cfg) / "iterations.csv").open()))
+    cfg = _sparse(_hw_file(tmp_path, "app", **states, wake_latency_applied=True))
+    cfg["workload"]["num_requests"] = 3
+    app = list(csv.DictReader((_run(tmp_path, "app", cfg) / "iterations.csv").open()))
+    assert len(rep) == len(app)
+    shift = 0
+    woke = 0
+    for a, b in zip(rep, app, strict=True):
+        d_a = int(a["end_ns"]) - int(a["start_ns"])
+        d_b = int(b["end_ns"]) - int(b["start_ns"])
+        if float(b["wake_j"]):  # the first iteration after a deep gap lasts the wake-up longer
+            woke += 1
+            assert d_b == d_a + 150_000
+            shift += 150_000
+        else:
+            assert d_b == d_a
+        assert int(b["start_ns"]) - int(a["start_ns"]) <= shift
+    assert woke >= 2

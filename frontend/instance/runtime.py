@@ -164,6 +164,8 @@ class InstanceRuntime:
             self.pim = PIMOffload(inst, inst.pim[0], inst.pim[1], compute, prologue_ops, self.spec.num_layers)
             self.system = self.pim.system(self.system)
         self.power = InstancePower(inst.hardware, inst.num_npus)
+        if inst.hardware.wake_latency_applied and self.power.has_states:
+            self.step = self._step_waking  # type: ignore[method-assign]
         if self.pim is not None:
             self.power.pim_active_w = self.pim.active_w
             self.power.pim_idle_w = self.pim.idle_w
@@ -270,6 +272,14 @@ class InstanceRuntime:
         if self._begin_step is not None:
             self._begin_step(self.iterations, plan)
         return plan
+
+    def _step_waking(self, now_ns: int = 0) -> StepOutcome | None:
+        """step, lengthened by the wake-up latency when the GPUs come out of deep idle (wake_latency_applied)."""
+        wake = self.power.wake_delay_ns(now_ns)
+        out = InstanceRuntime.step(self, now_ns)
+        if out is not None and wake:
+            out.duration_ns += wake
+        return out
 
     def step(self, now_ns: int = 0) -> StepOutcome | None:
         plan = self.plan_step(now_ns)

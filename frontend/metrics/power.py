@@ -19,9 +19,10 @@ hardware catalog entries with their sources.
 Power states between iterations: after an instance's last iteration (or the run's start) its GPUs stay at
 idle_w (clocks up) for idle_to_deep_idle_ms, then drop to deep_idle_w; a gap of exactly the threshold or less
 never leaves idle. The next iteration after a deep gap is a wake-up: wake_energy_j per GPU goes to `wake_j`,
-and wake_latency_us is counted in `wake_latency_ns` but NOT applied to timing (the iteration still starts when
-the scheduler starts it). A gap still open at the end of the run (finish) has no wake-up. Unset
-idle_to_deep_idle_ms keeps every gap at idle_w, with the same float operations as before the states existed.
+and wake_latency_us is counted in `wake_latency_ns`; it is applied to timing only with the hardware's
+wake_latency_applied (frontend/instance/runtime.py lengthens that iteration by it, billed at standby_w).
+A gap still open at the end of the run (finish) has no wake-up. Unset idle_to_deep_idle_ms
+keeps every gap at idle_w, with the same float operations as before the states existed.
 """
 
 from __future__ import annotations
@@ -103,6 +104,13 @@ class InstancePower:
         j = self.pim_active_w * busy * 1e-9 + self.pim_idle_w * (duration_ns - busy) * 1e-9
         self.energy.pim_j += j + self.pim_idle_w * gap_ns * 1e-9
         return j
+
+    def wake_delay_ns(self, start_ns: int) -> int:
+        """The wake-up latency an iteration starting at start_ns pays (its gap reached deep idle), else 0."""
+        after = self._deep_after_ns
+        if after is None or start_ns - self.last_end_ns <= after:
+            return 0
+        return self._wake_ns
 
     @property
     def deep_after_ns(self) -> int | None:
