@@ -496,7 +496,7 @@ def live_runs(binary: str, n_req: int) -> list[str]:
     ep8["workload"]["num_requests"] = n_req
     tmp = Path(tempfile.mkdtemp(prefix="astraserve-live-"))
     extra = []
-    for name in ("pd-1p1d-h100-llama3.1-70b", "pd-hetero-h100-l40s", "multi-model-2x"):
+    for name in ("pd-1p1d-h100-llama3.1-70b", "pd-hetero-h100-l40s", "multi-model-2x", "pim-llama3.1-8b-hbm-pim"):
         raw = yaml.safe_load((REPO / f"configs/examples/{name}.yaml").read_text())
         raw["workload"]["num_requests"] = n_req
         extra.append(raw)
