@@ -9,17 +9,23 @@ graphs interleave them (chakra_gen/pim.py). A step with fewer than two decode se
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from astra_bridge.backend import InstanceSystem
 from astra_bridge.embedded.network import Dimension
 from chakra_gen.graph import Graph
 from chakra_gen.pim import SubBatchWork, build_pim_graphs
-from frontend.compute.batch import BatchShape
+from frontend.compute.batch import BatchShape, OpCost
+from frontend.compute.factory import ComputeModel
 from frontend.compute.pim import AttentionShape, BankParallelPIM, PIMDevice, make_pim_model
+from frontend.config.loader import ResolvedInstance
 from frontend.config.models import DTYPE_BYTES
+from frontend.config.schema import PIMPlacementConfig
 
 
 class PIMOffload:
-    def __init__(self, inst, device: PIMDevice, cfg, compute, prologue, num_layers: int) -> None:
+    def __init__(self, inst: ResolvedInstance, device: PIMDevice, cfg: PIMPlacementConfig, compute: ComputeModel,
+                 prologue: Callable[[ComputeModel, BatchShape], list[OpCost]], num_layers: int) -> None:
         m = inst.model
         self.device = device
         self.cfg = cfg
@@ -47,7 +53,7 @@ class PIMOffload:
     def _split(self, shape: BatchShape) -> list[tuple[list[int], list[int]]]:
         """Sub-batches as (decode sequence indices, prefill sequence indices)."""
         dec = [i for i, q in enumerate(shape.q) if q == 1 and shape.ctx[i] > 0]
-        pre = [i for i in range(len(shape.q)) if i not in set(dec)]
+        pre = [i for i, q in enumerate(shape.q) if not (q == 1 and shape.ctx[i] > 0)]
         if not self.cfg.interleave or len(dec) < 2:
             return [(dec, pre)]
         bins: list[list[int]] = [[], []]
