@@ -11,12 +11,15 @@ link, so both backends time the traffic between them as point-to-point messages:
   chained, so they run in arrival order) and SENDs the attention output (decode tokens x heads x head_dim)
   back; the accelerator's first post-attention operator waits for that RECV;
 * attention of the step's other sequences (prefill chunks) stays on the accelerator: a COMP node
-  `L{l}.attention` after the SEND, priced by the compute model on those sequences alone.
+  `L{l}.attention` after the SEND, priced by the compute model on those sequences alone; when those chunks
+  have a cached context (a later chunk, a prefix-cache hit), its KV of the layer comes back from the PIM device
+  first (SEND on the PIM rank after it received the layer's message, RECV gating the accelerator's attention).
 
 Sub-batch interleaving (NeuPIMs, ASPLOS'24): with two sub-batches A and B, the accelerator's chain per layer is
 post(A, l), pre(A, l+1), post(B, l), pre(B, l+1), so it runs one sub-batch's dense operators while the PIM
 device attends the other. Receives are posted up front (they hold no resource), as in the pipeline builder.
-Message tags: ((layer * 2 + sub-batch) * 2 + direction), direction 0 = to the PIM device, 1 = back.
+Message tags: ((layer * 2 + sub-batch) * 3 + direction), direction 0 = to the PIM device, 1 = attention output
+back, 2 = cached-context KV back.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ class SubBatchWork:
     from_pim_bytes: int  # per layer: attention output of the decode tokens
     pim_ns: int  # per layer: the PIM device's attention time (0: no decode attention on PIM)
     pim_ops: int = 0  # per layer: the PIM MAC operations (x2 FLOP), for the trace's num_ops
+    kv_fetch_bytes: int = 0  # per layer: cached-context KV of the prefill chunks, read back for their attention
 
 
 def _tag(layer: int, sb: int, direction: int) -> int:
-    return (layer * 2 + sb) * 2 + direction
+    return (layer * 2 + sb) * 3 + direction
 
 
 def build_pim_graphs(num_layers: int, prologue: list[OpCost], epilogue: list[OpCost],
@@ -57,6 +61,7 @@ def build_pim_graphs(num_layers: int, prologue: list[OpCost], epilogue: list[OpC
     # receives first, in the order their messages are sent
     back: dict[tuple[int, int], int] = {}
     fwd: dict[tuple[int, int], int] = {}
+    fetch: dict[tuple[int, int], int] = {}
     for li in range(num_layers):
         for sb, w in enumerate(subs):
             if not w.to_pim_bytes:
@@ -64,6 +69,10 @@ def build_pim_graphs(num_layers: int, prologue: list[OpCost], epilogue: list[OpC
             fwd[li, sb] = pim.add(f"L{li}.pim_recv.{sb}", RECV,
                                   attrs={"comm_src": ACCEL_RANK, "comm_tag": _tag(li, sb, 0),
                                          "comm_size": w.to_pim_bytes})
+            if w.kv_fetch_bytes:
+                fetch[li, sb] = acc.add(f"L{li}.kv_fetch.{sb}", RECV,
+                                        attrs={"comm_src": PIM_RANK, "comm_tag": _tag(li, sb, 2),
+                                               "comm_size": w.kv_fetch_bytes})
             if w.pim_ns:
                 back[li, sb] = acc.add(f"L{li}.pim_result.{sb}", RECV,
                                        attrs={"comm_src": PIM_RANK, "comm_tag": _tag(li, sb, 1),
@@ -85,8 +94,8 @@ def build_pim_graphs(num_layers: int, prologue: list[OpCost], epilogue: list[OpC
         if w.to_pim_bytes:
             acc.add(f"L{li}.pim_send.{sb}", SEND, deps=(last[0],) if last[0] >= 0 else (),
                     attrs={"comm_dst": PIM_RANK, "comm_tag": _tag(li, sb, 0), "comm_size": w.to_pim_bytes})
-        if w.gpu_attention is not None:
-            comp(f"L{li}.attention{sfx}", w.gpu_attention)
+        if w.gpu_attention is not None:  # after the cached context's KV has come back from the PIM device
+            comp(f"L{li}.attention{sfx}", w.gpu_attention, fetch.get((li, sb), -1))
 
     def post(li: int, sb: int) -> None:
         w = subs[sb]
@@ -116,7 +125,12 @@ def build_pim_graphs(num_layers: int, prologue: list[OpCost], epilogue: list[OpC
     for li in range(num_layers):
         for sb, w in enumerate(subs):
             r = fwd.get((li, sb))
-            if r is None or not w.pim_ns:
+            if r is None:
+                continue
+            if w.kv_fetch_bytes:  # the prefill chunks' cached context, read out for the accelerator
+                pim.add(f"L{li}.kv_fetch_send.{sb}", SEND, deps=(r,),
+                        attrs={"comm_dst": ACCEL_RANK, "comm_tag": _tag(li, sb, 2), "comm_size": w.kv_fetch_bytes})
+            if not w.pim_ns:
                 continue
             deps = (r,) if prev < 0 else (prev, r)
             prev = pim.add(f"L{li}.pim_attention.{sb}", COMP, duration_ns=w.pim_ns, deps=deps, num_ops=w.pim_ops,

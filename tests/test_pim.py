@@ -102,6 +102,15 @@ def test_graphs_pim_rank_and_messages():
     assert recvs == [3 * heads * hd * 2] * layers
     # the prefill chunk's attention stays on the accelerator
     assert sum(1 for n in acc.names if n.endswith(".attention")) == layers
+    assert not any(".kv_fetch" in n for n in acc.names)  # no cached context: nothing to read back
+    # a later chunk (cached context 512) reads that context's KV back before its attention
+    shape = BatchShape(q=[1, 256], ctx=[900, 512], num_sampled=1)
+    acc, pim = rt.pim.graphs(shape)
+    fetch = [i for i, n in enumerate(acc.names) if ".kv_fetch" in n]
+    assert len(fetch) == layers and all(acc.attrs[i]["comm_size"] == 512 * 2 * kvh * hd * 2 for i in fetch)
+    attn = acc.names.index("L0.attention")
+    assert fetch[0] in acc.deps[attn]
+    assert sum(1 for n in pim.names if ".kv_fetch_send" in n) == layers
 
 
 def test_interleaving_bounds():

@@ -1,8 +1,9 @@
 """An instance whose KV cache lives on a PIM device: per step, which attention runs where, and its graphs.
 
 Decode sequences (one new token over a cached context) attend on the PIM device (frontend/compute/pim.py);
-prefill chunks attend on the accelerator (their attention is compute-bound), and their new KV is written to the
-PIM device with the decode tokens' q/k/v. With `interleave`, the step's decode sequences split into two
+prefill chunks attend on the accelerator (their attention is compute-bound), reading their cached context's KV
+back from the PIM device over the link, and their new KV is written to the PIM device with the decode tokens'
+q/k/v. With `interleave`, the step's decode sequences split into two
 sub-batches of balanced PIM time (longest first onto the lighter one; prefill chunks join sub-batch A) and the
 graphs interleave them (chakra_gen/pim.py). A step with fewer than two decode sequences runs as one batch.
 """
@@ -81,11 +82,13 @@ class PIMOffload:
         to_pim = int(n_dec * (self.heads + 2 * s.kv_heads) * s.head_dim * self.act_b
                      + pre_tokens * 2 * s.kv_heads * s.head_dim * s.kv_bytes)
         back = int(n_dec * self.heads * s.head_dim * self.act_b)
+        fetch = int(sum(shape.ctx[i] for i in pre) * 2 * s.kv_heads * s.head_dim * s.kv_bytes)
         ctxs = [shape.ctx[i] + 1 for i in dec]
         sched = self.model.schedule(ctxs, dec)
         macs = sum(2 * self.heads * c * s.head_dim for c in ctxs)
         return SubBatchWork(pre=ops[:k], post=ops[k + 1:], gpu_attention=gpu_attn, to_pim_bytes=to_pim,
-                            from_pim_bytes=back if n_dec else 0, pim_ns=sched.duration_ns, pim_ops=2 * macs)
+                            from_pim_bytes=back if n_dec else 0, pim_ns=sched.duration_ns, pim_ops=2 * macs,
+                            kv_fetch_bytes=fetch)
 
     def graphs(self, shape: BatchShape) -> list[Graph]:
         share = shape.num_sampled / max(1, shape.num_seqs)
