@@ -395,6 +395,17 @@ def serving_configs(rng: random.Random, quick: bool) -> list[tuple[str, str, dic
         {"tp": 2, "dp": 4, **ep, "network": dims(("Switch", 2, 450.0, 500.0, "direct"), ("Switch", 4, 450.0, 500.0, "ring"))},
         hw="H200", n_req=24)
     out[-1][2]["engine"]["dtype"] = "fp8"
+    # decode attention on a PIM device (rank 1, SEND/RECV of q/k/v and outputs, PIM compute nodes), with and
+    # without NeuPIMs sub-batch interleaving
+    for inter in (False, True):
+        add(f"pim hbm-pim x5{' interleave' if inter else ''} llama8b", "PIM attention", "Llama-3.1-8B", {})
+        out[-1][2]["placement"] = {"pim": {"device": "hbm-pim-aquabolt-xl", "devices": 5, "interleave": inter}}
+    # per-layer KV placement: every 4th layer's KV in a CXL tier, streamed ahead of its attention, written back
+    add("tp2 kv layers 0-31/4 cxl llama8b", "KV layer placement", "Llama-3.1-8B",
+        {"tp": 2, "network": dims(("Switch", 2, 450.0, 500.0, "direct"))})
+    out[-1][2]["kv"] = {"tiers": [{"name": "cxl", "kind": "cxl", "capacity_gib": 256, "bw_gbps": 45,
+                                   "latency_ns": 250, "scope": "instance"}]}
+    out[-1][2]["placement"] = {"kv_layers": [{"layers": "0-31/4", "tier": "cxl"}]}
     return out
 
 
@@ -485,7 +496,7 @@ def live_runs(binary: str, n_req: int) -> list[str]:
     ep8["workload"]["num_requests"] = n_req
     tmp = Path(tempfile.mkdtemp(prefix="astraserve-live-"))
     extra = []
-    for name in ("pd-1p1d-h100-llama3.1-70b", "pd-hetero-h100-l40s", "multi-model-2x"):
+    for name in ("pd-1p1d-h100-llama3.1-70b", "pd-hetero-h100-l40s", "multi-model-2x", "pim-llama3.1-8b-hbm-pim"):
         raw = yaml.safe_load((REPO / f"configs/examples/{name}.yaml").read_text())
         raw["workload"]["num_requests"] = n_req
         extra.append(raw)

@@ -55,6 +55,7 @@ class MicroBatchCost:
 class MemTransfer:
     tier: str
     bytes_per_layer: int  # per NPU, for each of the NPU's layers
+    layers: frozenset[int] | None = None  # only these layers (placement.kv_layers); None: every layer
 
 
 @dataclass
@@ -121,15 +122,20 @@ def _stage_graph(spec: BuildSpec, rank: int, mbs: list[MicroBatchCost]) -> Graph
         for li in layers:
             ids = []
             for tr in spec.loads:
+                if tr.layers is not None and li not in tr.layers:
+                    continue
                 nid = g.add(f"L{li}.kv_load.{tr.tier}", MEM_LOAD, deps=(prev,) if prev >= 0 else EMPTY,
                             tensor_bytes=tr.bytes_per_layer, attrs={"tier": tr.tier})
                 prev = nid
                 ids.append(nid)
-            load_ids[li] = ids
+            if ids:
+                load_ids[li] = ids
     if spec.stores:
         prev = -1
         for li in layers:
             for tr in spec.stores:
+                if tr.layers is not None and li not in tr.layers:
+                    continue
                 prev = g.add(f"L{li}.kv_store.{tr.tier}", MEM_STORE, deps=(prev,) if prev >= 0 else EMPTY,
                              tensor_bytes=tr.bytes_per_layer, attrs={"tier": tr.tier})
     state = {"last": -1, "pending": -1}
@@ -180,6 +186,10 @@ def build_graphs(spec: BuildSpec, mbs: list[MicroBatchCost]) -> list[Graph]:
     if spec.pp == 1 and len(mbs) != 1:
         raise ValueError("micro-batching is only used with pipeline parallelism")
     graphs = []
+    if any(t.layers is not None for t in spec.loads + spec.stores):  # per-layer transfers: the general graph
+        if spec.dp > 1:
+            raise ValueError("per-layer transfers are built for one TP group")
+        return [_stage_graph(spec, r, mbs) for r in range(spec.num_npus)]
     if spec.pp == 1 and (spec.loads or spec.stores):
         chain = _chain_template(spec, mbs[0])
         names = [n[0] for n in chain.layer]

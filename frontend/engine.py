@@ -92,7 +92,8 @@ class Engine:
         self.progress = progress
         self.on_step = on_step
         tiers = sorted({t.name for i in instances for t in i.lower_tiers})
-        self.log = IterationLog(tier_names=tiers, keep=keep_records)
+        self.log = IterationLog(tier_names=tiers, keep=keep_records,
+                                power_columns=any(i.power.has_states or i.pim is not None for i in instances))
         self.request_log = RequestLog(tier_names=tiers, keep=keep_records)
 
     def _bad_duration(self, inst: InstanceRuntime, now: int, d: object) -> None:

@@ -180,3 +180,74 @@ def test_energy_per_token_and_request_per_instance(tmp_path: Path):
         assert p["j_per_request"] == pytest.approx(p["total_j"] / len(mine), rel=1e-5)
         assert p["j_per_output_token"] == pytest.approx(p["total_j"] / sum(int(r["output_tokens"]) for r in mine),
                                                         rel=1e-5)
+
+
+def test_power_columns_crafted_idle_gaps_and_timeline(tmp_path: Path):
+    """Per iteration: the gap before it at idle up to the threshold, then in deep idle with a wake-up; power_w is
+    the iteration's energy over its duration; rows + the trailing gap add up to the run's total; the timeline's
+    power counter shows the idle and deep-idle watts of each gap."""
+    after_ms, deep_w, wake_j = 50.0, 20.0, 0.3
+    hwp = _hw_file(tmp_path, "states", idle_to_deep_idle_ms=after_ms, deep_idle_w=deep_w, wake_energy_j=wake_j,
+                   wake_latency_us=150.0)
+    out = _run(tmp_path, "cols", _sparse(hwp))
+    s = json.loads((out / "summary.json").read_text())
+    hw = HardwareSpec(**yaml.safe_load(Path(hwp).read_text()))
+    rows = list(csv.DictReader((out / "iterations.csv").open()))
+    assert list(rows[0])[17:23] == ["power_w", "idle_ns", "deep_idle_ns", "idle_j", "deep_idle_j", "wake_j"]
+    last = 0
+    total = 0.0
+    short = deep = 0
+    for r in rows:
+        gap = int(r["start_ns"]) - last
+        idle_ns, deep_ns = int(r["idle_ns"]), int(r["deep_idle_ns"])
+        assert idle_ns + deep_ns == gap
+        if gap > after_ms * 1e6:  # a long gap: idle for the threshold, deep idle after, one wake-up
+            deep += 1
+            assert idle_ns == after_ms * 1e6
+            assert float(r["deep_idle_j"]) == pytest.approx(deep_w * deep_ns * 1e-9, abs=1e-6)
+            assert float(r["wake_j"]) == pytest.approx(wake_j)
+        else:  # a short gap: idle only, no wake-up
+            short += 1
+            assert deep_ns == 0 and float(r["wake_j"]) == 0
+        assert float(r["idle_j"]) == pytest.approx(hw.idle_w * idle_ns * 1e-9, abs=1e-6)
+        dur = int(r["end_ns"]) - int(r["start_ns"])
+        assert float(r["power_w"]) == pytest.approx(float(r["energy_j"]) / (dur * 1e-9), rel=1e-4, abs=1e-3)
+        total += float(r["energy_j"]) + float(r["idle_j"]) + float(r["deep_idle_j"]) + float(r["wake_j"])
+        last = int(r["end_ns"])
+    assert deep >= 2 and short >= 2
+    tail = round(s["simulated_duration_s"] * 1e9) - last
+    total += hw.idle_w * min(tail, after_ms * 1e6) * 1e-9 + deep_w * max(0, tail - after_ms * 1e6) * 1e-9
+    assert total == pytest.approx(s["energy"]["total_j"], abs=1e-3)
+    c = tmp_path / "tl.yaml"
+    c.write_text(yaml.safe_dump(_sparse(hwp)))
+    r = runner.invoke(app, ["run", str(c), "--quiet", "--out", str(tmp_path / "o_tl"), "--timeline",
+                            str(tmp_path / "tl.json")])
+    assert r.exit_code == 0, r.output
+    tl = json.loads((tmp_path / "tl.json").read_text())
+    events = tl["traceEvents"] if isinstance(tl, dict) else tl
+    watts = {e["args"]["W"] for e in events if e.get("name") == "power_w"}
+    assert deep_w in watts and hw.idle_w in watts
+
+
+def test_wake_latency_applied_lengthens_the_waking_iteration(tmp_path: Path):
+    states = dict(idle_to_deep_idle_ms=50.0, deep_idle_w=20.0, wake_energy_j=0.3, wake_latency_us=150.0)
+    cfg = _sparse(_hw_file(tmp_path, "rep", **states))
+    cfg["workload"]["num_requests"] = 3
+    rep = list(csv.DictReader((_run(tmp_path, "rep", cfg) / "iterations.csv").open()))
+    cfg = _sparse(_hw_file(tmp_path, "app", **states, wake_latency_applied=True))
+    cfg["workload"]["num_requests"] = 3
+    app = list(csv.DictReader((_run(tmp_path, "app", cfg) / "iterations.csv").open()))
+    assert len(rep) == len(app)
+    shift = 0
+    woke = 0
+    for a, b in zip(rep, app, strict=True):
+        d_a = int(a["end_ns"]) - int(a["start_ns"])
+        d_b = int(b["end_ns"]) - int(b["start_ns"])
+        if float(b["wake_j"]):  # the first iteration after a deep gap lasts the wake-up longer
+            woke += 1
+            assert d_b == d_a + 150_000
+            shift += 150_000
+        else:
+            assert d_b == d_a
+        assert int(b["start_ns"]) - int(a["start_ns"]) <= shift
+    assert woke >= 2

@@ -51,6 +51,10 @@ class HardwareSpec(BaseModel):
     wake_latency_us: float = Field(0, ge=0, le=1e9, description="delay of leaving the deep idle state; counted "
                                    "and reported (summary energy.wake_latency_total_ms), NOT added to timing")
     wake_energy_j: float = Field(0, ge=0, le=1e9, description="energy per GPU of one wake-up from deep idle")
+    wake_latency_applied: bool = Field(False, description="add wake_latency_us to the first iteration after a "
+                                       "deep idle gap (the GPUs wake, then run; the wake time is billed at "
+                                       "standby_w besides wake_energy_j); false: the latency is reported only. "
+                                       "Instances stepping alone (not DP lockstep groups)")
     efficiency: Efficiency = Field(default_factory=Efficiency)
     kernel_launch_ns: int = Field(0, ge=0, le=10**12)
     attention_floor_ns: int = Field(0, ge=0, le=10**12, description="fixed cost of one paged-attention call (cache write, "

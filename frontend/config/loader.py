@@ -111,6 +111,11 @@ class ResolvedInstance:
     draft_model: ModelSpec | None = None  # speculative decoding with a draft model (its weights and KV are here too)
     offloaded_weight_bytes_per_npu: int = 0  # placement: layer weights kept in `weights_tier`, streamed each step
     weights_tier: str | None = None
+    kv_layer_tiers: dict[int, str] = field(default_factory=dict)  # placement.kv_layers: layer -> lower tier
+    kv_layer_share_bytes: dict[str, int] = field(default_factory=dict)  # tier -> its share of one block (per NPU)
+    weight_layer_tiers: dict[int, str] = field(default_factory=dict)  # placement.weights_layers: layer -> tier
+    weight_layer_bytes: int = 0  # one layer's weights per NPU (placement.weights_layers)
+    pim: Any = None  # placement.pim: (PIMDevice, PIMPlacementConfig) when the KV cache lives on a PIM device
     dp_group: str | None = None
     dp_rank: int = 0
     group_dims: list[NetworkDim] = field(default_factory=list)
@@ -315,6 +320,18 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         emb = model.vocab_size * model.hidden_size * b / inst.tp * (1 if model.tie_word_embeddings else 2)
         offloaded = int(pl.weights_fraction * (weights - emb))
         weights -= offloaded
+    weight_layers: dict[int, str] = {}
+    weight_layer_bytes = 0
+    if pl.weights_layers:
+        from frontend.instance.kv_layers import layer_tiers
+
+        if inst.dp > 1 or inst.pp > 1 or model.dense_prefix_layers or pl.pim is not None:
+            raise ConfigError(f"{prefix}: placement.weights_layers is simulated for tp-only instances of models "
+                              "without leading dense layers, without placement.pim")
+        weight_layers = layer_tiers(pl.weights_layers, model.num_layers, {t.name for t in cfg.kv.tiers})
+        emb = model.vocab_size * model.hidden_size * b / inst.tp * (1 if model.tie_word_embeddings else 2)
+        weight_layer_bytes = int((weights - emb) // model.num_layers)  # one layer's weights per NPU
+        weights -= weight_layer_bytes * len(weight_layers)
     reserve = (int(engine.activation_reserve_gib * GIB) if engine.activation_reserve_gib is not None
                else activation_reserve_bytes(model, engine, inst.tp))
     if cfg.lora.adapters:  # LoRA adapter slots reserved at start-up (frontend/instance/lora.py)
@@ -323,8 +340,35 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
         reserve += slot_bytes_per_npu(model, inst.tp, inst.pp, cfg.lora, b)
     usable = hw.hbm_capacity_gib * GIB * engine.gpu_memory_utilization
     free = usable - weights - reserve
+    pim = None
+    if pl.pim is not None:
+        pim = _pim_placement(prefix, pl.pim, inst, model, engine, cfg, catalog)
+        if free <= 0:
+            raise ConfigError(f"{prefix}: model {model.name} does not fit: {weights / GIB:.1f} GiB of weights + "
+                              f"{reserve / GIB:.1f} GiB activation reserve exceed {usable / GIB:.1f} GiB of {hw.name}")
+        # the KV cache lives on the PIM device(s): their capacity, not the accelerator's HBM, holds the blocks
+        free = pl.pim.devices * pim[0].capacity_gib * GIB
+    kv_layers: dict[int, str] = {}
+    shares: dict[str, int] = {}
+    if pl.kv_layers:
+        kv_layers, shares = _kv_layer_placement(prefix, inst, model, engine, cfg, pl.pim is not None, block_bytes,
+                                                layers_per_stage)
     if engine.num_gpu_blocks_override is not None:
         blocks = engine.num_gpu_blocks_override
+    elif kv_layers:
+        hbm_share = block_bytes - sum(shares.values())
+        blocks = int(free // hbm_share) if hbm_share > 0 else MAX_BLOCKS
+        max_len = engine.max_model_len or model.max_position_embeddings
+        for t in cfg.kv.tiers:
+            if t.name in shares:
+                fit = int(t.capacity_gib * GIB // (shares[t.name] * npus))
+                if fit * engine.block_size < max_len:
+                    raise ConfigError(
+                        f"placement.kv_layers: tier {t.name!r} ({t.capacity_gib} GiB) holds the KV of "
+                        f"{fit * engine.block_size:,} tokens of its layers for {name!r}, less than one "
+                        f"max_model_len sequence ({max_len:,} tokens); raise kv.tiers {t.name}.capacity_gib or place "
+                        "fewer layers there")
+                blocks = min(blocks, fit)
     else:
         blocks = int(free // block_bytes)
     if blocks > MAX_BLOCKS:
@@ -350,7 +394,57 @@ def resolve_instance(prefix: str, inst: InstanceConfig, name: str, cfg: RunConfi
                             activation_reserve_bytes=reserve, tiers=tiers, dp=inst.dp,
                             enable_expert_parallel=inst.enable_expert_parallel, ep=ep, expert_placement=placement,
                             group_dims=group_dims, role=inst.role, draft_model=draft,
-                            offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None)
+                            offloaded_weight_bytes_per_npu=offloaded, weights_tier=pl.weights_tier if offloaded else None,
+                            pim=pim, kv_layer_tiers=kv_layers, kv_layer_share_bytes=shares,
+                            weight_layer_tiers=weight_layers, weight_layer_bytes=weight_layer_bytes)
+
+
+def _kv_layer_placement(prefix: str, inst: InstanceConfig, model: ModelSpec, engine: EngineConfig, cfg: RunConfig,
+                        pim: bool, block_bytes: int, layers: int) -> tuple[dict[int, str], dict[str, int]]:
+    """placement.kv_layers resolved: layer -> lower tier, and each tier's share of a block (per NPU)."""
+    from frontend.instance.kv_layers import layer_tiers
+
+    why = []
+    if inst.pp != 1 or inst.dp != 1:
+        why.append("pp = dp = 1")
+    if pim:
+        why.append("no placement.pim")
+    if model.dense_prefix_layers:
+        why.append("a model without leading dense layers")
+    if engine.speculative_tokens and engine.speculative_method == "draft_model":
+        why.append("no draft model")
+    if why:
+        raise ConfigError(f"{prefix}: placement.kv_layers is simulated with " + "; ".join(why))
+    placed = layer_tiers(cfg.placement.kv_layers, layers, {t.name for t in cfg.kv.tiers})
+    per_layer = block_bytes // layers
+    shares: dict[str, int] = {}
+    for t in placed.values():
+        shares[t] = shares.get(t, 0) + per_layer
+    return placed, shares
+
+
+def _pim_placement(prefix: str, pc: Any, inst: InstanceConfig, model: ModelSpec, engine: EngineConfig,
+                   cfg: RunConfig, catalog: dict[tuple[str, Path], Any] | None) -> tuple:
+    """The PIM device of placement.pim, after the checks of what the PIM path simulates."""
+    from frontend.compute.pim import PIM_MODELS, load_pim_device
+
+    dev = _catalog_entry(catalog, "pim", find_catalog_file(pc.device, "pim", cfg.base_dir), load_pim_device)
+    why = []
+    if inst.tp != 1 or inst.pp != 1 or inst.dp != 1:
+        why.append("tp = pp = dp = 1 (the PIM device is rank 1 beside a single accelerator)")
+    if model.is_mla:
+        why.append("a non-MLA model")
+    if engine.speculative_tokens:
+        why.append("no speculative decoding")
+    if cfg.kv.tiers:
+        why.append("no kv.tiers (the KV cache lives on the PIM device)")
+    if cfg.placement.weights_fraction > 0:
+        why.append("no weight offload")
+    if why:
+        raise ConfigError(f"{prefix}: placement.pim is simulated with " + "; ".join(why))
+    if pc.model not in PIM_MODELS:
+        raise ConfigError(f"placement.pim.model: {pc.model!r} is not a PIM timing model (have {sorted(PIM_MODELS)})")
+    return dev, pc
 
 
 def _check_mtp(engine: EngineConfig, model: ModelSpec) -> None:

@@ -475,6 +475,29 @@ class ClusterConfig(Strict):
                                                                         "the spine (1: non-blocking fat tree)")
 
 
+class PIMPlacementConfig(Strict):
+    """A PIM device holding the instance's KV cache; decode attention runs there (frontend/compute/pim.py)."""
+
+    device: str = Field(description="a configs/pim/ entry (or a file): the PIM device's DRAM parameters")
+    devices: int = Field(1, ge=1, le=4096, description="identical devices (stacks / chips); their channels add up")
+    model: str = Field("bank_parallel", description="PIM timing model (frontend/compute/pim.py PIM_MODELS)")
+    interleave: bool = Field(False, description="NeuPIMs sub-batch interleaving: two sub-batches, the accelerator "
+                                                "runs one's dense layers while the PIM device attends the other")
+    link_bw_gbps: float | None = Field(None, gt=0, le=1e7, description="accelerator-PIM link bandwidth (default: "
+                                       "devices x the device's bus width x data rate)")
+    link_latency_ns: float | None = Field(None, ge=0, le=1e9, description="accelerator-PIM link latency (default: "
+                                          "the device's t_rcd_ns + cl_ns, one row open and read)")
+
+
+class LayerPlacement(Strict):
+    """Where some layers' KV cache (kv_layers) or weights (weights_layers) live: a lower tier is streamed to HBM
+    every iteration ahead of each placed layer's attention (frontend/instance/kv_layers.py)."""
+
+    layers: str = Field(description="layer indices: ranges and lists, 'a-b' (inclusive), 'a-' (to the last), "
+                                    "'n', 'a-b/s' (every s-th), comma-separated, e.g. '16-31' or '0-31/2'")
+    tier: str = Field(description="'hbm' or a kv.tiers entry (host DRAM or CXL)")
+
+
 class PlacementConfig(Strict):
     """Where the weights live: a fraction of every layer's weights in a lower memory tier (FlexGen's per-layer
     percentage placement, arXiv 2303.06865), streamed to HBM layer by layer every iteration."""
@@ -482,11 +505,19 @@ class PlacementConfig(Strict):
     weights_tier: str | None = Field(None, description="a kv.tiers entry (host DRAM or CXL) holding the offloaded part")
     weights_fraction: float = Field(0.0, ge=0, le=1, description="fraction of each layer's weights kept there "
                                                                  "(0: all weights in HBM)")
+    pim: PIMPlacementConfig | None = Field(None, description="KV cache on a PIM device, decode attention there")
+    kv_layers: list[LayerPlacement] = Field(default_factory=list, description="per-layer KV placement: layers not "
+                                            "listed keep their KV in HBM")
+    weights_layers: list[LayerPlacement] = Field(default_factory=list, description="per-layer weight placement: the "
+                                                 "listed layers' weights live in the tier and stream every "
+                                                 "iteration; the rest stay in HBM (not with weights_fraction)")
 
     @model_validator(mode="after")
     def _tier_named(self) -> PlacementConfig:
         if self.weights_fraction > 0 and not self.weights_tier:
             raise ValueError("weights_fraction > 0 needs weights_tier (the name of a kv.tiers entry)")
+        if self.weights_fraction > 0 and self.weights_layers:
+            raise ValueError("give either weights_fraction (a share of every layer) or weights_layers (whole layers)")
         return self
 
 

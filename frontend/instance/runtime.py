@@ -18,7 +18,8 @@ from astra_bridge.backend import Backend, InstanceSystem
 from astra_bridge.embedded.network import Dimension, SystemKnobs
 from astra_bridge.result import IterationResult
 from chakra_gen.builder import BuildSpec, MemTransfer, MicroBatchCost, build_graphs
-from chakra_gen.graph import ChainGraph, Graph
+from chakra_gen.graph import COMP, ChainGraph, Graph
+from chakra_gen.pim import pim_busy_ns
 from frontend.compute.batch import BatchShape
 from frontend.compute.factory import ComputeModel
 from frontend.config.loader import ResolvedInstance
@@ -53,6 +54,11 @@ def tp_involved_dims(inst: ResolvedInstance) -> tuple[bool, ...] | None:
     return tuple(inv)
 
 
+def compute_busy_ns(graph: Graph) -> int:
+    """Time one rank's compute nodes take back to back (a 0 ns node counts as 1 ns in both backends)."""
+    return sum(max(1, d) for t, d in zip(graph.types, graph.durations_ns, strict=True) if t == COMP)
+
+
 def repeated_layers(model) -> int:
     """Layers the chain repeats: all of them, or the MoE layers of a model with leading dense layers (those
     run once each, in the prologue: see prologue_ops)."""
@@ -72,7 +78,8 @@ class StepOutcome:
     tensor bytes), `num_ranks` the number of per-NPU graphs; `graphs` are built on first access when the
     step was timed in closed form."""
 
-    __slots__ = ("plan", "result", "duration_ns", "_graphs", "_build", "tensor_bytes", "num_ranks")
+    __slots__ = ("plan", "result", "duration_ns", "_graphs", "_build", "tensor_bytes", "num_ranks", "pim_busy_ns",
+                 "npu_compute_ns")
 
     def __init__(self, plan: IterationPlan, result: IterationResult, duration_ns: int, graphs: list[Graph] | None,
                  tensor_bytes: int | None = None, num_ranks: int = 0,
@@ -87,6 +94,8 @@ class StepOutcome:
             tensor_bytes = graphs[0].tensor_bytes_total()
         self.tensor_bytes = tensor_bytes
         self.num_ranks = num_ranks or (len(graphs) if graphs is not None else 1)
+        self.pim_busy_ns = 0  # placement.pim: time the PIM device attended (its attention nodes)
+        self.npu_compute_ns = -1  # placement.pim: the accelerator rank's compute time (-1: result.compute_ns)
 
     @property
     def graphs(self) -> list[Graph]:
@@ -137,8 +146,30 @@ class InstanceRuntime:
         # weights in a lower tier (placement): every iteration streams each layer's share, ahead of its attention
         self.weight_loads = [MemTransfer(inst.weights_tier, inst.offloaded_weight_bytes_per_npu
                                          // max(1, self.layers_per_stage))] if inst.offloaded_weight_bytes_per_npu else []
+        # whole layers' weights in a lower tier (placement.weights_layers): streamed ahead of those layers only
+        wt: dict[str, set[int]] = {}
+        for li, t in inst.weight_layer_tiers.items():
+            wt.setdefault(t, set()).add(li)
+        self.weight_loads += [MemTransfer(t, inst.weight_layer_bytes, frozenset(ls)) for t, ls in sorted(wt.items())]
+        # per-layer KV placement: (tier, its layers) and the KV bytes of one token of one layer per NPU
+        by_tier: dict[str, set[int]] = {}
+        for li, t in inst.kv_layer_tiers.items():
+            by_tier.setdefault(t, set()).add(li)
+        self.kv_layers = [(t, frozenset(ls)) for t, ls in sorted(by_tier.items())]
+        self.kv_token_layer_bytes = inst.kv_block_bytes // max(1, eng.block_size * self.layers_per_stage)
         self.system = instance_system(inst, sys_cfg, self.spec, timing)
+        self.pim = None  # placement.pim: decode attention on a PIM device (rank 1 of the instance's system)
+        if inst.pim is not None:
+            from frontend.instance.pim_offload import PIMOffload
+
+            self.pim = PIMOffload(inst, inst.pim[0], inst.pim[1], compute, prologue_ops, self.spec.num_layers)
+            self.system = self.pim.system(self.system)
         self.power = InstancePower(inst.hardware, inst.num_npus)
+        if inst.hardware.wake_latency_applied and self.power.has_states:
+            self.step = self._step_waking  # type: ignore[method-assign]
+        if self.pim is not None:
+            self.power.pim_active_w = self.pim.active_w
+            self.power.pim_idle_w = self.pim.idle_w
         self.pins: dict = {}  # program id -> Pin held by a retention policy
         self.evict_first: list[int] = []  # freed blocks a policy wants evicted before the rest
         self.queue_delay_ns = 0.0  # moving average of admission delay (observed, for policies)
@@ -195,7 +226,7 @@ class InstanceRuntime:
     def spec_for(self, plan: IterationPlan) -> BuildSpec:
         """The build spec with this iteration's transfers (per NPU, per layer): KV moves, and the weights a
         placement keeps in a lower tier, streamed layer by layer every iteration."""
-        if not plan.kv_moves and not self.weight_loads:
+        if not plan.kv_moves and not self.weight_loads and not self.kv_layers:
             return self.spec
         per_block_layer = self.inst.kv_block_bytes // max(1, self.layers_per_stage)
         loads: dict[str, int] = {}
@@ -206,11 +237,26 @@ class InstanceRuntime:
         return BuildSpec(num_layers=self.spec.num_layers, tp=self.spec.tp, pp=self.spec.pp,
                          hidden_size=self.spec.hidden_size, act_dtype_bytes=self.spec.act_dtype_bytes,
                          tp_involved_dims=self.spec.tp_involved_dims,
-                         loads=self.weight_loads + [MemTransfer(t, n * per_block_layer) for t, n in sorted(loads.items())],
-                         stores=[MemTransfer(t, n * per_block_layer) for t, n in sorted(stores.items())])
+                         loads=self.weight_loads + [MemTransfer(t, n * per_block_layer) for t, n in sorted(loads.items())]
+                         + self._kv_layer_transfers(plan, True),
+                         stores=[MemTransfer(t, n * per_block_layer) for t, n in sorted(stores.items())]
+                         + self._kv_layer_transfers(plan, False))
+
+    def _kv_layer_transfers(self, plan: IterationPlan, load: bool) -> list[MemTransfer]:
+        """placement.kv_layers: per placed layer, the cached contexts' KV loaded ahead of its attention (load) or
+        the step's new tokens' KV written back (store), per NPU."""
+        if not self.kv_layers:
+            return []
+        tokens = sum(plan.contexts) if load else sum(plan.num_new_tokens)
+        nbytes = tokens * self.kv_token_layer_bytes
+        if not nbytes:
+            return []
+        return [MemTransfer(t, nbytes, layers) for t, layers in self.kv_layers]
 
     def graphs_for(self, plan: IterationPlan, spec: BuildSpec | None = None) -> list[Graph]:
         shape = self.shape_of(plan)
+        if self.pim is not None:
+            return self.pim.graphs(shape)
         spec = spec or self.spec_for(plan)
         mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]
         return build_graphs(spec, mbs)
@@ -234,6 +280,14 @@ class InstanceRuntime:
             self._begin_step(self.iterations, plan)
         return plan
 
+    def _step_waking(self, now_ns: int = 0) -> StepOutcome | None:
+        """step, lengthened by the wake-up latency when the GPUs come out of deep idle (wake_latency_applied)."""
+        wake = self.power.wake_delay_ns(now_ns)
+        out = InstanceRuntime.step(self, now_ns)
+        if out is not None and wake:
+            out.duration_ns += wake
+        return out
+
     def step(self, now_ns: int = 0) -> StepOutcome | None:
         plan = self.plan_step(now_ns)
         if plan is None:
@@ -244,6 +298,13 @@ class InstanceRuntime:
                 self.closed_form_steps += 1
                 self.draft_ns += self._base.draft_ns
                 return out
+        if self.pim is not None:
+            graphs = self.pim.graphs(self.shape_of(plan))
+            result = self.backend.run(self.system, graphs, start_ns=now_ns)
+            out = StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs, num_ranks=1)
+            out.pim_busy_ns = pim_busy_ns(graphs[1])
+            out.npu_compute_ns = compute_busy_ns(graphs[0])
+            return out
         spec = self.spec_for(plan)
         shape = self.shape_of(plan)
         mbs = [self.costs(s) for s in shape.split(spec.pp)] if spec.pp > 1 else [self.costs(shape)]

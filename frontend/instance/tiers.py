@@ -96,6 +96,22 @@ def build_tiers(tier_cfgs: list[TierConfig], instances) -> dict[str, list[LowerT
 
                     raise ConfigError(f"placement.weights_fraction: the weights offloaded to {t.name!r} exceed its "
                                       f"{t.capacity_gib} GiB (kv.tiers {t.name}.capacity_gib)")
+            wl = sum(1 for x in getattr(inst, "weight_layer_tiers", {}).values() if x == t.name)
+            if wl:  # placement.weights_layers: those layers' weights live here
+                shared[key].capacity_bytes -= wl * inst.weight_layer_bytes * inst.num_npus
+                if shared[key].capacity_bytes < 0:
+                    from frontend.errors import ConfigError
+
+                    raise ConfigError(f"placement.weights_layers: the weights placed in {t.name!r} exceed its "
+                                      f"{t.capacity_gib} GiB (kv.tiers {t.name}.capacity_gib)")
+            share = getattr(inst, "kv_layer_share_bytes", {}).get(t.name)
+            if share:  # placement.kv_layers: the placed layers' KV of every block lives here, beside the LRU
+                shared[key].capacity_bytes -= share * inst.num_gpu_blocks * inst.num_npus
+                if shared[key].capacity_bytes < 0:
+                    from frontend.errors import ConfigError
+
+                    raise ConfigError(f"placement.kv_layers: the KV of the layers placed in {t.name!r} by the "
+                                      f"instances sharing it exceeds its {t.capacity_gib} GiB")
             tiers.append(shared[key])
         out[inst.name] = tiers
     return out

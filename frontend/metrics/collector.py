@@ -25,6 +25,11 @@ ITER_COLUMNS = [
     "kv_blocks_total", "compute_ns", "comm_ns", "exposed_comm_ns", "mem_ns", "exposed_mem_ns", "comm_bytes",
     "preempted", "cached", "energy_j",
 ]
+# the power time series, written when an instance has power states (hardware idle_to_deep_idle_ms) or a PIM
+# device: power_w = energy_j / the iteration's duration; the gap before the iteration split into its time at idle
+# and in deep idle with their energies (PIM devices' idle energy in idle_j) and the wake-up energy. energy_j +
+# idle_j + deep_idle_j + wake_j over the rows, plus the run's trailing gap, is the run's energy total.
+POWER_COLUMNS = ["power_w", "idle_ns", "deep_idle_ns", "idle_j", "deep_idle_j", "wake_j"]
 # queued_ns: when the instance's engine core took the request into its waiting queue (vLLM's queued_ts; later than
 # arrival_ns when it arrived during a step under async scheduling), -1 for a rejected request
 REQ_COLUMNS = ["request_id", "arrival_ns", "first_token_ns", "finish_ns", "input_tokens", "output_tokens",
@@ -54,6 +59,7 @@ class IterationLog:
     rows: list[tuple] = field(default_factory=list)
     tier_names: list[str] = field(default_factory=list)
     keep: bool = True
+    power_columns: bool = False  # POWER_COLUMNS after ITER_COLUMNS (runs with power states or a PIM device)
     count: int = 0
     busy_ns: int = 0
     exposed_comm_ns: int = 0
@@ -64,6 +70,8 @@ class IterationLog:
     @property
     def columns(self) -> list[str]:
         cols = list(ITER_COLUMNS)
+        if self.power_columns:
+            cols += POWER_COLUMNS
         for t in self.tier_names:
             cols += [f"{t}_load_blocks", f"{t}_store_blocks", f"{t}_load_bytes", f"{t}_store_bytes",
                      f"{t}_occupancy_blocks"]
@@ -83,12 +91,17 @@ class IterationLog:
         host = sum(tiers.values()) if tiers else 0
         hbm = out.tensor_bytes - host // max(1, out.num_ranks)
         dur = end - start
-        energy = inst.power.iteration(start, dur, r.compute_ns, max(0, hbm), r.comm_bytes, host)
+        if self.power_columns:
+            energy, power_cells = self._power(inst, start, dur, out, hbm, host)
+        else:
+            energy = inst.power.iteration(start, dur, r.compute_ns, max(0, hbm), r.comm_bytes, host)
         pool = inst.pool
         row = (inst.name, start, end, len(p.requests), p.num_prefill_tokens, p.num_decode_tokens,
                pool.num_used, pool.num_blocks, r.compute_ns, r.comm_ns, r.exposed_comm_ns,
                r.mem_ns, r.exposed_mem_ns, r.comm_bytes, len(p.preempted), int(r.cached),
                round(energy, 6))
+        if self.power_columns:
+            row += power_cells
         if self.tier_names:
             row += self._tier_cells(inst, p)
         self.count += 1
@@ -104,6 +117,31 @@ class IterationLog:
             self._writer.writerow(row)  # type: ignore[attr-defined]
         if self.keep:
             self.rows.append(row)
+
+    @staticmethod
+    def _power(inst: InstanceRuntime, start: int, dur: int, out: StepOutcome, hbm: int, host: int
+               ) -> tuple[float, tuple]:
+        """The iteration's energy and its POWER_COLUMNS cells (the gap before it as the power model bills it)."""
+        pw = inst.power
+        r = out.result
+        e = pw.energy
+        gap = max(0, start - pw.last_end_ns)
+        before = (e.idle_j, e.deep_idle_j, e.wake_j, e.pim_j)
+        if inst.pim is None:
+            energy = pw.iteration(start, dur, r.compute_ns, max(0, hbm), r.comm_bytes, host)
+            pim_gap = 0.0
+        else:  # the accelerator's own compute time; the PIM device's energy beside it
+            energy = pw.iteration(start, dur, out.npu_compute_ns, max(0, hbm), r.comm_bytes, host)
+            p0 = e.pim_j
+            it = pw.pim(gap, dur, out.pim_busy_ns)
+            energy += it
+            pim_gap = e.pim_j - p0 - it
+        after = pw.deep_after_ns
+        idle_ns = gap if after is None else min(gap, after)
+        cells = (round(energy / (dur * 1e-9), 3) if dur > 0 else 0.0, idle_ns, gap - idle_ns,
+                 round(e.idle_j - before[0] + pim_gap, 6), round(e.deep_idle_j - before[1], 6),
+                 round(e.wake_j - before[2], 6))
+        return energy, cells
 
     def _tier_cells(self, inst: InstanceRuntime, plan) -> tuple:
         if not self.tier_names:

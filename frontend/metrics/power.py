@@ -10,6 +10,8 @@ plus data movement, which the device powers above exclude:
   HBM       : bytes read/written by the operators x 8 x dram_pj_per_bit
   links     : collective / send bytes x 8 x link_pj_per_bit
   host tiers: bytes loaded/stored to DRAM/CXL tiers x 8 x host_dram_pj_per_bit
+  PIM       : with placement.pim, the PIM devices' active_w while their attention nodes run, idle_w otherwise
+              (`pim`; the NPU's compute time is then its own rank's, not the PIM rank's)
 This is the component model LLMServingSim and similar simulators use (NPU
 state powers + DRAM and link energy per bit); the per-bit figures are in the
 hardware catalog entries with their sources.
@@ -17,9 +19,10 @@ hardware catalog entries with their sources.
 Power states between iterations: after an instance's last iteration (or the run's start) its GPUs stay at
 idle_w (clocks up) for idle_to_deep_idle_ms, then drop to deep_idle_w; a gap of exactly the threshold or less
 never leaves idle. The next iteration after a deep gap is a wake-up: wake_energy_j per GPU goes to `wake_j`,
-and wake_latency_us is counted in `wake_latency_ns` but NOT applied to timing (the iteration still starts when
-the scheduler starts it). A gap still open at the end of the run (finish) has no wake-up. Unset
-idle_to_deep_idle_ms keeps every gap at idle_w, with the same float operations as before the states existed.
+and wake_latency_us is counted in `wake_latency_ns`; it is applied to timing only with the hardware's
+wake_latency_applied (frontend/instance/runtime.py lengthens that iteration by it, billed at standby_w).
+A gap still open at the end of the run (finish) has no wake-up. Unset idle_to_deep_idle_ms
+keeps every gap at idle_w, with the same float operations as before the states existed.
 """
 
 from __future__ import annotations
@@ -39,13 +42,20 @@ class EnergyBreakdown:
     host_j: float = 0.0
     deep_idle_j: float = 0.0
     wake_j: float = 0.0
+    pim_j: float = 0.0  # PIM devices (placement.pim): active_w while attending, idle_w otherwise
 
     @property
     def total_j(self) -> float:
         t = self.compute_j + self.standby_j + self.idle_j + self.hbm_j + self.link_j + self.host_j
         if self.deep_idle_j or self.wake_j:  # zero without power states: same float result as before they existed
             t = t + self.deep_idle_j + self.wake_j
+        if self.pim_j:  # zero without PIM: same float result as before
+            t = t + self.pim_j
         return t
+
+    def components(self) -> dict[str, float]:
+        """Every component, for the sum check: total_j == sum(components().values()) up to rounding."""
+        return dict(vars(self))
 
     def add(self, other: EnergyBreakdown) -> None:
         self.compute_j += other.compute_j
@@ -56,6 +66,7 @@ class EnergyBreakdown:
         self.host_j += other.host_j
         self.deep_idle_j += other.deep_idle_j
         self.wake_j += other.wake_j
+        self.pim_j += other.pim_j
 
 
 class InstancePower:
@@ -81,6 +92,30 @@ class InstancePower:
         self._wake_ns = int(round(hw.wake_latency_us * 1e3))
         self.wakeups = 0
         self.wake_latency_ns = 0
+        # PIM devices beside the NPUs (placement.pim): set by the runtime, 0 W without one
+        self.pim_active_w = 0.0
+        self.pim_idle_w = 0.0
+
+    def pim(self, gap_ns: int, duration_ns: int, busy_ns: int) -> float:
+        """PIM device energy of one iteration and the gap before it: active_w while its attention nodes run,
+        idle_w the rest of the iteration and the gap (PIM devices have no deep idle state here). Returns the
+        iteration's part (the gap's is in the total, as the NPUs' idle energy is)."""
+        busy = min(busy_ns, duration_ns)
+        j = self.pim_active_w * busy * 1e-9 + self.pim_idle_w * (duration_ns - busy) * 1e-9
+        self.energy.pim_j += j + self.pim_idle_w * gap_ns * 1e-9
+        return j
+
+    def wake_delay_ns(self, start_ns: int) -> int:
+        """The wake-up latency an iteration starting at start_ns pays (its gap reached deep idle), else 0."""
+        after = self._deep_after_ns
+        if after is None or start_ns - self.last_end_ns <= after:
+            return 0
+        return self._wake_ns
+
+    @property
+    def deep_after_ns(self) -> int | None:
+        """Gap after which the GPUs are in deep idle (None: never)."""
+        return self._deep_after_ns
 
     @property
     def has_states(self) -> bool:
@@ -126,6 +161,8 @@ class InstancePower:
 
     def finish(self, end_ns: int) -> None:
         gap = max(0, end_ns - self.last_end_ns)
+        if self.pim_idle_w:
+            self.energy.pim_j += self.pim_idle_w * gap * 1e-9
         after = self._deep_after_ns
         if after is None:
             self.energy.idle_j += self.npus * self.hw.idle_w * gap * 1e-9

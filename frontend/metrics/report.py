@@ -225,12 +225,14 @@ def energy_summary(result: RunResult, out_tokens: int, dur_s: float) -> dict[str
     """summary.json `energy`: totals, the component breakdown, J per output token and per completed request, and
     (several instances) the same per instance. With power states configured (hardware idle_to_deep_idle_ms) the
     breakdown gains deep_idle_j / wake_j, and `wakeups` / `wake_latency_total_ms` count the wake-ups from deep idle
-    and the delay they would add: that delay is reported only, not applied to the simulated timing."""
+    and the delay they add: reported only, or applied to the waking iterations with the hardware's
+    wake_latency_applied."""
     from frontend.metrics.power import EnergyBreakdown
 
     def block(e: EnergyBreakdown, tokens: int, done: int, states: bool, wakeups: int, wake_ns: int) -> dict:
         total = e.total_j
-        bd = {k: round(v, 3) for k, v in vars(e).items() if states or k not in ("deep_idle_j", "wake_j")}
+        bd = {k: round(v, 3) for k, v in vars(e).items()
+              if (states or k not in ("deep_idle_j", "wake_j")) and (k != "pim_j" or v)}
         d: dict[str, Any] = {"total_j": round(total, 3), "breakdown_j": bd}
         if states:
             d["wakeups"] = wakeups

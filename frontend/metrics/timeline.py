@@ -17,7 +17,9 @@ timestamps in microseconds (floats, so nanoseconds survive as decimals).
   the "kv links" process, one track per src->dst link (more lanes where transfers overlap) -> the decode
   instance's next iteration).
 - counters ("ph": "C") per instance: KV blocks used (and per lower tier occupancy), queue length (requests
-  arrived and not yet scheduled), batch size, average power of each iteration and cumulative energy.
+  arrived and not yet scheduled), batch size, average power of each iteration and cumulative energy; with power
+  states or a PIM device (iterations.csv power columns) also the power of each idle gap, at idle then in deep
+  idle, and the cumulative energy then includes the gaps and wake-ups.
 
 The rows come from a RunResult that kept them (simulate without stream_dir), or, for a streamed run, from the
 iterations.csv / requests.csv of its output directory (`run_dir`).
@@ -205,6 +207,17 @@ def build_timeline(result, run_dir: Path | str | None = None) -> dict[str, Any]:
                        "args": {"seqs": row[ix["num_seqs"]]}})
             ej = float(row[ix["energy_j"]] or 0.0)
             energy += ej
+            if "idle_ns" in ix:  # power states / PIM: the gap before the iteration at idle, then in deep idle
+                idle_ns, deep_ns = int(row[ix["idle_ns"]]), int(row[ix["deep_idle_ns"]])
+                g0 = s - idle_ns - deep_ns
+                gap_j = float(row[ix["idle_j"]]) + float(row[ix["deep_idle_j"]]) + float(row[ix["wake_j"]])
+                if idle_ns:
+                    ev.append({"ph": "C", "name": "power_w", "pid": pid, "ts": _us(g0),
+                               "args": {"W": round(float(row[ix["idle_j"]]) / (idle_ns / 1e9), 3)}})
+                if deep_ns:
+                    ev.append({"ph": "C", "name": "power_w", "pid": pid, "ts": _us(g0 + idle_ns),
+                               "args": {"W": round(float(row[ix["deep_idle_j"]]) / (deep_ns / 1e9), 3)}})
+                energy += gap_j
             ev.append({"ph": "C", "name": "power_w", "pid": pid, "ts": _us(s),
                        "args": {"W": round(ej / ((e - s) / 1e9), 3) if e > s else 0.0}})
             ev.append({"ph": "C", "name": "energy_j", "pid": pid, "ts": ts_end, "args": {"J": round(energy, 6)}})
