@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from frontend.errors import ConfigError
 
@@ -86,18 +85,9 @@ class PIMDevice(BaseModel):
 
 
 def load_pim_device(path: Path) -> PIMDevice:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read PIM device entry ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a PIM device entry must be a YAML mapping")
-    try:
-        return PIMDevice.model_validate(raw)
-    except ValidationError as e:
-        from frontend.config.loader import one_line_validation
+    from frontend.config.loader import load_yaml_entry
 
-        raise ConfigError(one_line_validation(e, str(path))) from None
+    return load_yaml_entry(path, PIMDevice, "PIM device entry")
 
 
 @dataclass(frozen=True)

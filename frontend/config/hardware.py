@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from frontend.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Efficiency(BaseModel):
@@ -99,17 +96,6 @@ class HardwareSpec(BaseModel):
 
 
 def load_hardware(path: Path) -> HardwareSpec:
-    from frontend.config.loader import _yaml_where, one_line_validation
+    from frontend.config.loader import load_yaml_entry
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read hardware entry ({e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_where(e)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a hardware entry must be a YAML mapping")
-    try:
-        return HardwareSpec.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(one_line_validation(e, str(path))) from None
+    return load_yaml_entry(path, HardwareSpec, "hardware entry")

@@ -600,6 +600,23 @@ def _yaml_where(e: Exception) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else str(what)
 
 
+def load_yaml_entry(path: Path, model, what: str):
+    """A catalog entry file (hardware, PIM device, ...) validated as `model`; every failure a ConfigError naming
+    the file: unreadable, not YAML (with the line), not a mapping, or invalid (the field path)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_where(e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {what} must be a YAML mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(one_line_validation(e, str(path))) from None
+
+
 def one_line_validation(e: ValidationError, source: str) -> str:
     parts = []
     for err in e.errors():
