@@ -148,3 +148,29 @@ def test_pim_run_energy_components_sum():
     p = res.instances[0].power.energy
     assert p.total_j == pytest.approx(sum(p.components().values()), rel=1e-12)
     assert res.request_log.finished == 40
+
+
+def test_pim_energy_is_the_work_at_the_devices_per_bit_and_per_mac_figures():
+    """A PIM step's device energy: bits its units read at the banks x 0.55 pJ, bits over its interface x 3.59 pJ
+    and MACs x 0.32 pJ (configs/pim: O'Connor et al. MICRO 2017 HBM2 energies, AttAcc's MAC energy), with no static
+    power in the shipped entries; the offload reports that work per step."""
+    run = _pim_run(False)
+    res, _ = simulate(run)
+    rt = res.instances[0]
+    shape = BatchShape(q=[1] * 6, ctx=[300, 900, 1500, 2100, 2700, 3300], num_sampled=6)
+    rt.pim.graphs(shape)
+    s = rt.pim.shape
+    L = rt.pim.num_layers
+    kv_read = sum(c + 1 for c in shape.ctx) * s.kv_heads * 2 * s.head_dim * s.kv_bytes
+    macs = sum(2 * rt.pim.heads * (c + 1) * s.head_dim for c in shape.ctx)
+    assert rt.pim.read_bytes == L * kv_read
+    assert rt.pim.macs == L * macs
+    io = L * (6 * (rt.pim.heads + 2 * s.kv_heads) * s.head_dim * rt.pim.act_b + 6 * rt.pim.heads * s.head_dim
+              * rt.pim.act_b)
+    assert rt.pim.io_bytes == io
+    pw = rt.power
+    before = pw.energy.pim_j
+    j = pw.pim(0, 1_000_000, 500_000, (rt.pim.read_bytes, rt.pim.io_bytes, rt.pim.macs))
+    expect = (8 * L * kv_read * 0.55 + 8 * io * 3.59 + L * macs * 0.32) * 1e-12
+    assert j == pytest.approx(expect, rel=1e-12)
+    assert pw.energy.pim_j - before == pytest.approx(expect, rel=1e-12)  # no static power: nothing in the gap

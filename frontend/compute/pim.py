@@ -62,6 +62,11 @@ class PIMDevice(BaseModel):
     t_rcd_ns: float = Field(ge=0, le=1e6)
     t_rp_ns: float = Field(ge=0, le=1e6)
     cl_ns: float = Field(ge=0, le=1e6)
+    # energy: per bit read inside the device by its units (row activation + cell read at the bank), per bit
+    # crossing its interface (the whole off-chip path), per MAC; plus any static power an entry can cite
+    bank_read_pj_per_bit: float = Field(0.0, ge=0, le=1e3)
+    interface_pj_per_bit: float = Field(0.0, ge=0, le=1e3)
+    mac_pj: float = Field(0.0, ge=0, le=1e3)
     active_w: float = Field(0.0, ge=0, le=1e5)
     idle_w: float = Field(0.0, ge=0, le=1e5)
 

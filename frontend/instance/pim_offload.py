@@ -45,6 +45,10 @@ class PIMOffload:
         self.link = Dimension("FullyConnected", 2, float(bw), float(lat), "direct")
         self.active_w = cfg.devices * device.active_w
         self.idle_w = cfg.devices * device.idle_w
+        # the last step's PIM work, for its dynamic energy: bytes the units read, bytes over the interface, MACs
+        self.read_bytes = 0
+        self.io_bytes = 0
+        self.macs = 0
 
     def system(self, base: InstanceSystem) -> InstanceSystem:
         """The instance's system with the PIM device as rank 1 on the accelerator-PIM link."""
@@ -86,12 +90,16 @@ class PIMOffload:
         ctxs = [shape.ctx[i] + 1 for i in dec]
         sched = self.model.schedule(ctxs, dec)
         macs = sum(2 * self.heads * c * s.head_dim for c in ctxs)
+        self.read_bytes += self.num_layers * sched.kv_bytes
+        self.io_bytes += self.num_layers * (to_pim + (back if n_dec else 0) + fetch)
+        self.macs += self.num_layers * macs
         return SubBatchWork(pre=ops[:k], post=ops[k + 1:], gpu_attention=gpu_attn, to_pim_bytes=to_pim,
                             from_pim_bytes=back if n_dec else 0, pim_ns=sched.duration_ns, pim_ops=2 * macs,
                             kv_fetch_bytes=fetch)
 
     def graphs(self, shape: BatchShape) -> list[Graph]:
         share = shape.num_sampled / max(1, shape.num_seqs)
+        self.read_bytes = self.io_bytes = self.macs = 0
         subs = [self._sub(shape, d, p, share) for d, p in self._split(shape)]
         c = self.compute
         return build_pim_graphs(self.num_layers, self.prologue(c, shape), c.epilogue_ops(shape), subs)

@@ -79,7 +79,7 @@ class StepOutcome:
     step was timed in closed form."""
 
     __slots__ = ("plan", "result", "duration_ns", "_graphs", "_build", "tensor_bytes", "num_ranks", "pim_busy_ns",
-                 "npu_compute_ns")
+                 "npu_compute_ns", "pim_work")
 
     def __init__(self, plan: IterationPlan, result: IterationResult, duration_ns: int, graphs: list[Graph] | None,
                  tensor_bytes: int | None = None, num_ranks: int = 0,
@@ -96,6 +96,7 @@ class StepOutcome:
         self.num_ranks = num_ranks or (len(graphs) if graphs is not None else 1)
         self.pim_busy_ns = 0  # placement.pim: time the PIM device attended (its attention nodes)
         self.npu_compute_ns = -1  # placement.pim: the accelerator rank's compute time (-1: result.compute_ns)
+        self.pim_work = (0, 0, 0)  # placement.pim: (bytes its units read, bytes over its interface, MACs)
 
     @property
     def graphs(self) -> list[Graph]:
@@ -170,6 +171,8 @@ class InstanceRuntime:
         if self.pim is not None:
             self.power.pim_active_w = self.pim.active_w
             self.power.pim_idle_w = self.pim.idle_w
+            d = self.pim.device
+            self.power.pim_pj = (d.bank_read_pj_per_bit, d.interface_pj_per_bit, d.mac_pj)
         self.pins: dict = {}  # program id -> Pin held by a retention policy
         self.evict_first: list[int] = []  # freed blocks a policy wants evicted before the rest
         self.queue_delay_ns = 0.0  # moving average of admission delay (observed, for policies)
@@ -303,6 +306,7 @@ class InstanceRuntime:
             result = self.backend.run(self.system, graphs, start_ns=now_ns)
             out = StepOutcome(plan, result, max(1, result.duration_ns) + self.overhead_ns, graphs, num_ranks=1)
             out.pim_busy_ns = pim_busy_ns(graphs[1])
+            out.pim_work = (self.pim.read_bytes, self.pim.io_bytes, self.pim.macs)
             out.npu_compute_ns = compute_busy_ns(graphs[0])
             return out
         spec = self.spec_for(plan)

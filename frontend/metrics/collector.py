@@ -133,7 +133,7 @@ class IterationLog:
         else:  # the accelerator's own compute time; the PIM device's energy beside it
             energy = pw.iteration(start, dur, out.npu_compute_ns, max(0, hbm), r.comm_bytes, host)
             p0 = e.pim_j
-            it = pw.pim(gap, dur, out.pim_busy_ns)
+            it = pw.pim(gap, dur, out.pim_busy_ns, out.pim_work)
             energy += it
             pim_gap = e.pim_j - p0 - it
         after = pw.deep_after_ns

@@ -10,7 +10,9 @@ plus data movement, which the device powers above exclude:
   HBM       : bytes read/written by the operators x 8 x dram_pj_per_bit
   links     : collective / send bytes x 8 x link_pj_per_bit
   host tiers: bytes loaded/stored to DRAM/CXL tiers x 8 x host_dram_pj_per_bit
-  PIM       : with placement.pim, the PIM devices' active_w while their attention nodes run, idle_w otherwise
+  PIM       : with placement.pim, the PIM devices' dynamic energy (bits read at the banks, bits over the
+              interface, MACs, each at the device entry's pJ figure) plus active_w while their attention nodes
+              run and idle_w otherwise
               (`pim`; the NPU's compute time is then its own rank's, not the PIM rank's)
 This is the component model LLMServingSim and similar simulators use (NPU
 state powers + DRAM and link energy per bit); the per-bit figures are in the
@@ -95,13 +97,20 @@ class InstancePower:
         # PIM devices beside the NPUs (placement.pim): set by the runtime, 0 W without one
         self.pim_active_w = 0.0
         self.pim_idle_w = 0.0
+        self.pim_pj = (0.0, 0.0, 0.0)  # pJ per bit read at the banks, per bit over the interface, per MAC
 
-    def pim(self, gap_ns: int, duration_ns: int, busy_ns: int) -> float:
-        """PIM device energy of one iteration and the gap before it: active_w while its attention nodes run,
-        idle_w the rest of the iteration and the gap (PIM devices have no deep idle state here). Returns the
-        iteration's part (the gap's is in the total, as the NPUs' idle energy is)."""
+    def pim(self, gap_ns: int, duration_ns: int, busy_ns: int, work: tuple[int, int, int] = (0, 0, 0)) -> float:
+        """PIM device energy of one iteration and the gap before it: the dynamic energy of its work (bits its
+        units read at the banks, bits over its interface, MACs: `work`, at the device's pJ figures), plus
+        active_w while its attention nodes run and idle_w the rest of the iteration and the gap (PIM devices
+        have no deep idle state here). Returns the iteration's part (the gap's is in the total, as the NPUs'
+        idle energy is)."""
         busy = min(busy_ns, duration_ns)
         j = self.pim_active_w * busy * 1e-9 + self.pim_idle_w * (duration_ns - busy) * 1e-9
+        read_b, io_b, macs = work
+        if read_b or io_b or macs:
+            e_read, e_io, e_mac = self.pim_pj
+            j += (8 * read_b * e_read + 8 * io_b * e_io + macs * e_mac) * 1e-12
         self.energy.pim_j += j + self.pim_idle_w * gap_ns * 1e-9
         return j
 
