@@ -56,7 +56,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, parse_json_line
+from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, numbered_lines, object_lines
 from frontend.workload.program_window import select_sessions, sessions_to_programs
 from frontend.workload.sources import TraceRow, register_trace_format
 
@@ -219,41 +219,30 @@ def _span(obj: dict, line: int, where: str, otlp: bool) -> Span:
 
 def read_spans(path: Path) -> tuple[list[Span], int]:
     """Every span of a file (both record forms) and the number of other records."""
-    try:
-        f = path.open("rb")
-    except OSError as e:
-        raise WorkloadError(f"{path}: cannot read ({e.strerror})") from None
     spans: list[Span] = []
     other = 0
-    with f:
-        for line, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{line}"
-            obj = parse_json_line(raw, where)
-            if not isinstance(obj, dict):
-                raise WorkloadError(f"{where}: each line must be a JSON object (a span or an OTLP export)")
-            if "resourceSpans" in obj:
-                rs = obj["resourceSpans"]
-                if not isinstance(rs, list):
-                    raise WorkloadError(f"{where}: resourceSpans: expected a list")
-                for i, r in enumerate(rs):
-                    ss = r.get("scopeSpans", []) if isinstance(r, dict) else None
-                    if not isinstance(ss, list):
-                        raise WorkloadError(f"{where}: resourceSpans[{i}].scopeSpans: expected a list")
-                    for j, s in enumerate(ss):
-                        sp = s.get("spans", []) if isinstance(s, dict) else None
-                        if not isinstance(sp, list):
-                            raise WorkloadError(f"{where}: resourceSpans[{i}].scopeSpans[{j}].spans: expected a list")
-                        for k, o in enumerate(sp):
-                            w = f"{where}: resourceSpans[{i}].scopeSpans[{j}].spans[{k}]"
-                            if not isinstance(o, dict):
-                                raise WorkloadError(f"{w}: expected an object")
-                            spans.append(_span(o, line, w, otlp=True))
-            elif "spanId" in obj:
-                spans.append(_span(obj, line, where, otlp=False))
-            else:
-                other += 1
+    for line, where, obj in object_lines(numbered_lines(path), path, " (a span or an OTLP export)"):
+        if "resourceSpans" in obj:
+            rs = obj["resourceSpans"]
+            if not isinstance(rs, list):
+                raise WorkloadError(f"{where}: resourceSpans: expected a list")
+            for i, r in enumerate(rs):
+                ss = r.get("scopeSpans", []) if isinstance(r, dict) else None
+                if not isinstance(ss, list):
+                    raise WorkloadError(f"{where}: resourceSpans[{i}].scopeSpans: expected a list")
+                for j, s in enumerate(ss):
+                    sp = s.get("spans", []) if isinstance(s, dict) else None
+                    if not isinstance(sp, list):
+                        raise WorkloadError(f"{where}: resourceSpans[{i}].scopeSpans[{j}].spans: expected a list")
+                    for k, o in enumerate(sp):
+                        w = f"{where}: resourceSpans[{i}].scopeSpans[{j}].spans[{k}]"
+                        if not isinstance(o, dict):
+                            raise WorkloadError(f"{w}: expected an object")
+                        spans.append(_span(o, line, w, otlp=True))
+        elif "spanId" in obj:
+            spans.append(_span(obj, line, where, otlp=False))
+        else:
+            other += 1
     return spans, other
 
 

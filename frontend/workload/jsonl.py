@@ -8,7 +8,7 @@ tool_duration_ns, input_tok_ids?, output_tok_ids?}, ...]}
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,29 @@ def parse_json_line(raw: bytes | str, where: str) -> Any:
         raise WorkloadError(f"{where}: not valid JSON ({e.msg})") from None
     except (ValueError, RecursionError) as e:
         raise WorkloadError(f"{where}: not valid JSON ({e})") from None
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of a file read as bytes, streamed; unreadable -> WorkloadError."""
+    try:
+        f = Path(path).open("rb")
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        yield from enumerate(f, 1)
+
+
+def object_lines(lines: Iterable[tuple[int, bytes]], path, what: str = "") -> Iterator[tuple[int, str, dict]]:
+    """(line number, "file:line", object) of each non-blank JSON line of a trace; a line that is not valid JSON
+    or not an object is a WorkloadError naming file:line (`what` says what an object stands for)."""
+    for line, raw in lines:
+        if not raw.strip():
+            continue
+        where = f"{path}:{line}"
+        obj = parse_json_line(raw, where)
+        if not isinstance(obj, dict):
+            raise WorkloadError(f"{where}: each line must be a JSON object{what}")
+        yield line, where, obj
 
 
 def json_objects(path: Path, what: str) -> Iterator[tuple[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, parse_json_line
+from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, numbered_lines, object_lines
 from frontend.workload.request import TokenContent
 from frontend.workload.sources import TraceRow, register_trace_format
 from frontend.workload.trace import parse_count, parse_time
@@ -39,34 +39,24 @@ class MooncakeTrace:
         return s.startswith("{") and '"input_length"' in s and ('"hash_ids"' in s or '"timestamp"' in s)
 
     def rows(self, path: Path) -> Iterator[TraceRow]:
-        try:
-            f = path.open("rb")
-        except OSError as e:
-            raise WorkloadError(f"{path}: cannot read ({e.strerror})") from None
         row = 0
-        with f:
-            for line, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                where = f"{path}:{line}"
-                obj = parse_json_line(raw, where)
-                if not isinstance(obj, dict):
-                    raise WorkloadError(f"{where}: each line must be a JSON object")
-                for k in ("timestamp", "input_length", "output_length"):
-                    if k not in obj:
-                        raise WorkloadError(f"{where}: missing field {k!r}")
-                t = parse_time(obj["timestamp"], where, "timestamp", 1_000_000)
-                inp = parse_count(obj["input_length"], where, "input_length", MAX_TOKENS)
-                out = parse_count(obj["output_length"], where, "output_length", MAX_TOKENS)
-                ids = obj.get("hash_ids", [])
-                if not isinstance(ids, list) or not all(
-                        isinstance(h, int) and not isinstance(h, bool) and 0 <= h <= MAX_HASH_ID for h in ids):
-                    raise WorkloadError(f"{where}: field 'hash_ids' must be a list of integers in 0..{MAX_HASH_ID:.0e}")
-                blocks = -(-inp // BLOCK_TOKENS)
-                if len(ids) > blocks:
-                    raise WorkloadError(f"{where}: field 'hash_ids' has {len(ids)} ids but input_length {inp} "
-                                        f"spans {blocks} blocks of {BLOCK_TOKENS} tokens")
-                skip = "output_length 0" if out == 0 else "input_length 0" if inp == 0 else None
-                content = content_for(ids, inp, row) if skip is None else None
-                yield TraceRow(line, row, t, inp, out, content=content, skip=skip)
-                row += 1
+        for line, where, obj in object_lines(numbered_lines(path), path):
+            for k in ("timestamp", "input_length", "output_length"):
+                if k not in obj:
+                    raise WorkloadError(f"{where}: missing field {k!r}")
+            t = parse_time(obj["timestamp"], where, "timestamp", 1_000_000)
+            inp = parse_count(obj["input_length"], where, "input_length", MAX_TOKENS)
+            out = parse_count(obj["output_length"], where, "output_length", MAX_TOKENS)
+            ids = obj.get("hash_ids", [])
+            if not isinstance(ids, list) or not all(
+                    isinstance(h, int) and not isinstance(h, bool) and 0 <= h <= MAX_HASH_ID for h in ids):
+                raise WorkloadError(f"{where}: field 'hash_ids' must be a list of integers in 0..{MAX_HASH_ID:.0e}")
+            blocks = -(-inp // BLOCK_TOKENS)
+            if len(ids) > blocks:
+                raise WorkloadError(f"{where}: field 'hash_ids' has {len(ids)} ids but input_length {inp} "
+                                    f"spans {blocks} blocks of {BLOCK_TOKENS} tokens")
+            skip = "output_length 0" if out == 0 else "input_length 0" if inp == 0 else None
+            content = content_for(ids, inp, row) if skip is None else None
+            yield TraceRow(line, row, t, inp, out, content=content, skip=skip)
+            row += 1
+

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, parse_json_line
+from frontend.workload.jsonl import MAX_TOKENS, WorkloadError, object_lines
 from frontend.workload.program_window import select_sessions, sessions_to_programs
 from frontend.workload.sources import GZIP_MAGIC, TraceRow, register_trace_format
 
@@ -181,13 +181,7 @@ def read_sessions(path: str | Path) -> Read:
     out = Read([])
     sessions: dict[str, Session] = {}
     seen: dict[tuple[str, int], int] = {}
-    for line, raw in _lines(p):
-        if not raw.strip():
-            continue
-        where = f"{p}:{line}"
-        obj = parse_json_line(raw, where)
-        if not isinstance(obj, dict):
-            raise WorkloadError(f"{where}: each line must be a JSON object (one TraceLab round)")
+    for line, where, obj in object_lines(_lines(p), p, " (one TraceLab round)"):
         out.rows += 1
         sid = obj.get("session_id")
         if not isinstance(sid, str) or not sid:
